@@ -1,0 +1,1 @@
+"""Stock ledger (Cython) and the Redis side of the purchase path."""

@@ -1,0 +1,1 @@
+"""The uvloop HTTP/1.1 gateway: connections, routing, handlers, worker processes."""

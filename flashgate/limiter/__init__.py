@@ -1,0 +1,1 @@
+"""Rate limiting: GCRA token buckets in a fixed-size table (Cython)."""
