@@ -54,7 +54,6 @@ def _extensions():
     return cythonize(
         exts,
         compiler_directives=directives,
-        compile_time_env={"FLASHGATE_DEBUG": debug},
         quiet=True,
     )
 

@@ -1,1 +1,272 @@
-# placeholder, replaced by the real ledger
+# cython: freethreading_compatible=False
+"""The in-memory stock ledger of one worker: an exact filter and a batcher.
+
+Theory of operation
+===================
+
+Redis decides every sale (one commit script per batch and SKU). The ledger never
+sells on its own; it answers from memory only what it *knows*, and batches the
+rest for the next group commit.
+
+Per SKU it holds what Redis last reported (``stock``, ``sold``), the units of this
+worker's reservations that Redis has not answered yet (``inflight``), the sale
+window, the pause flag, the per-user limit, and the users who bought through this
+worker (``buyers``, at most ``stock`` entries) or have units in flight
+(``holding``, at most ``inflight`` entries). Tables are sized by stock, never by the
+number of requests.
+
+``reserve(sku, user, qty, now_ms, idem)`` decides, in this order:
+
+1. outside the window -> NOT_STARTED / ENDED; paused -> PAUSED;
+2. ``sold >= stock`` (Redis said no unit is left) -> SOLD_OUT;
+3. the user already holds ``limit`` units through this worker -> LIMIT_EXCEEDED
+   (skipped for a request with an Idempotency-Key: its replay must reach Redis);
+4. ``qty`` fits in the open units (``stock - sold - inflight``) and in what the user
+   may still hold counting their own units in flight -> OK: the units join
+   ``inflight`` until ``settle``;
+5. otherwise, if units are in flight, their outcome can change the answer -> WAIT
+   (the caller parks the request, bounded, and retries after the next settle);
+   with nothing in flight, Redis said fewer than ``qty`` are left -> SOLD_OUT.
+
+Invariants (checked after every mutation when built with FLASHGATE_DEBUG=1):
+
+* I1 ``0 <= inflight <= max(0, stock - sold)`` once admitted: a batch never asks
+  Redis for more units than it last said were open (a stale ``sold`` makes Redis
+  refuse some; it can never make Redis oversell, Redis checks again).
+* I2 ``inflight == sum(holding.values())`` and ``sum(pending qty) <= inflight``.
+* I3 ``buyers[u] <= limit`` for every user; SOLD_OUT only when ``sold >= stock``
+  per Redis, or nothing is in flight and Redis said fewer than ``qty`` are left.
+
+A rejection touches only C fields and (for the user check) one dict lookup: it
+allocates no Python object.
+"""
+
+from cpython.mem cimport PyMem_Malloc, PyMem_Realloc, PyMem_Free
+from cpython.dict cimport PyDict_GetItem
+from cpython.object cimport PyObject
+
+cimport cython
+
+cdef extern from *:
+    """
+    #ifndef FLASHGATE_DEBUG
+    #define FLASHGATE_DEBUG 0
+    #endif
+    """
+    bint FLASHGATE_DEBUG
+
+
+# Outcome codes shared with the gateway and the commit script's reply.
+OK = C_OK
+SOLD_OUT = C_SOLD_OUT
+LIMIT_EXCEEDED = C_LIMIT_EXCEEDED
+NOT_STARTED = C_NOT_STARTED
+ENDED = C_ENDED
+PAUSED = C_PAUSED
+WAIT = C_WAIT
+
+
+@cython.final
+cdef class Ledger:
+    """See the module docstring; ``.pyi`` has the per-method documentation."""
+
+    def __cinit__(self):
+        self.skus = NULL
+        self.n = 0
+        self.cap = 0
+        self.buyers = []
+        self.holding = []
+        self.pending = []
+        self.dirty = []
+
+    def __dealloc__(self):
+        if self.skus != NULL:
+            PyMem_Free(self.skus)
+            self.skus = NULL
+
+    def __len__(self):
+        return self.n
+
+    # -- configuration -----------------------------------------------------
+
+    def add_sku(self, long long stock, long long sold, int per_user_limit,
+                long long starts_ms, long long ends_ms, bint paused=False):
+        cdef SkuState *s
+        cdef Py_ssize_t newcap
+        if per_user_limit < 1:
+            raise ValueError("per_user_limit must be >= 1")
+        if stock < 0 or sold < 0:
+            raise ValueError("stock and sold must be >= 0")
+        if self.n == self.cap:
+            newcap = 8 if self.cap == 0 else self.cap * 2
+            s = <SkuState *>PyMem_Realloc(self.skus, newcap * sizeof(SkuState))
+            if s == NULL:
+                raise MemoryError()
+            self.skus = s
+            self.cap = newcap
+        s = &self.skus[self.n]
+        s.stock = stock
+        s.sold = sold
+        s.inflight = 0
+        s.starts_ms = starts_ms
+        s.ends_ms = ends_ms
+        s.limit = per_user_limit
+        s.paused = paused
+        self.buyers.append({})
+        self.holding.append({})
+        self.pending.append([])
+        self.n += 1
+        return self.n - 1
+
+    def configure(self, int sku, long long stock, int per_user_limit,
+                  long long starts_ms, long long ends_ms, bint paused):
+        """Apply a changed event definition (the window, the limit, the stock)."""
+        cdef SkuState *s = self._sku(sku)
+        if per_user_limit < 1:
+            raise ValueError("per_user_limit must be >= 1")
+        if stock < 0:
+            raise ValueError("stock must be >= 0")
+        s.stock = stock
+        s.limit = per_user_limit
+        s.starts_ms = starts_ms
+        s.ends_ms = ends_ms
+        s.paused = paused
+        self._check(sku)
+
+    def set_paused(self, int sku, bint paused):
+        self._sku(sku).paused = paused
+
+    cdef inline SkuState *_sku(self, int sku) except NULL:
+        if sku < 0 or sku >= self.n:
+            raise IndexError(f"no sku {sku}")
+        return &self.skus[sku]
+
+    # -- the hot path --------------------------------------------------------
+
+    cpdef int reserve(self, int sku, str user, int qty, long long now_ms, bint idem) except -1:
+        cdef SkuState *s = self._sku(sku)
+        cdef long long left, held
+        cdef PyObject *v
+        if now_ms < s.starts_ms:
+            return C_NOT_STARTED
+        if now_ms >= s.ends_ms:
+            return C_ENDED
+        if s.paused:
+            return C_PAUSED
+        left = s.stock - s.sold
+        if left <= 0:
+            return C_SOLD_OUT
+        if qty < 1:
+            raise ValueError("qty must be >= 1")
+        held = 0
+        v = PyDict_GetItem(<dict>self.buyers[sku], user)
+        if v != NULL:
+            held = <object>v
+        if not idem and held + qty > s.limit:
+            return C_LIMIT_EXCEEDED
+        v = PyDict_GetItem(<dict>self.holding[sku], user)
+        if v != NULL:
+            # the user's own units in flight may turn this into limit_exceeded
+            if not idem and held + <long long>(<object>v) + qty > s.limit:
+                return C_WAIT
+        if qty <= left - s.inflight:
+            s.inflight += qty
+            d = <dict>self.holding[sku]
+            d[user] = (<object>v + qty) if v != NULL else qty
+            if FLASHGATE_DEBUG:
+                self._check(sku)
+            return C_OK
+        if s.inflight > 0:
+            return C_WAIT
+        return C_SOLD_OUT
+
+    cpdef void push(self, int sku, object item) except *:
+        """Queue an admitted reservation for the next group commit of its SKU."""
+        cdef list p = <list>self.pending[sku]
+        if not p:
+            self.dirty.append(sku)
+        p.append(item)
+
+    def take_batches(self):
+        """Hand out the pending reservations as ``[(sku, [items…]), …]`` and clear them."""
+        cdef list out = []
+        cdef int sku
+        if not self.dirty:
+            return out
+        for sku in self.dirty:
+            out.append((sku, self.pending[sku]))
+            self.pending[sku] = []
+        self.dirty = []
+        return out
+
+    cpdef void settle(self, int sku, str user, int qty, bint sold) except *:
+        """A reservation's answer came back: ``sold`` if Redis committed it as a
+        new sale to this user, else its units simply leave ``inflight``."""
+        cdef SkuState *s = self._sku(sku)
+        cdef dict h = <dict>self.holding[sku]
+        cdef dict b
+        cdef long long rest
+        s.inflight -= qty
+        rest = h.get(user, 0) - qty
+        if rest > 0:
+            h[user] = rest
+        else:
+            h.pop(user, None)
+        if sold:
+            b = <dict>self.buyers[sku]
+            b[user] = b.get(user, 0) + qty
+        if FLASHGATE_DEBUG:
+            self._check(sku)
+
+    cpdef void observe(self, int sku, long long sold, long long stock) except *:
+        """What Redis reports after a commit or a refresh: the SKU's sold and stock.
+        Call it after settling the batch's reservations."""
+        cdef SkuState *s = self._sku(sku)
+        s.sold = sold
+        s.stock = stock
+
+    def forget_buyers(self, int sku):
+        """Units were given back (cancel / expire) somewhere: the local buyer table
+        may now be too strict, so drop it; Redis still enforces the limit."""
+        self.buyers[sku] = {}
+
+    # -- reading -----------------------------------------------------------
+
+    def left(self, int sku):
+        """Units not held by orders, per Redis's last report (never below 0)."""
+        cdef SkuState *s = self._sku(sku)
+        return s.stock - s.sold if s.stock > s.sold else 0
+
+    def state(self, int sku):
+        """``(stock, sold, inflight, paused)`` of one SKU."""
+        cdef SkuState *s = self._sku(sku)
+        return (s.stock, s.sold, s.inflight, bool(s.paused))
+
+    def buyers_of(self, int sku):
+        return dict(self.buyers[sku])
+
+    def pending_count(self, int sku):
+        return len(self.pending[sku])
+
+    def check(self):
+        """Verify the invariants of every SKU; raises AssertionError."""
+        cdef int i
+        for i in range(self.n):
+            self._check(i)
+
+    cdef int _check(self, int sku) except -1:
+        cdef SkuState *s = &self.skus[sku]
+        cdef dict h = <dict>self.holding[sku]
+        cdef long long total = 0
+        for v in h.values():
+            if v <= 0:
+                raise AssertionError(f"sku {sku}: non-positive holding {v}")
+            total += v
+        if total != s.inflight:
+            raise AssertionError(f"sku {sku}: inflight {s.inflight} != sum(holding) {total}")
+        if s.inflight < 0:
+            raise AssertionError(f"sku {sku}: inflight {s.inflight} < 0")
+        for u, v in (<dict>self.buyers[sku]).items():
+            if v > s.limit:
+                raise AssertionError(f"sku {sku}: buyer {u!r} holds {v} > limit {s.limit}")
+        return 0

@@ -1,0 +1,37 @@
+# C-level declarations of the stock ledger (see _stock.pyx for the theory of operation).
+
+cdef enum:
+    C_OK = 0
+    C_SOLD_OUT = 1
+    C_LIMIT_EXCEEDED = 2
+    C_NOT_STARTED = 3
+    C_ENDED = 4
+    C_PAUSED = 5
+    C_WAIT = 6
+
+
+cdef struct SkuState:
+    long long stock        # units in total, as Redis last reported
+    long long sold         # units held by live orders, as Redis last reported
+    long long inflight     # units of this worker's reservations not answered yet
+    long long starts_ms    # window start (inclusive), epoch ms
+    long long ends_ms      # window end (exclusive), epoch ms
+    int limit              # per-user limit
+    bint paused
+
+
+cdef class Ledger:
+    cdef SkuState *skus
+    cdef Py_ssize_t n
+    cdef Py_ssize_t cap
+    cdef list buyers       # per sku: dict user -> units bought through this worker
+    cdef list holding      # per sku: dict user -> units in flight
+    cdef list pending      # per sku: list of reservations waiting for the next commit
+    cdef list dirty        # skus with pending reservations, in arrival order
+
+    cdef inline SkuState *_sku(self, int sku) except NULL
+    cpdef int reserve(self, int sku, str user, int qty, long long now_ms, bint idem) except -1
+    cpdef void push(self, int sku, object item) except *
+    cpdef void settle(self, int sku, str user, int qty, bint sold) except *
+    cpdef void observe(self, int sku, long long sold, long long stock) except *
+    cdef int _check(self, int sku) except -1

@@ -1,0 +1,104 @@
+-- Group commit of one SKU's batch of reservations. Redis decides every sale here.
+--
+-- KEYS: 1 meta (hash), 2 stock, 3 sold, 4 buyers (hash user -> units),
+--       5 orders (stream), 6 orders_n (orders created)
+-- ARGV: 1 key prefix "fg:{<event>:<sku>}:" (order, idem and reg keys share the hash tag),
+--       2 n, then n times: order_id, user, qty, idempotency key ("" = none), fingerprint
+-- Reply: {sold, stock, then per reservation: code, order_id, unit_price, qty, created_ms, pay_by_ms}
+--
+-- Codes: 0 sold (new order), 1 sold_out, 2 limit_exceeded, 3 not_started, 4 ended,
+--        5 paused, 7 not_registered, 8 idempotency_mismatch, 9 this order id exists
+--        already (a re-sent batch: nothing sold twice), 10 idempotent replay of another
+--        order, 11 not_found (the SKU has no definition).
+local P = ARGV[1]
+local n = tonumber(ARGV[2])
+local m = redis.call('HMGET', KEYS[1], 'starts', 'ends', 'paused', 'limit', 'price',
+                     'tiers', 'pay_ms', 'reg', 'event', 'sku')
+local stock = tonumber(redis.call('GET', KEYS[2]) or '0')
+local sold = tonumber(redis.call('GET', KEYS[3]) or '0')
+local out = {0, stock}
+if not m[1] then
+  for i = 0, n - 1 do
+    local b = 3 + i * 5
+    for _, v in ipairs({11, ARGV[b], 0, tonumber(ARGV[b + 2]), 0, 0}) do out[#out + 1] = v end
+  end
+  out[1] = sold
+  return out
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local starts, ends = tonumber(m[1]), tonumber(m[2])
+local paused, limit, price = m[3] == '1', tonumber(m[4]), tonumber(m[5])
+local pay_ms, reg, event, sku = tonumber(m[7]), m[8] == '1', m[9], m[10]
+-- the price ladder: "units,price,units,price,..."; tier k covers the next units_k units
+local tiers = {}
+if m[6] and m[6] ~= '' then
+  for v in string.gmatch(m[6], '[^,]+') do tiers[#tiers + 1] = tonumber(v) end
+end
+local function unit_price(before)
+  local edge = 0
+  for k = 1, #tiers, 2 do
+    edge = edge + tiers[k]
+    if before < edge then return tiers[k + 1] end
+  end
+  return price
+end
+local function emit(code, oid, up, q, created, payby)
+  out[#out + 1] = code; out[#out + 1] = oid; out[#out + 1] = up
+  out[#out + 1] = q; out[#out + 1] = created; out[#out + 1] = payby
+end
+local function existing(code, oid)
+  local o = redis.call('HMGET', P .. 'order:' .. oid, 'unit_price', 'qty', 'created_ms', 'pay_by_ms')
+  emit(code, oid, tonumber(o[1]), tonumber(o[2]), tonumber(o[3]), tonumber(o[4]))
+end
+for i = 0, n - 1 do
+  local b = 3 + i * 5
+  local oid, user, qty, idem, fp = ARGV[b], ARGV[b + 1], tonumber(ARGV[b + 2]), ARGV[b + 3], ARGV[b + 4]
+  local okey = P .. 'order:' .. oid
+  local ikey = nil
+  local prior = nil
+  if idem ~= '' then
+    ikey = P .. 'idem:' .. user .. ':' .. idem
+    prior = redis.call('GET', ikey)
+  end
+  if redis.call('EXISTS', okey) == 1 then
+    existing(9, oid)
+  elseif prior then
+    local sep = string.find(prior, '|', 1, true)
+    if string.sub(prior, sep + 1) == fp then
+      existing(10, string.sub(prior, 1, sep - 1))
+    else
+      emit(8, oid, 0, qty, 0, 0)
+    end
+  elseif now < starts then
+    emit(3, oid, 0, qty, 0, 0)
+  elseif now >= ends then
+    emit(4, oid, 0, qty, 0, 0)
+  elseif paused then
+    emit(5, oid, 0, qty, 0, 0)
+  elseif reg and redis.call('SISMEMBER', P .. 'reg', user) == 0 then
+    emit(7, oid, 0, qty, 0, 0)
+  elseif tonumber(redis.call('HGET', KEYS[4], user) or '0') + qty > limit then
+    emit(2, oid, 0, qty, 0, 0)
+  elseif sold + qty > stock then
+    emit(1, oid, 0, qty, 0, 0)
+  else
+    local up = unit_price(sold)
+    local payby = now + pay_ms
+    sold = sold + qty
+    redis.call('HINCRBY', KEYS[4], user, qty)
+    redis.call('HSET', okey, 'order_id', oid, 'event_id', event, 'sku', sku, 'user_id', user,
+               'qty', qty, 'unit_price', up, 'amount', up * qty, 'status', 'reserved',
+               'created_ms', now, 'pay_by_ms', payby)
+    redis.call('XADD', KEYS[5], '*', 'type', 'created', 'order_id', oid, 'user', user,
+               'qty', qty, 'unit_price', up, 'ts', now)
+    redis.call('INCR', KEYS[6])
+    redis.call('INCRBY', P .. 'revenue', up * qty)
+    if sold >= stock then redis.call('SET', P .. 'sold_out_ms', now, 'NX') end
+    if ikey then redis.call('SET', ikey, oid .. '|' .. fp, 'EX', 86400) end
+    emit(0, oid, up, qty, now, payby)
+  end
+end
+redis.call('SET', KEYS[3], sold)
+out[1] = sold
+return out

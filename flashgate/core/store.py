@@ -1,0 +1,229 @@
+"""What flashgate keeps in Redis, and the scripts that change it.
+
+Keys (every SKU's keys share one hash tag so each script touches one slot):
+
+    fg:{<event>:<sku>}:meta        hash: window, pause flag, limit, prices, ids
+    fg:{<event>:<sku>}:stock       units in total
+    fg:{<event>:<sku>}:sold        units held by live orders
+    fg:{<event>:<sku>}:buyers      hash user -> units held
+    fg:{<event>:<sku>}:orders      stream of order events (type=created, ...)
+    fg:{<event>:<sku>}:orders_n    orders created
+    fg:{<event>:<sku>}:order:<id>  the order (hash); also the order id's guard
+    fg:{<event>:<sku>}:idem:<user>:<key>  "order_id|fingerprint", 24 h
+    fg:{<event>:<sku>}:reg         set of pre-registered users
+    fg:{<event>:<sku>}:revenue     sum of the amounts of orders created
+    fg:{<event>:<sku>}:sold_out_ms Redis TIME when sold first reached stock
+    fg:event:<event>               the definition (JSON)
+    fg:events                      set of event ids
+    fg:events:version              bumped on every change of any definition
+    fg:stats:<event>               hash of counters summed over workers and instances
+
+Order ids are ``<event>.<sku>.<unique>``: the ids need no index to find their keys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from importlib import resources
+
+import orjson
+
+from flashgate.core.events import Event, EventError, check_replace
+from flashgate.core.redisconn import RedisConnection, RedisError
+
+EVENTS_KEY = "fg:events"
+VERSION_KEY = "fg:events:version"
+
+
+def sku_prefix(event_id: str, sku_id: str) -> str:
+    return "fg:{" + event_id + ":" + sku_id + "}:"
+
+
+def event_key(event_id: str) -> str:
+    return "fg:event:" + event_id
+
+
+def stats_key(event_id: str) -> str:
+    return "fg:stats:" + event_id
+
+
+def split_order_id(order_id: str) -> tuple[str, str] | None:
+    """``(event, sku)`` of an order id, or None if it is not one of ours."""
+    parts = order_id.split(".")
+    if len(parts) != 3 or not all(parts):
+        return None
+    return parts[0], parts[1]
+
+
+class Script:
+    """A Lua script called by SHA, re-sent whole when the server does not know it."""
+
+    def __init__(self, name: str):
+        self.source = resources.files("flashgate.core").joinpath("lua", name).read_text()
+        self.sha = hashlib.sha1(self.source.encode()).hexdigest()
+
+    def args(self, keys, argv) -> list:
+        return ["EVALSHA", self.sha, len(keys), *keys, *argv]
+
+    async def run(self, conn: RedisConnection, keys, argv):
+        try:
+            return await conn.execute(*self.args(keys, argv))
+        except RedisError as e:
+            if not str(e).startswith("NOSCRIPT"):
+                raise
+            return await conn.execute("EVAL", self.source, len(keys), *keys, *argv)
+
+
+COMMIT = Script("commit.lua")
+CONFIGURE_SKU = Script("configure_sku.lua")
+SCRIPTS = (COMMIT, CONFIGURE_SKU)
+
+
+def commit_keys(prefix: str) -> list[str]:
+    return [prefix + "meta", prefix + "stock", prefix + "sold", prefix + "buyers",
+            prefix + "orders", prefix + "orders_n"]
+
+
+async def load_scripts(conn: RedisConnection) -> None:
+    """Make the scripts known to the server (after every connect: a restarted
+    Redis has an empty script cache)."""
+    for s in SCRIPTS:
+        await conn.execute("SCRIPT", "LOAD", s.source)
+
+
+async def redis_time_ms(conn: RedisConnection) -> int:
+    sec, usec = await conn.execute("TIME")
+    return int(sec) * 1000 + int(usec) // 1000
+
+
+async def save_event(conn: RedisConnection, event: Event) -> bool:
+    """Create or replace a definition; True if created. Raises EventError
+    ("conflict") when the change would break a sale in progress."""
+    old_raw = await conn.execute("GET", event_key(event.id))
+    old = Event.from_dict(orjson.loads(old_raw)) if old_raw else None
+    now = await redis_time_ms(conn)
+    if old is not None:
+        sold = await read_sold(conn, old)
+        check_replace(old, event, sold, now)
+        event.paused = old.paused
+    for s in event.skus:
+        p = sku_prefix(event.id, s.id)
+        meta = [
+            "event", event.id, "sku", s.id,
+            "starts", event.starts_at_ms, "ends", event.ends_at_ms,
+            "paused", int(event.paused), "limit", s.per_user_limit,
+            "price", s.price, "tiers", s.tiers_arg(),
+            "pay_ms", event.payment_timeout_s * 1000,
+            "reg", int(event.registration_required),
+        ]
+        status, sold_now = await CONFIGURE_SKU.run(
+            conn, [p + "meta", p + "stock", p + "sold"], [s.stock, *meta]
+        )
+        if status == b"conflict":
+            raise EventError(
+                "conflict", f"sku {s.id!r}: stock {s.stock} is below the {sold_now} units sold"
+            )
+    await conn.pipeline([
+        ["SET", event_key(event.id), orjson.dumps(event.to_dict())],
+        ["SADD", EVENTS_KEY, event.id],
+        ["INCR", VERSION_KEY],
+    ])
+    return old is None
+
+
+async def set_paused(conn: RedisConnection, event: Event, paused: bool) -> None:
+    event.paused = paused
+    cmds = [["HSET", sku_prefix(event.id, s.id) + "meta", "paused", int(paused)] for s in event.skus]
+    cmds.append(["SET", event_key(event.id), orjson.dumps(event.to_dict())])
+    cmds.append(["INCR", VERSION_KEY])
+    for r in await conn.pipeline(cmds):
+        if isinstance(r, Exception):
+            raise r
+
+
+async def read_sold(conn: RedisConnection, event: Event) -> dict[str, int]:
+    replies = await conn.pipeline([["GET", sku_prefix(event.id, s.id) + "sold"] for s in event.skus])
+    return {s.id: int(r or 0) for s, r in zip(event.skus, replies, strict=True)}
+
+
+async def load_events(conn: RedisConnection) -> tuple[int, list[Event]]:
+    """``(version, events)``: every stored definition."""
+    version, ids = await conn.pipeline([["GET", VERSION_KEY], ["SMEMBERS", EVENTS_KEY]])
+    events = []
+    if ids:
+        raws = await conn.pipeline([["GET", event_key(i.decode())] for i in sorted(ids)])
+        for raw in raws:
+            if raw:
+                events.append(Event.from_dict(orjson.loads(raw)))
+    return int(version or 0), events
+
+
+async def register(conn: RedisConnection, event: Event, user: str) -> None:
+    cmds = [["SADD", sku_prefix(event.id, s.id) + "reg", user] for s in event.skus]
+    for r in await conn.pipeline(cmds):
+        if isinstance(r, Exception):
+            raise r
+
+
+_ORDER_INT_FIELDS = ("qty", "unit_price", "amount", "created_ms", "pay_by_ms")
+
+
+def _order_from_hash(flat) -> dict | None:
+    if not flat:
+        return None
+    it = iter(flat)
+    d = {k.decode(): v.decode() for k, v in zip(it, it, strict=True)}
+    for f in _ORDER_INT_FIELDS:
+        if f in d:
+            d[f] = int(d[f])
+    return d
+
+
+async def get_order(conn: RedisConnection, order_id: str) -> dict | None:
+    where = split_order_id(order_id)
+    if where is None:
+        return None
+    return _order_from_hash(await conn.execute("HGETALL", sku_prefix(*where) + "order:" + order_id))
+
+
+async def export_orders(conn: RedisConnection, event: Event) -> list[dict]:
+    """Every order of the event, in commit order per SKU, read from the streams."""
+    out: list[dict] = []
+    for s in event.skus:
+        p = sku_prefix(event.id, s.id)
+        start = "-"
+        ids: list[str] = []
+        while True:
+            entries = await conn.execute("XRANGE", p + "orders", start, "+", "COUNT", 1000)
+            for entry_id, fields in entries:
+                it = iter(fields)
+                f = dict(zip(it, it, strict=True))
+                if f.get(b"type") == b"created":
+                    ids.append(f[b"order_id"].decode())
+            if len(entries) < 1000:
+                break
+            start = "(" + entries[-1][0].decode()
+        for i in range(0, len(ids), 500):
+            chunk = ids[i:i + 500]
+            for h in await conn.pipeline([["HGETALL", p + "order:" + o] for o in chunk]):
+                order = _order_from_hash(h)
+                if order is not None:
+                    out.append(order)
+    return out
+
+
+async def sku_totals(conn: RedisConnection, event: Event) -> list[dict]:
+    cmds = []
+    for s in event.skus:
+        p = sku_prefix(event.id, s.id)
+        cmds.append(["MGET", p + "stock", p + "sold", p + "orders_n", p + "revenue"])
+    out = []
+    for s, (stock, sold, n, rev) in zip(event.skus, await conn.pipeline(cmds), strict=True):
+        out.append({"id": s.id, "stock": int(stock or 0), "sold": int(sold or 0),
+                    "orders": int(n or 0), "revenue": int(rev or 0)})
+    return out
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000

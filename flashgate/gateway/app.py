@@ -1,0 +1,816 @@
+"""The API of one worker: routing, identity, the purchase path, operator endpoints.
+
+The purchase path (DESIGN.md):
+
+    identify -> rate limits -> body -> ledger.reserve()
+        rejected -> pre-encoded 409 / 429 bytes, answered now
+        WAIT     -> parked on the SKU until a batch of this worker settles (bounded)
+        OK       -> a Purchase joins the SKU's pending batch; the first one in a loop
+                    turn schedules a flush (call_soon), which sends one commit script
+                    per SKU batch, pipelined in one write. The answer (a Future the
+                    HTTP layer awaits) is resolved from the script's reply: 200 only
+                    once Redis holds the order.
+
+A reply lost with the connection is indeterminate: its reservations are answered
+503 and leave the ledger; the refresh tick re-reads what Redis really sold.
+Everything this module knows of other workers comes from Redis: the commit
+replies and a refresh tick that re-reads every SKU's sold and stock and notices
+changed definitions (``fg:events:version``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections import deque
+from math import ceil
+
+import orjson
+
+from flashgate.auth import IDEM_RE, USER_RE, TokenVerifier, admin_ok
+from flashgate.config import Config
+from flashgate.core import store
+from flashgate.core._stock import (
+    ENDED,
+    LIMIT_EXCEEDED,
+    NOT_STARTED,
+    OK,
+    PAUSED,
+    SOLD_OUT,
+    WAIT,
+    Ledger,
+)
+from flashgate.core.events import EventError, parse_event
+from flashgate.core.redisconn import RedisConnection, RedisError, RedisUnavailable
+from flashgate.gateway.protocol import build_response, error_response
+from flashgate.limiter import Limiter
+
+log = logging.getLogger("flashgate.app")
+
+JSON = b"application/json"
+MAX_BATCH = 256  # reservations per commit script call
+MAX_QTY = 10_000
+
+_now_ns = time.time_ns
+_mono_ns = time.monotonic_ns
+_loads = orjson.loads
+_dumps = orjson.dumps
+
+
+def _err(status: int, code: str, message: str, headers=()) -> bytes:
+    return error_response(status, code, message, headers=headers)
+
+
+# Pre-encoded answers: the hot rejections cost one dict lookup and one write.
+R_NOT_FOUND = _err(404, "not_found", "no such event, sku or order")
+R_UNAUTH = _err(401, "unauthenticated", "missing or invalid identity")
+R_UNAVAILABLE = _err(503, "unavailable", "the store is unreachable or overloaded; retry",
+                     headers=[(b"Retry-After", b"1")])
+R_BAD_JSON = _err(400, "bad_request", "the body must be a JSON object")
+R_BAD_SKU = _err(400, "bad_request", "sku is required and must be a string")
+R_BAD_QTY = _err(400, "bad_request", "qty must be an integer >= 1")
+R_BAD_IDEM = _err(400, "bad_request", "Idempotency-Key must be 1-255 visible ASCII characters")
+R_METHOD = _err(405, "method_not_allowed", "method not allowed on this path")
+R_IDEM_MISMATCH = _err(422, "idempotency_mismatch",
+                       "this Idempotency-Key was used with a different request")
+R_NOT_REGISTERED = _err(409, "not_registered", "registration is required for this sale")
+R_READY = build_response(200, b'{"ready":true}')
+R_NOT_READY = _err(503, "unavailable", "not ready", headers=[(b"Retry-After", b"1")])
+R_LIVE = build_response(200, b'{"live":true}')
+
+# ledger / commit-script outcome -> (counter name, answer)
+REJECT = {
+    SOLD_OUT: ("sold_out", _err(409, "sold_out", "no unit left for this sku")),
+    LIMIT_EXCEEDED: ("limit_exceeded",
+                     _err(409, "limit_exceeded", "this would exceed the per-user limit")),
+    NOT_STARTED: ("not_started", _err(409, "not_started", "the sale has not started")),
+    ENDED: ("ended", _err(409, "ended", "the sale has ended")),
+    PAUSED: ("paused", _err(409, "paused", "the sale is paused")),
+}
+_REJECT_BY_SCRIPT = {
+    1: REJECT[SOLD_OUT],
+    2: REJECT[LIMIT_EXCEEDED],
+    3: REJECT[NOT_STARTED],
+    4: REJECT[ENDED],
+    5: REJECT[PAUSED],
+    7: ("not_registered", R_NOT_REGISTERED),
+    8: ("idempotency_mismatch", R_IDEM_MISMATCH),
+    11: ("not_found", R_NOT_FOUND),
+}
+_RATE_LIMITED = {
+    s: _err(429, "rate_limited", "too many requests; slow down",
+            headers=[(b"Retry-After", str(s).encode())])
+    for s in range(1, 61)
+}
+
+COUNTERS = ("pv", "attempts", "orders", "units_sold", "revenue", "sold_out", "limit_exceeded",
+            "not_started", "ended", "paused", "not_registered", "idempotency_mismatch",
+            "rate_limited", "unavailable", "bad_request", "not_found", "unauthenticated")
+REJECTION_COUNTERS = COUNTERS[5:]
+# latency of committed buys: bucket upper bounds in microseconds
+LAT_BOUNDS = (100, 200, 300, 500, 750, 1000, 1500, 2000, 3000, 5000, 7500, 10000, 20000,
+              50000, 100000, 250000, 1000000)
+
+
+def _rate_limited(wait_us: int) -> bytes:
+    return _RATE_LIMITED[min(60, max(1, ceil(wait_us / 1e6)))]
+
+
+class SkuRuntime:
+    __slots__ = ("idx", "sku", "event_id", "prefix", "keys", "waiters", "ert")
+
+    def __init__(self, idx, sku, event_id, ert):
+        self.idx = idx
+        self.sku = sku
+        self.event_id = event_id
+        self.prefix = store.sku_prefix(event_id, sku.id)
+        self.keys = store.commit_keys(self.prefix)
+        self.waiters: deque = deque()
+        self.ert = ert
+
+
+class EventRuntime:
+    __slots__ = ("event", "skus", "by_id", "counts", "flushed", "uv", "lat")
+
+    def __init__(self, event):
+        self.event = event
+        self.skus: list[SkuRuntime] = []
+        self.by_id: dict[str, SkuRuntime] = {}
+        self.counts = dict.fromkeys(COUNTERS, 0)
+        self.flushed = dict.fromkeys(COUNTERS, 0)
+        self.uv: set[str] = set()
+        self.lat = [0] * (len(LAT_BOUNDS) + 1)
+
+
+class Purchase:
+    """One admitted (or parked) buy request, until Redis answers it."""
+
+    __slots__ = ("srt", "user", "qty", "idem", "fp", "order_id", "fut", "deadline", "t0")
+
+    def __init__(self, srt, user, qty, idem, fp, fut, t0):
+        self.srt = srt
+        self.user = user
+        self.qty = qty
+        self.idem = idem
+        self.fp = fp
+        self.order_id = ""
+        self.fut = fut
+        self.deadline = 0
+        self.t0 = t0
+
+
+class Gateway:
+    """Everything one worker process knows and does; ``handle`` is the HTTP entry."""
+
+    def __init__(self, cfg: Config, worker_id: int = 0):
+        self.cfg = cfg
+        self.worker_id = worker_id
+        self.ledger = Ledger()
+        self.limiter = Limiter(
+            ip_rate=cfg.ip_rate, ip_burst=cfg.ip_burst,
+            user_rate=cfg.user_rate, user_burst=cfg.user_burst,
+            global_rate=cfg.global_rate, global_burst=cfg.global_burst,
+            capacity=cfg.limiter_capacity,
+        )
+        self.admin_token = cfg.admin_token.encode()
+        self.tokens = TokenVerifier(cfg.user_secret.encode()) if cfg.user_secret else None
+        self.conn = RedisConnection(cfg.redis, on_connect=self._on_connect, on_lost=self._on_lost)
+        self.events: dict[str, EventRuntime] = {}
+        self.sku_rt: list[SkuRuntime] = []  # by ledger index
+        self.version = -1
+        self.loaded = False
+        self.draining = False
+        self.clock_ok = True
+        self.clock_offset_ms = 0
+        self.queued = 0  # reservations sent or about to be sent to Redis
+        self.waiting = 0  # parked requests
+        self._flush_scheduled = False
+        self._boot = os.urandom(6).hex()
+        self._seq = 0
+        self._tasks: list[asyncio.Task] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- life cycle ----------------------------------------------------------
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        while True:
+            try:
+                await self.conn.connect()
+                break
+            except (RedisUnavailable, RedisError, OSError) as e:
+                log.warning("waiting for Redis: %s", e)
+                await asyncio.sleep(0.5)
+        await self._reload_events()
+        self._tasks.append(self._loop.create_task(self._refresher()))
+        self._tasks.append(self._loop.create_task(self._stats_flusher()))
+
+    async def _on_connect(self, conn) -> None:
+        await store.load_scripts(conn)
+        if self.loaded:
+            # whatever happened while we were away: re-read every definition and SKU
+            self._loop.create_task(self._reload_events())
+
+    def _on_lost(self) -> None:
+        log.warning("Redis connection lost: purchases answer 503 until it is back")
+
+    def ready(self) -> bool:
+        return self.loaded and self.conn.connected and self.clock_ok and not self.draining
+
+    @property
+    def busy(self) -> bool:
+        """Commits or parked requests not answered yet."""
+        return self.queued > 0 or self.waiting > 0
+
+    async def stop(self) -> None:
+        try:
+            await self._flush_stats()
+        except Exception:
+            pass
+        for t in self._tasks:
+            t.cancel()
+        self.conn.close()
+
+    # -- HTTP entry ------------------------------------------------------------
+
+    def handle(self, req):
+        path = req.path
+        method = req.method
+        if path.startswith("/api/v1/events/"):
+            parts = path.split("/")
+            ert = self.events.get(parts[4])
+            if len(parts) == 6:
+                if ert is None:
+                    return R_NOT_FOUND
+                if parts[5] == "buy":
+                    return self.buy(req, ert) if method == b"POST" else R_METHOD
+                if parts[5] == "register":
+                    return self.register(req, ert) if method == b"POST" else R_METHOD
+                return R_NOT_FOUND
+            if len(parts) == 5:
+                if ert is None:
+                    return R_NOT_FOUND
+                return self.event_view(ert) if method == b"GET" else R_METHOD
+            return R_NOT_FOUND
+        if path.startswith("/api/v1/admin/"):
+            if not admin_ok(req.headers.get(b"authorization"), self.admin_token):
+                return R_UNAUTH
+            return self.admin(req, method, path.split("/"))
+        if path.startswith("/api/v1/orders/"):
+            parts = path.split("/")
+            if len(parts) != 5:
+                return R_NOT_FOUND
+            return self.get_order(req, parts[4]) if method == b"GET" else R_METHOD
+        if path == "/readyz":
+            return R_READY if self.ready() else R_NOT_READY
+        if path == "/livez":
+            return R_LIVE
+        if path == "/openapi.json":
+            from flashgate.gateway.openapi import document_bytes
+
+            return build_response(200, document_bytes())
+        return R_NOT_FOUND
+
+    # -- identity ------------------------------------------------------------------
+
+    def user_of(self, req) -> str | None:
+        if self.tokens is not None:
+            auth = req.headers.get(b"authorization")
+            if auth is None or not auth.startswith(b"Bearer "):
+                return None
+            return self.tokens.user(auth[7:].strip(), _now_ns() // 1_000_000)
+        uid = req.headers.get(b"x-user-id")
+        if uid is None:
+            return None
+        try:
+            user = uid.decode("ascii")
+        except UnicodeDecodeError:
+            return None
+        return user if USER_RE.match(user) else None
+
+    # -- the purchase path ---------------------------------------------------------
+
+    def buy(self, req, ert: EventRuntime):
+        counts = ert.counts
+        counts["attempts"] += 1
+        user = self.user_of(req)
+        if user is None:
+            counts["unauthenticated"] += 1
+            return R_UNAUTH
+        now_us = _mono_ns() // 1000
+        limiter = self.limiter
+        wait = limiter.check_ip(req.peer_ip, now_us) or limiter.check_user(user, now_us)
+        if wait:
+            counts["rate_limited"] += 1
+            return _rate_limited(wait)
+        try:
+            body = _loads(req.body)
+        except orjson.JSONDecodeError:
+            counts["bad_request"] += 1
+            return R_BAD_JSON
+        if type(body) is not dict:
+            counts["bad_request"] += 1
+            return R_BAD_JSON
+        sku_id = body.get("sku")
+        if type(sku_id) is not str:
+            counts["bad_request"] += 1
+            return R_BAD_SKU
+        qty = body.get("qty", 1)
+        if type(qty) is not int or qty < 1 or qty > MAX_QTY:
+            counts["bad_request"] += 1
+            return R_BAD_QTY
+        srt = ert.by_id.get(sku_id)
+        if srt is None:
+            counts["not_found"] += 1
+            return R_NOT_FOUND
+        idem = req.headers.get(b"idempotency-key")
+        if idem is not None:
+            try:
+                idem = idem.decode("ascii")
+            except UnicodeDecodeError:
+                idem = ""
+            if not IDEM_RE.match(idem):
+                counts["bad_request"] += 1
+                return R_BAD_IDEM
+        if len(ert.uv) < 100_000:
+            ert.uv.add(user)
+        wait = limiter.check_global(now_us)
+        if wait:
+            counts["rate_limited"] += 1
+            return _rate_limited(wait)
+        if not self.clock_ok:
+            counts["unavailable"] += 1
+            return R_UNAVAILABLE
+        code = self.ledger.reserve(srt.idx, user, qty, _now_ns() // 1_000_000, idem is not None)
+        if code == OK:
+            p = Purchase(srt, user, qty, idem, f"{sku_id}:{qty}" if idem else "",
+                         self._loop.create_future(), now_us)
+            return self._enqueue(p)
+        if code == WAIT:
+            if self.waiting >= self.cfg.wait_queue:
+                counts["unavailable"] += 1
+                return R_UNAVAILABLE
+            p = Purchase(srt, user, qty, idem, f"{sku_id}:{qty}" if idem else "",
+                         self._loop.create_future(), now_us)
+            p.deadline = now_us + int(self.cfg.wait_timeout * 1e6)
+            srt.waiters.append(p)
+            self.waiting += 1
+            return p.fut
+        name, answer = REJECT[code]
+        counts[name] += 1
+        return answer
+
+    def _enqueue(self, p: Purchase):
+        """An admitted reservation joins its SKU's batch (the ledger holds its units)."""
+        srt = p.srt
+        if self.queued >= self.cfg.commit_queue or not self.conn.connected:
+            self.ledger.settle(srt.idx, p.user, p.qty, False)
+            srt.ert.counts["unavailable"] += 1
+            p.fut.set_result(R_UNAVAILABLE)
+            return p.fut
+        self._seq += 1
+        p.order_id = f"{srt.event_id}.{srt.sku.id}.{self._boot}{self._seq:x}"
+        self.ledger.push(srt.idx, p)
+        self.queued += 1
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+        return p.fut
+
+    def _flush(self) -> None:
+        """Group commit: one script call per SKU batch, all pipelined in one write."""
+        self._flush_scheduled = False
+        cmds = []
+        cbs = []
+        for idx, items in self.ledger.take_batches():
+            srt = self.sku_rt[idx]
+            for i in range(0, len(items), MAX_BATCH):
+                chunk = items[i:i + MAX_BATCH]
+                cmds.append(self._commit_args(srt, chunk))
+                cbs.append(self._commit_callback(srt, chunk))
+        if cmds:
+            self.conn.send_many(cmds, cbs)
+
+    @staticmethod
+    def _commit_args(srt: SkuRuntime, items) -> list:
+        argv = [srt.prefix, len(items)]
+        for p in items:
+            argv += (p.order_id, p.user, p.qty, p.idem or "", p.fp)
+        return store.COMMIT.args(srt.keys, argv)
+
+    def _commit_callback(self, srt, items):
+        return lambda reply: self._on_commit(srt, items, reply)
+
+    def _on_commit(self, srt: SkuRuntime, items: list, reply) -> None:
+        ledger = self.ledger
+        idx = srt.idx
+        counts = srt.ert.counts
+        if isinstance(reply, Exception):
+            if isinstance(reply, RedisError) and str(reply).startswith("NOSCRIPT"):
+                # the script did not run: send it whole (this happens after a Redis restart)
+                args = self._commit_args(srt, items)
+                args[0:2] = ["EVAL", store.COMMIT.source]
+                self.conn.send(args, self._commit_callback(srt, items))
+                return
+            if not isinstance(reply, RedisUnavailable):
+                log.error("commit script failed: %s", reply)
+            self.queued -= len(items)
+            for p in items:
+                ledger.settle(idx, p.user, p.qty, False)
+                counts["unavailable"] += 1
+                if not p.fut.done():
+                    p.fut.set_result(R_UNAVAILABLE)
+            self._retry_waiters(srt)
+            return
+        self.queued -= len(items)
+        now_us = _mono_ns() // 1000
+        lat = srt.ert.lat
+        base = 2
+        for p in items:
+            code = reply[base]
+            if code == 0 or code == 9 or code == 10:
+                oid = reply[base + 1]
+                unit_price = reply[base + 2]
+                qty = reply[base + 3]
+                ledger.settle(idx, p.user, p.qty, code != 10)
+                if code != 10:
+                    counts["orders"] += 1
+                    counts["units_sold"] += qty
+                    counts["revenue"] += unit_price * qty
+                    us = now_us - p.t0
+                    b = 0
+                    while b < len(LAT_BOUNDS) and us > LAT_BOUNDS[b]:
+                        b += 1
+                    lat[b] += 1
+                answer = build_response(200, _dumps({
+                    "order_id": oid.decode() if type(oid) is bytes else oid,
+                    "event_id": srt.event_id, "sku": srt.sku.id, "user_id": p.user,
+                    "qty": qty, "unit_price": unit_price, "amount": unit_price * qty,
+                    "status": "reserved", "created_ms": reply[base + 4],
+                    "pay_by_ms": reply[base + 5],
+                }))
+            else:
+                ledger.settle(idx, p.user, p.qty, False)
+                name, answer = _REJECT_BY_SCRIPT.get(code, ("unavailable", R_UNAVAILABLE))
+                counts[name] += 1
+            if not p.fut.done():
+                p.fut.set_result(answer)
+            base += 6
+        ledger.observe(idx, reply[0], reply[1])
+        self._retry_waiters(srt)
+
+    def _retry_waiters(self, srt: SkuRuntime) -> None:
+        """Requests parked on this SKU's units in flight try again, in arrival order."""
+        waiters = srt.waiters
+        if not waiters:
+            return
+        ledger = self.ledger
+        now = _now_ns() // 1_000_000
+        for _ in range(len(waiters)):
+            p = waiters.popleft()
+            code = ledger.reserve(srt.idx, p.user, p.qty, now, p.idem is not None)
+            if code == WAIT:
+                waiters.append(p)
+                continue
+            self.waiting -= 1
+            if code == OK:
+                self._enqueue(p)
+            else:
+                name, answer = REJECT[code]
+                srt.ert.counts[name] += 1
+                p.fut.set_result(answer)
+
+    def _expire_waiters(self) -> None:
+        """Parked requests past their deadline are answered 503."""
+        now_us = _mono_ns() // 1000
+        for srt in self.sku_rt:
+            if not srt.waiters:
+                continue
+            keep = deque()
+            for p in srt.waiters:
+                if p.deadline > now_us:
+                    keep.append(p)
+                    continue
+                self.waiting -= 1
+                srt.ert.counts["unavailable"] += 1
+                if not p.fut.done():
+                    p.fut.set_result(R_UNAVAILABLE)
+            srt.waiters = keep
+
+    # -- learning from Redis -------------------------------------------------------------
+
+    async def _reload_events(self) -> None:
+        version, events = await store.load_events(self.conn)
+        known = {(srt.event_id, srt.sku.id): srt for srt in self.sku_rt}
+        new: dict[str, EventRuntime] = {}
+        for ev in events:
+            old = self.events.get(ev.id)
+            ert = EventRuntime(ev)
+            if old is not None:
+                ert.counts, ert.flushed, ert.uv, ert.lat = old.counts, old.flushed, old.uv, old.lat
+            for s in ev.skus:
+                srt = known.get((ev.id, s.id))
+                if srt is None:
+                    idx = self.ledger.add_sku(s.stock, 0, s.per_user_limit, ev.starts_at_ms,
+                                              ev.ends_at_ms, ev.paused)
+                    srt = SkuRuntime(idx, s, ev.id, ert)
+                    self.sku_rt.append(srt)
+                else:
+                    stock, _, _, _ = self.ledger.state(srt.idx)
+                    self.ledger.configure(srt.idx, stock, s.per_user_limit, ev.starts_at_ms,
+                                          ev.ends_at_ms, ev.paused)
+                    srt.sku = s
+                    srt.ert = ert
+                ert.skus.append(srt)
+                ert.by_id[s.id] = srt
+            new[ev.id] = ert
+        # SKUs of removed events stay in the ledger (indexes are stable) but unreachable
+        await self._refresh_counts([srt for ert in new.values() for srt in ert.skus])
+        self.events = new
+        self.version = version
+        self.loaded = True
+
+    async def _refresh_counts(self, skus) -> None:
+        if not skus:
+            return
+        cmds = [["MGET", s.prefix + "stock", s.prefix + "sold"] for s in skus]
+        for srt, reply in zip(skus, await self.conn.pipeline(cmds), strict=True):
+            if isinstance(reply, Exception):
+                continue
+            self._observe(srt, int(reply[0] or 0), int(reply[1] or 0))
+
+    def _observe(self, srt: SkuRuntime, stock: int, sold: int) -> None:
+        old_stock, old_sold, _, _ = self.ledger.state(srt.idx)
+        if sold < old_sold:
+            # units came back (cancel / expire): the local buyer table may be too strict
+            self.ledger.forget_buyers(srt.idx)
+        self.ledger.observe(srt.idx, sold, stock)
+        if (sold != old_sold or stock != old_stock) and srt.waiters:
+            self._retry_waiters(srt)
+
+    async def _refresher(self) -> None:
+        """Every tick: read every SKU's sold/stock and the definitions' version, check
+        the clock against Redis TIME, expire parked requests."""
+        interval = self.cfg.refresh_interval
+        while True:
+            await asyncio.sleep(interval)
+            self._expire_waiters()
+            if not self.conn.connected:
+                continue
+            skus = [srt for ert in self.events.values() for srt in ert.skus]
+            cmds = [["TIME"], ["GET", store.VERSION_KEY]]
+            cmds += [["MGET", s.prefix + "stock", s.prefix + "sold"] for s in skus]
+            t0 = _now_ns()
+            try:
+                replies = await self.conn.pipeline(cmds)
+            except (RedisUnavailable, RedisError):
+                continue
+            t1 = _now_ns()
+            if isinstance(replies[0], list):
+                redis_ms = int(replies[0][0]) * 1000 + int(replies[0][1]) // 1000
+                self.clock_offset_ms = redis_ms - (t0 + t1) // 2_000_000
+                ok = abs(self.clock_offset_ms) <= self.cfg.max_clock_skew_ms
+                if ok != self.clock_ok:
+                    if ok:
+                        log.warning("clock back within %d ms of Redis", self.cfg.max_clock_skew_ms)
+                    else:
+                        log.error("clock differs from Redis TIME by %d ms: refusing to sell",
+                                  self.clock_offset_ms)
+                self.clock_ok = ok
+            for srt, reply in zip(skus, replies[2:], strict=True):
+                if isinstance(reply, list):
+                    self._observe(srt, int(reply[0] or 0), int(reply[1] or 0))
+            version = int(replies[1] or 0) if not isinstance(replies[1], Exception) else None
+            if version is not None and version != self.version:
+                try:
+                    await self._reload_events()
+                except (RedisUnavailable, RedisError) as e:
+                    log.warning("cannot reload events: %s", e)
+
+    # -- counters ------------------------------------------------------------------
+
+    async def _stats_flusher(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.stats_interval)
+            try:
+                await self._flush_stats()
+            except (RedisUnavailable, RedisError):
+                pass
+
+    async def _flush_stats(self) -> None:
+        cmds = []
+        snapshots = []
+        for ert in self.events.values():
+            key = store.stats_key(ert.event.id)
+            counts, flushed = ert.counts, ert.flushed
+            delta = {k: counts[k] - flushed[k] for k in COUNTERS if counts[k] != flushed[k]}
+            for i, n in enumerate(ert.lat):
+                if n:
+                    delta[f"lat:{i}"] = n
+            if delta:
+                for k, v in delta.items():
+                    cmds.append(["HINCRBY", key, k, v])
+                snapshots.append((ert, dict(counts), list(ert.lat)))
+            if ert.uv:
+                cmds.append(["PFADD", key + ":uv", *ert.uv])
+                ert.uv = set()
+        if not cmds:
+            return
+        # counted as flushed before the write: a lost write loses a few counts, never doubles them
+        for ert, snap, lat in snapshots:
+            ert.flushed = snap
+            ert.lat = [a - b for a, b in zip(ert.lat, lat, strict=True)]
+        await self.conn.pipeline(cmds)
+
+    # -- public views -------------------------------------------------------------
+
+    def event_state(self, ert: EventRuntime, now: int) -> str:
+        ev = ert.event
+        if now >= ev.ends_at_ms:
+            return "ended"
+        if now < ev.starts_at_ms:
+            if ev.preheat_at_ms is not None and now >= ev.preheat_at_ms:
+                return "preheat"
+            return "scheduled"
+        if ev.paused:
+            return "paused"
+        if all(self.ledger.left(s.idx) == 0 for s in ert.skus):
+            return "sold_out"
+        return "live"
+
+    def event_view(self, ert: EventRuntime) -> bytes:
+        ert.counts["pv"] += 1
+        ev = ert.event
+        now = _now_ns() // 1_000_000
+        skus = []
+        total_sold = 0
+        for srt in ert.skus:
+            s = srt.sku
+            stock, sold, _, _ = self.ledger.state(srt.idx)
+            total_sold += sold
+            skus.append({"id": s.id, "name": s.name, "price": s.price,
+                         "original_price": s.original_price, "stock": stock,
+                         "left": max(0, stock - sold), "sold": sold,
+                         "per_user_limit": s.per_user_limit})
+        return build_response(200, _dumps({
+            "id": ev.id, "name": ev.name, "state": self.event_state(ert, now),
+            "server_time_ms": now, "starts_at_ms": ev.starts_at_ms, "ends_at_ms": ev.ends_at_ms,
+            "preheat_at_ms": ev.preheat_at_ms,
+            "registration_required": ev.registration_required, "skus": skus,
+            "milestones": [{"sold": n, "reward": r, "reached": total_sold >= n}
+                           for n, r in ev.milestones],
+        }))
+
+    async def _register(self, ert: EventRuntime, user: str) -> bytes:
+        try:
+            await store.register(self.conn, ert.event, user)
+        except (RedisUnavailable, RedisError):
+            return R_UNAVAILABLE
+        return build_response(200, b'{"registered":true}')
+
+    def register(self, req, ert: EventRuntime):
+        user = self.user_of(req)
+        if user is None:
+            return R_UNAUTH
+        wait = self.limiter.check_ip(req.peer_ip, _mono_ns() // 1000)
+        if wait:
+            return _rate_limited(wait)
+        now = _now_ns() // 1_000_000
+        ev = ert.event
+        if now >= ev.ends_at_ms:
+            return REJECT[ENDED][1]
+        return self._register(ert, user)
+
+    async def _get_order(self, order_id: str, user: str | None) -> bytes:
+        try:
+            order = await store.get_order(self.conn, order_id)
+        except (RedisUnavailable, RedisError):
+            return R_UNAVAILABLE
+        if order is None or (user is not None and order.get("user_id") != user):
+            return R_NOT_FOUND
+        return build_response(200, _dumps(order))
+
+    def get_order(self, req, order_id: str):
+        if admin_ok(req.headers.get(b"authorization"), self.admin_token):
+            return self._get_order(order_id, None)
+        user = self.user_of(req)
+        if user is None:
+            return R_UNAUTH
+        return self._get_order(order_id, user)
+
+    # -- operator endpoints -------------------------------------------------------------
+
+    def admin(self, req, method: bytes, parts: list[str]):
+        # ['', 'api', 'v1', 'admin', 'events', id, (action)]
+        if len(parts) < 6 or parts[4] != "events":
+            return R_NOT_FOUND
+        event_id = parts[5]
+        if len(parts) == 6:
+            if method == b"PUT":
+                return self._put_event(event_id, req.body)
+            if method == b"GET":
+                ert = self.events.get(event_id)
+                if ert is None:
+                    return R_NOT_FOUND
+                return build_response(200, _dumps(ert.event.to_dict()))
+            return R_METHOD
+        ert = self.events.get(event_id)
+        if ert is None or len(parts) != 7:
+            return R_NOT_FOUND
+        action = parts[6]
+        if action in ("pause", "resume"):
+            return self._pause(ert, action == "pause") if method == b"POST" else R_METHOD
+        if action == "stats":
+            return self._stats(ert) if method == b"GET" else R_METHOD
+        if action == "orders":
+            return self._orders(ert) if method == b"GET" else R_METHOD
+        return R_NOT_FOUND
+
+    async def _put_event(self, event_id: str, body: bytes) -> bytes:
+        try:
+            data = _loads(body)
+        except orjson.JSONDecodeError:
+            return R_BAD_JSON
+        try:
+            event = parse_event(event_id, data)
+            created = await store.save_event(self.conn, event)
+        except EventError as e:
+            return _err(409 if e.code == "conflict" else 400, e.code, e.message)
+        except (RedisUnavailable, RedisError) as e:
+            log.warning("cannot save event %s: %s", event_id, e)
+            return R_UNAVAILABLE
+        await self._reload_events()
+        return build_response(201 if created else 200, _dumps(event.to_dict()))
+
+    async def _pause(self, ert: EventRuntime, paused: bool) -> bytes:
+        try:
+            await store.set_paused(self.conn, ert.event, paused)
+        except (RedisUnavailable, RedisError):
+            return R_UNAVAILABLE
+        for srt in ert.skus:
+            self.ledger.set_paused(srt.idx, paused)
+        now = _now_ns() // 1_000_000
+        return build_response(200, _dumps({"id": ert.event.id, "paused": paused,
+                                           "state": self.event_state(ert, now)}))
+
+    async def _stats(self, ert: EventRuntime) -> bytes:
+        key = store.stats_key(ert.event.id)
+        try:
+            await self._flush_stats()
+            raw, uv = await self.conn.pipeline([["HGETALL", key], ["PFCOUNT", key + ":uv"]])
+            skus = await store.sku_totals(self.conn, ert.event)
+            so = await self.conn.pipeline(
+                [["GET", s.prefix + "sold_out_ms"] for s in ert.skus])
+        except (RedisUnavailable, RedisError):
+            return R_UNAVAILABLE
+        it = iter(raw)
+        c = {k.decode(): int(v) for k, v in zip(it, it, strict=True)}
+        lat = [c.get(f"lat:{i}", 0) for i in range(len(LAT_BOUNDS) + 1)]
+        orders = sum(s["orders"] for s in skus)
+        units = sum(s["sold"] for s in skus)
+        uv = int(uv or 0)
+        sold_out_ms = None
+        if skus and all(s["sold"] >= s["stock"] for s in skus) and all(so):
+            sold_out_ms = max(int(x) for x in so) - ert.event.starts_at_ms
+        for s, t in zip(skus, so, strict=True):
+            s["left"] = max(0, s["stock"] - s["sold"])
+            s["sold_out_at_ms"] = int(t) if t else None
+        return build_response(200, _dumps({
+            "event_id": ert.event.id,
+            "pv": c.get("pv", 0), "uv": uv, "attempts": c.get("attempts", 0),
+            "orders": orders, "units_sold": units, "units_paid": 0,
+            "revenue": sum(s["revenue"] for s in skus),
+            "rejections": {k: c.get(k, 0) for k in REJECTION_COUNTERS},
+            "conversion": round(orders / uv, 4) if uv else 0.0,
+            "sold_out_ms": sold_out_ms,
+            "latency_ms": _percentiles(lat),
+            "skus": skus,
+        }))
+
+    async def _orders(self, ert: EventRuntime) -> bytes:
+        try:
+            orders = await store.export_orders(self.conn, ert.event)
+        except (RedisUnavailable, RedisError):
+            return R_UNAVAILABLE
+        body = b"".join(_dumps(o) + b"\n" for o in orders)
+        return build_response(200, body, content_type=b"application/x-ndjson")
+
+
+def _percentiles(lat: list[int]) -> dict:
+    total = sum(lat)
+    out = {}
+    for name, q in (("p50", 0.5), ("p99", 0.99), ("p999", 0.999)):
+        if not total:
+            out[name] = None
+            continue
+        need = q * total
+        acc = 0
+        for i, n in enumerate(lat):
+            acc += n
+            if acc >= need:
+                bound = LAT_BOUNDS[i] if i < len(LAT_BOUNDS) else LAT_BOUNDS[-1] * 2
+                out[name] = bound / 1000
+                break
+    return out

@@ -1,0 +1,841 @@
+"""HTTP/1.1 protocol layer: bytes in, ``Request`` objects to the app, answers out.
+
+Theory of operation
+===================
+
+One ``HttpProtocol`` per TCP (or unix) connection. It knows nothing of routing: it
+turns bytes into ``Request`` objects, hands each to ``app.handle(request)`` and
+writes back the complete response bytes the app returns. Everything follows from a
+handful of rules:
+
+1. **One parser, driven by callbacks.** ``httptools.HttpRequestParser`` (llhttp,
+   strict mode) calls ``on_message_begin`` .. ``on_message_complete`` while
+   ``data_received`` feeds it. A request is dispatched to the app from
+   ``on_message_complete``, i.e. while the parser is still running over the rest of
+   the chunk (pipelined requests are dispatched one after another).
+
+2. **Answers leave in request order.** An answer is either ready (``bytes``) or
+   pending (an awaitable, wrapped in a future). Ready answers go to ``_out`` while
+   ``_queue`` is empty; once one pending answer sits in ``_queue`` every later
+   answer, ready or not, queues behind it. A future completing drains ``_queue``
+   from the head up to the first answer still pending.
+
+3. **One write per wake-up.** ``_out`` is joined and written once at the end of
+   ``data_received`` (or of a drain after a future completed), so N pipelined
+   requests in one chunk cost one ``transport.write``. The usual case - one small
+   request per chunk answered synchronously - is exactly one write of the app's
+   own bytes object (``b"".join`` of a one-element list returns that element).
+
+4. **Closing is an answer like any other.** Errors the protocol detects (malformed
+   input, limits, smuggling attempts, timeouts) queue a final error response with
+   ``Connection: close`` behind the answers already owed, set ``_closing`` and stop
+   parsing (a callback raises ``_Abort``). Once the last answer is written the
+   connection half-closes (``write_eof``) and lingers briefly, discarding input,
+   so the client reads the error instead of a reset; then it closes. A request that
+   itself ends the connection (``Connection: close``, HTTP/1.0 without keep-alive)
+   goes the same way; bytes pipelined after it are ignored.
+
+5. **No timers per request.** Each protocol keeps plain timestamps: ``_last_rx``
+   (last chunk received, or last async answer written) and ``_deadline`` (when the
+   head / body in progress, or the linger after a close, must be over). The
+   ``ConnectionRegistry`` sweeps every live protocol about once a second and acts
+   on those (408, keep-alive close, linger end).
+
+6. **Reading is paused for exactly three reasons:** the transport's write buffer is
+   above ``write_buffer_high`` (``pause_writing``), more than ``max_pipeline``
+   answers are owed, or the connection is closing and waits for owed answers.
+   ``_update_reading`` is the single place that reconciles them.
+
+States of the message in progress (``_state``): 0 = between requests, 1 = head
+(request line and headers), 2 = body. ``connection_lost`` drops owed answers but
+cancels nothing: an app's commit must finish even when its client has gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from http import HTTPStatus
+
+import orjson
+from httptools import (
+    HttpParserError,
+    HttpParserUpgrade,
+    HttpRequestParser,
+    parse_url,
+)
+
+__all__ = [
+    "ConnectionRegistry",
+    "HttpLimits",
+    "HttpProtocol",
+    "Request",
+    "build_response",
+    "error_response",
+]
+
+log = logging.getLogger("flashgate.http")
+
+ADMIN_PREFIX = "/api/v1/admin/"
+
+# How long a connection closed by the server keeps discarding input after its last
+# answer (and the FIN that follows it) before the socket is really closed.
+LINGER_SECONDS = 2.0
+
+
+class HttpLimits:
+    """Per-connection limits and timeouts.
+
+    The class attributes are the defaults; any of them can be overridden by keyword
+    (``HttpLimits(head_timeout=0.5)``). Unknown names are a TypeError.
+    """
+
+    max_head = 16 * 1024  # request line + headers -> 431
+    max_request_line = 8 * 1024  # request target -> 414
+    max_headers = 100  # header count -> 431
+    max_body = 16 * 1024  # -> 413
+    max_body_admin = 1024 * 1024  # paths under /api/v1/admin/ -> 413
+    max_pipeline = 64  # owed answers per connection before reading pauses
+    max_connections = 10000  # per ConnectionRegistry -> 503 + close
+    head_timeout = 10.0  # first byte of a head -> end of head, else 408 + close
+    body_timeout = 30.0  # end of head -> end of body, else 408 + close
+    keepalive_timeout = 75.0  # idle between requests -> close
+    write_buffer_high = 256 * 1024  # transport write buffer high-water mark
+
+    _FIELDS = (
+        "max_head",
+        "max_request_line",
+        "max_headers",
+        "max_body",
+        "max_body_admin",
+        "max_pipeline",
+        "max_connections",
+        "head_timeout",
+        "body_timeout",
+        "keepalive_timeout",
+        "write_buffer_high",
+    )
+
+    def __init__(self, **overrides) -> None:
+        for name in self._FIELDS:
+            setattr(self, name, overrides.pop(name, getattr(type(self), name)))
+        if overrides:
+            raise TypeError(f"unknown HttpLimits field(s): {', '.join(sorted(overrides))}")
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{name}={getattr(self, name)!r}" for name in self._FIELDS)
+        return f"HttpLimits({inner})"
+
+
+class Request:
+    """One parsed request, as handed to ``app.handle``."""
+
+    __slots__ = ("method", "path", "query", "headers", "body", "keep_alive", "peer_ip")
+
+    def __init__(self, method, path, query, headers, body, keep_alive, peer_ip):
+        self.method: bytes = method  # b"GET"
+        self.path: str = path  # latin-1 decoded, not percent-decoded, no query
+        self.query: bytes = query  # raw, without '?'; b"" if none
+        self.headers: dict = headers  # lower-case name -> value (last one wins)
+        self.body: bytes = body
+        self.keep_alive: bool = keep_alive
+        self.peer_ip: str = peer_ip  # "" for unix sockets
+
+    def header(self, name: bytes, default=None):
+        """Value of header ``name`` (lower-case bytes), or ``default``."""
+        return self.headers.get(name, default)
+
+    def __repr__(self) -> str:
+        return f"<Request {self.method.decode('latin-1')} {self.path!r} from {self.peer_ip!r}>"
+
+
+# --------------------------------------------------------------------------- responses
+
+_STATUS_LINES = {
+    int(s): b"HTTP/1.1 %d %s\r\n" % (int(s), s.phrase.encode("latin-1")) for s in HTTPStatus
+}
+
+
+def _status_line(status: int) -> bytes:
+    line = _STATUS_LINES.get(status)
+    if line is None:
+        if not 100 <= status <= 999:
+            raise ValueError(f"invalid HTTP status {status!r}")
+        line = b"HTTP/1.1 %d Unknown\r\n" % status
+    return line
+
+
+def _check_field(value: bytes) -> bytes:
+    # A CR or LF in a header name or value would let the caller inject headers.
+    if b"\r" in value or b"\n" in value:
+        raise ValueError(f"CR/LF in header field {value!r}")
+    return value
+
+
+def build_response(
+    status: int,
+    body: bytes = b"",
+    content_type: bytes | None = b"application/json",
+    headers: tuple | list = (),
+    close: bool = False,
+) -> bytes:
+    """Complete HTTP/1.1 response bytes.
+
+    Status line with the standard reason phrase, ``Content-Type`` (unless
+    ``content_type`` is None), ``Content-Length``, the extra ``headers`` (pairs of
+    bytes), ``Connection: close`` when ``close``. 1xx, 204 and 304 carry neither a
+    body nor a Content-Length, as RFC 9110 requires.
+    """
+    parts = [_status_line(status)]
+    no_body = status < 200 or status == 204 or status == 304
+    if content_type is not None and not no_body:
+        parts.append(b"Content-Type: " + _check_field(content_type) + b"\r\n")
+    if not no_body:
+        parts.append(b"Content-Length: %d\r\n" % len(body))
+    for name, value in headers:
+        parts.append(_check_field(name) + b": " + _check_field(value) + b"\r\n")
+    if close:
+        parts.append(b"Connection: close\r\n")
+    parts.append(b"\r\n")
+    if body and not no_body:
+        parts.append(body)
+    return b"".join(parts)
+
+
+def error_response(
+    status: int, code: str, message: str, headers: tuple | list = (), close: bool = False
+) -> bytes:
+    """``build_response`` with the API's error body ``{"error": code, "message": message}``."""
+    body = orjson.dumps({"error": code, "message": message})
+    return build_response(status, body, headers=headers, close=close)
+
+
+_RESP_500 = error_response(500, "internal", "internal error")
+_RESP_503 = error_response(
+    503, "unavailable", "too many connections", headers=((b"Retry-After", b"1"),), close=True
+)
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+# Rewrites applied to an answer before it is written (bit flags in ``_fix``); all rare.
+_FIX_CLOSE = 1  # add "Connection: close"; the connection ends after this answer
+_FIX_KEEP = 2  # add "Connection: keep-alive" (HTTP/1.0 client that asked for it)
+_FIX_HEAD = 4  # HEAD request: drop the body, keep the Content-Length
+
+
+def _apply_fix(answer: bytes, fix: int) -> bytes:
+    end = answer.find(b"\r\n\r\n")
+    if end < 0:  # not a response we can edit; send as is
+        return answer
+    if fix & _FIX_HEAD:
+        answer = answer[: end + 4]
+    if fix & (_FIX_CLOSE | _FIX_KEEP):
+        if b"\r\nconnection:" not in answer[:end].lower():
+            cut = answer.find(b"\r\n") + 2
+            extra = b"Connection: close\r\n" if fix & _FIX_CLOSE else b"Connection: keep-alive\r\n"
+            answer = answer[:cut] + extra + answer[cut:]
+    return answer
+
+
+class _Abort(Exception):
+    """Raised from a parser callback to stop llhttp; the reason is already recorded."""
+
+
+# --------------------------------------------------------------------------- registry
+
+
+class ConnectionRegistry:
+    """The live ``HttpProtocol`` instances of one worker.
+
+    Counts them for ``max_connections`` and sweeps them every ``interval`` seconds
+    (``start(loop)`` / ``stop()``) to enforce the head, body and keep-alive timeouts
+    from the timestamps each protocol keeps; there is no timer per request.
+    """
+
+    __slots__ = ("_conns", "_interval", "_loop", "_timer")
+
+    def __init__(self, interval: float = 1.0) -> None:
+        self._conns: set[HttpProtocol] = set()
+        self._interval = interval
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    def __len__(self) -> int:
+        return len(self._conns)
+
+    def __iter__(self):
+        return iter(tuple(self._conns))
+
+    def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """Start the periodic sweep on ``loop`` (default: the running loop)."""
+        self.stop()
+        self._loop = loop if loop is not None else asyncio.get_running_loop()
+        self._timer = self._loop.call_later(self._interval, self._sweep)
+
+    def stop(self) -> None:
+        """Stop the sweep. Connections stay open."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def sweep(self, now: float | None = None) -> None:
+        """Enforce the timeouts once, now (the periodic sweep calls this)."""
+        if now is None:
+            now = (self._loop or asyncio.get_running_loop()).time()
+        for proto in tuple(self._conns):
+            try:
+                proto._check_timeouts(now)
+            except Exception:  # one broken connection must not stop the sweep
+                log.exception("connection sweep failed")
+
+    def _sweep(self) -> None:
+        self._timer = self._loop.call_later(self._interval, self._sweep)
+        self.sweep(self._loop.time())
+
+    def close_idle(self) -> None:
+        """Close every connection with no request in progress (for a graceful drain).
+
+        A connection that is busy is marked so that it closes as soon as it has
+        answered what it is working on (its last answer says ``Connection: close``).
+        """
+        for proto in tuple(self._conns):
+            proto._close_when_idle()
+
+    def busy_count(self) -> int:
+        """Connections with a request in progress or answers not yet sent."""
+        return sum(1 for proto in tuple(self._conns) if proto._is_busy())
+
+
+# --------------------------------------------------------------------------- protocol
+
+
+class HttpProtocol(asyncio.Protocol):
+    """HTTP/1.1 server side of one connection. Factory: ``lambda: HttpProtocol(app, limits, registry)``."""
+
+    __slots__ = (
+        # wiring
+        "_app_handle", "_limits", "_registry", "_transport", "_loop", "_time",
+        "_parser", "_feed", "_get_method", "_keep_alive_of", "_upgrade_of", "_peer_ip",
+        # limits copied out of HttpLimits for the hot path
+        "_max_head", "_max_line", "_max_headers", "_head_timeout", "_keepalive_timeout",
+        "_max_pipeline",
+        # message in progress
+        "_state", "_url", "_headers", "_nheaders", "_head_size", "_head_pending", "_body",
+        "_body_size", "_body_limit", "_method", "_path", "_query", "_keep_alive", "_fix",
+        "_conn_fix",
+        # answers
+        "_out", "_queue",
+        # timing and connection state
+        "_last_rx", "_deadline", "_closing", "_lingering", "_closed", "_peer_eof",
+        "_rpaused", "_wpaused", "_wpaused_at",
+    )  # fmt: skip
+
+    def __init__(self, app, limits: HttpLimits, registry: ConnectionRegistry) -> None:
+        self._app_handle = app.handle
+        self._limits = limits
+        self._registry = registry
+        self._transport = None
+        self._loop = None
+        self._time = None
+        parser = HttpRequestParser(self)
+        self._parser = parser
+        self._feed = parser.feed_data
+        self._get_method = parser.get_method
+        self._keep_alive_of = parser.should_keep_alive
+        self._upgrade_of = parser.should_upgrade
+        self._peer_ip = ""
+
+        self._max_head = limits.max_head
+        self._max_line = limits.max_request_line
+        self._max_headers = limits.max_headers
+        self._head_timeout = limits.head_timeout
+        self._keepalive_timeout = limits.keepalive_timeout
+        self._max_pipeline = limits.max_pipeline
+
+        self._state = 0
+        self._url = b""
+        self._headers = {}
+        self._nheaders = 0
+        self._head_size = 0
+        self._head_pending = 0
+        self._body = None
+        self._body_size = 0
+        self._body_limit = limits.max_body
+        self._method = b""
+        self._path = ""
+        self._query = b""
+        self._keep_alive = True
+        self._fix = 0
+        self._conn_fix = 0  # _FIX_CLOSE once a graceful drain asked this connection to end
+
+        self._out: list[bytes] = []
+        self._queue: collections.deque = collections.deque()
+
+        self._last_rx = 0.0
+        self._deadline = 0.0  # 0.0 = no deadline running
+        self._closing = False  # no more requests: close once the owed answers are out
+        self._lingering = False  # FIN sent, discarding input until EOF or the deadline
+        self._closed = False  # connection_lost seen (or never registered)
+        self._peer_eof = False
+        self._rpaused = False
+        self._wpaused = False
+        self._wpaused_at = 0.0
+
+    # ---------------------------------------------------------------- asyncio callbacks
+
+    def connection_made(self, transport) -> None:
+        self._transport = transport
+        loop = self._loop = asyncio.get_running_loop()
+        self._time = loop.time
+        self._last_rx = loop.time()
+        peer = transport.get_extra_info("peername")
+        self._peer_ip = peer[0] if isinstance(peer, tuple) and peer else ""
+        registry = self._registry
+        if len(registry) >= self._limits.max_connections:
+            # Over the per-worker cap: say so and go. Never registered, never swept.
+            self._closing = self._closed = True
+            transport.write(_RESP_503)
+            transport.close()
+            return
+        transport.set_write_buffer_limits(high=self._limits.write_buffer_high)
+        registry._conns.add(self)
+
+    def connection_lost(self, exc) -> None:
+        # Owed answers are dropped; the app's awaitables keep running to completion
+        # (their done callback sees _closed and only logs failures).
+        self._closed = self._closing = True
+        self._registry._conns.discard(self)
+        self._queue.clear()
+        self._out.clear()
+        self._state = 0
+        self._deadline = 0.0
+        self._parser = self._feed = None  # break the parser <-> protocol cycle
+
+    def eof_received(self):
+        self._peer_eof = True
+        if self._lingering or self._closing and not self._queue:
+            return False  # close now
+        if self._queue:
+            # The client half-closed after its requests: still send what is owed.
+            self._closing = True
+            self._state = 0
+            self._deadline = 0.0
+            return True
+        return False  # nothing owed (a partial request is abandoned): close
+
+    def pause_writing(self) -> None:
+        self._wpaused = True
+        self._wpaused_at = self._time()
+        self._update_reading()
+
+    def resume_writing(self) -> None:
+        self._wpaused = False
+        self._update_reading()
+
+    def data_received(self, data: bytes) -> None:
+        if self._closing:
+            return  # closing or lingering: input is ignored
+        self._last_rx = self._time()
+        state = self._state
+        head_size = self._head_size
+        try:
+            self._feed(data)
+        except HttpParserUpgrade:
+            self._reject(400, "bad_request", "protocol upgrade is not supported")
+        except HttpParserError as exc:
+            if not self._closing:
+                self._parse_error(exc)
+        except Exception:
+            log.exception("unexpected error while parsing a request")
+            self._reject(500, "internal", "internal error")
+        if self._state == 1 and not self._closing:
+            self._guard_head(state, head_size, len(data))
+        if self._out:
+            self._write_out()
+
+    # ---------------------------------------------------------------- parser callbacks
+
+    def on_message_begin(self) -> None:
+        self._state = 1
+        self._deadline = self._last_rx + self._head_timeout
+        self._url = b""
+        self._headers = {}
+        self._nheaders = 0
+        self._head_size = 0
+        self._head_pending = 0
+        self._body = None
+        self._fix = self._conn_fix
+
+    def on_url(self, frag: bytes) -> None:
+        # llhttp reports the URL in fragments when it spans chunks.
+        url = self._url + frag
+        self._url = url
+        self._head_size += len(frag)
+        if len(url) > self._max_line:
+            self._reject(414, "uri_too_long", "request line too long")
+            raise _Abort
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers[name.lower()] = value
+        size = self._head_size + len(name) + len(value) + 4
+        self._head_size = size
+        self._nheaders += 1
+        if size > self._max_head or self._nheaders > self._max_headers:
+            if size > self._max_head:
+                self._reject(431, "headers_too_large", "request head too large")
+            else:
+                self._reject(431, "headers_too_large", "too many headers")
+            raise _Abort
+
+    def on_headers_complete(self) -> None:
+        self._state = 2
+        headers = self._headers
+        url = self._url
+        self._keep_alive = keep_alive = self._keep_alive_of()
+        method = self._method = self._get_method()
+        if method != b"GET" and method != b"POST":
+            self._check_method(method)
+        if (
+            not keep_alive
+            or url[0] != 47  # not origin-form ("/...")
+            or b"connection" in headers
+            or b"content-length" in headers
+            or b"transfer-encoding" in headers
+        ):
+            self._headers_slow(headers, url, keep_alive)
+        else:
+            q = url.find(b"?")
+            if q < 0:
+                self._path = url.decode("latin-1")
+                self._query = b""
+            else:
+                self._path = url[:q].decode("latin-1")
+                self._query = url[q + 1 :]
+
+    def on_body(self, chunk: bytes) -> None:
+        size = self._body_size + len(chunk)
+        self._body_size = size
+        if size > self._body_limit:
+            self._reject(413, "payload_too_large", "request body too large")
+            raise _Abort
+        body = self._body
+        if body is None:
+            self._body = [chunk]
+        else:
+            body.append(chunk)
+
+    def on_message_complete(self) -> None:
+        self._state = 0
+        self._deadline = 0.0
+        body = self._body
+        req = Request(
+            self._method,
+            self._path,
+            self._query,
+            self._headers,
+            b"" if body is None else b"".join(body),
+            self._keep_alive,
+            self._peer_ip,
+        )
+        try:
+            answer = self._app_handle(req)
+        except Exception:
+            log.exception("request handler failed: %r", req)
+            answer = _RESP_500
+        fix = self._fix
+        if fix:
+            self._answer_fixed(answer, fix)
+            if fix & _FIX_CLOSE:
+                raise _Abort  # stop parsing whatever was pipelined after this request
+        elif type(answer) is bytes and not self._queue:
+            self._out.append(answer)
+        else:
+            self._enqueue(answer, 0)
+
+    # ---------------------------------------------------------------- slow paths of parsing
+
+    def _check_method(self, method: bytes) -> None:
+        if method == b"HEAD":
+            self._fix |= _FIX_HEAD
+        elif method == b"CONNECT":
+            self._reject(400, "bad_request", "CONNECT is not supported")
+            raise _Abort
+
+    def _headers_slow(self, headers: dict, url: bytes, keep_alive: bool) -> None:
+        """Everything on_headers_complete does for the unusual request."""
+        if self._upgrade_of():
+            self._reject(400, "bad_request", "protocol upgrade is not supported")
+            raise _Abort
+        # Request smuggling: llhttp already refuses Content-Length together with
+        # Transfer-Encoding and duplicate Content-Length; a body must come with a
+        # plain Content-Length here, so any Transfer-Encoding is refused.
+        te = headers.get(b"transfer-encoding")
+        if te is not None:
+            if b"content-length" in headers:
+                self._reject(400, "bad_request", "Content-Length with Transfer-Encoding")
+            elif te.strip().lower() == b"chunked":
+                self._reject(
+                    411, "length_required", "chunked bodies are not accepted; send Content-Length"
+                )
+            else:
+                self._reject(400, "bad_request", "unsupported Transfer-Encoding")
+            raise _Abort
+        if not keep_alive or b"connection" in headers:
+            version = self._parser.get_http_version()
+            if version != "1.1" and version != "1.0":
+                self._reject(505, "bad_request", "HTTP version not supported")
+                raise _Abort
+            if not keep_alive:
+                self._fix |= _FIX_CLOSE
+            elif version == "1.0":
+                self._fix |= _FIX_KEEP
+        if url[0] == 47:  # origin-form
+            q = url.find(b"?")
+            if q < 0:
+                path, query = url.decode("latin-1"), b""
+            else:
+                path, query = url[:q].decode("latin-1"), url[q + 1 :]
+        elif url == b"*":  # asterisk-form (OPTIONS *)
+            path, query = "*", b""
+        else:  # absolute-form; authority-form is CONNECT only (refused above)
+            try:
+                parsed = parse_url(url)
+            except HttpParserError:
+                self._reject(400, "bad_request", "invalid request target")
+                raise _Abort from None
+            if not parsed.schema:
+                self._reject(400, "bad_request", "invalid request target")
+                raise _Abort
+            path = (parsed.path or b"/").decode("latin-1")
+            query = parsed.query or b""
+        self._path = path
+        self._query = query
+        length = headers.get(b"content-length")
+        if length is not None:
+            limits = self._limits
+            limit = limits.max_body_admin if path.startswith(ADMIN_PREFIX) else limits.max_body
+            self._body_limit = limit
+            self._body_size = 0
+            n = int(length)  # llhttp has checked it is all digits
+            if n > limit:
+                self._reject(413, "payload_too_large", "request body too large")
+                raise _Abort
+            if n:
+                self._deadline = self._last_rx + limits.body_timeout
+                expect = headers.get(b"expect")
+                if expect is not None and expect.lower() == b"100-continue":
+                    self._push(_CONTINUE)
+
+    def _guard_head(self, state_before: int, size_before: int, nbytes: int) -> None:
+        """Bound the bytes a head may hold before any of its lines completes.
+
+        Header lines are counted exactly when llhttp reports them; a line still
+        being received is invisible (httptools buffers it). If this whole chunk
+        reported nothing (same head as before, size unchanged), every byte of it
+        belongs to that one unfinished line, so count it.
+        """
+        if state_before == 1 and self._head_size == size_before:
+            self._head_pending += nbytes
+            if self._head_size + self._head_pending > self._max_head:
+                self._reject(431, "headers_too_large", "request head too large")
+        else:
+            self._head_pending = 0
+
+    def _parse_error(self, exc: HttpParserError) -> None:
+        cause = exc.__context__
+        if cause is not None and not isinstance(cause, _Abort):
+            # One of our callbacks failed unexpectedly: a bug, not the client's fault.
+            log.error("HTTP parser callback failed", exc_info=cause)
+            self._reject(500, "internal", "internal error")
+            return
+        reason = str(exc.args[0]) if exc.args else "malformed request"
+        self._reject(400, "bad_request", f"malformed request: {reason}")
+
+    # ---------------------------------------------------------------- answers
+
+    def _answer_fixed(self, answer, fix: int) -> None:
+        """Queue the answer of a request whose response needs rewriting."""
+        if fix & _FIX_CLOSE:
+            self._closing = True
+            self._update_reading()
+        if type(answer) is bytes:
+            self._push(_apply_fix(answer, fix))
+        else:
+            self._enqueue(answer, fix)
+
+    def _push(self, data: bytes) -> None:
+        """Append ready bytes behind everything owed so far."""
+        if self._queue:
+            self._queue.append(data)
+        else:
+            self._out.append(data)
+
+    def _enqueue(self, answer, fix: int) -> None:
+        if type(answer) is bytes or isinstance(answer, (bytearray, memoryview)):
+            entry = _apply_fix(bytes(answer), fix) if fix else bytes(answer)
+        else:
+            try:
+                fut = asyncio.ensure_future(answer)
+            except TypeError:
+                log.error("request handler returned %r, not bytes or an awaitable", type(answer))
+                entry = _apply_fix(_RESP_500, fix) if fix else _RESP_500
+            else:
+                fut.add_done_callback(self._on_answer_done)
+                entry = (fut, fix)
+        if not self._queue and type(entry) is bytes:
+            self._out.append(entry)
+            return
+        self._queue.append(entry)
+        if len(self._queue) > self._max_pipeline and not self._rpaused:
+            self._update_reading()
+
+    def _on_answer_done(self, fut: asyncio.Future) -> None:
+        # Always look at the outcome, so a failure is logged once even when the
+        # client has gone (and asyncio does not complain about it later).
+        if not fut.cancelled():
+            exc = fut.exception()
+            if exc is not None:
+                log.error("request handler failed", exc_info=exc)
+        if self._closed:
+            return
+        self._drain()
+
+    def _drain(self) -> None:
+        """Move answers from the head of the queue to the wire, in order."""
+        queue = self._queue
+        out = self._out
+        while queue:
+            entry = queue[0]
+            if type(entry) is not bytes:
+                fut, fix = entry
+                if not fut.done():
+                    break
+                entry = self._result_of(fut)
+                if fix:
+                    entry = _apply_fix(entry, fix)
+            out.append(entry)
+            queue.popleft()
+        if self._rpaused:
+            self._update_reading()
+        if out:
+            self._last_rx = self._time()  # keep-alive idle time starts now
+            self._write_out()
+
+    @staticmethod
+    def _result_of(fut: asyncio.Future) -> bytes:
+        if fut.cancelled() or fut.exception() is not None:
+            return _RESP_500
+        res = fut.result()
+        if type(res) is bytes:
+            return res
+        if isinstance(res, (bytearray, memoryview)):
+            return bytes(res)
+        log.error("request handler resolved to %r, not bytes", type(res))
+        return _RESP_500
+
+    def _write_out(self) -> None:
+        out = self._out
+        data = b"".join(out)  # the element itself when there is only one
+        out.clear()
+        self._transport.write(data)
+        if self._closing and not self._queue:
+            self._finish()
+
+    # ---------------------------------------------------------------- closing
+
+    def _reject(self, status: int, code: str, message: str) -> None:
+        """Owe a final error answer, then close. Parsing stops (callers raise _Abort)."""
+        if self._closing:
+            return
+        self._closing = True
+        self._state = 0
+        self._deadline = 0.0
+        self._push(error_response(status, code, message, close=True))
+        self._update_reading()
+
+    def _finish(self) -> None:
+        """Everything owed is written: half-close, then linger briefly discarding input."""
+        if self._lingering or self._closed:
+            return
+        transport = self._transport
+        self._deadline = 0.0
+        if self._peer_eof or not transport.can_write_eof():
+            transport.close()
+            return
+        self._lingering = True
+        transport.write_eof()
+        self._deadline = self._time() + LINGER_SECONDS
+        self._update_reading()
+
+    def _update_reading(self) -> None:
+        """Pause or resume reading to match the three reasons for pausing."""
+        if self._closed:
+            return
+        n = len(self._queue)
+        if self._lingering:
+            want = False  # read (and discard) so the peer's close is seen
+        elif self._wpaused or self._closing:
+            want = True
+        elif n > self._max_pipeline:
+            want = True
+        elif n < self._max_pipeline:
+            want = False
+        else:
+            want = self._rpaused
+        if want == self._rpaused:
+            return
+        self._rpaused = want
+        try:
+            if want:
+                self._transport.pause_reading()
+            else:
+                self._transport.resume_reading()
+        except (RuntimeError, AttributeError):  # transport closing
+            pass
+
+    # ---------------------------------------------------------------- registry hooks
+
+    def _check_timeouts(self, now: float) -> None:
+        if self._closed:
+            return
+        deadline = self._deadline
+        if deadline and now >= deadline:
+            if self._lingering:
+                self._transport.close()
+            elif self._state:
+                self._reject(408, "request_timeout", "request not received in time")
+                if self._out:
+                    self._write_out()
+            return
+        if self._wpaused and now - self._wpaused_at >= self._keepalive_timeout:
+            self._transport.abort()  # the client stopped reading long ago
+            return
+        if (
+            not self._state
+            and not self._queue
+            and not self._closing
+            and now - self._last_rx >= self._keepalive_timeout
+        ):
+            self._transport.close()
+
+    def _close_when_idle(self) -> None:
+        if self._closed or self._lingering:
+            return
+        if self._state:
+            # Mid-request: its answer will carry Connection: close and end it.
+            self._conn_fix |= _FIX_CLOSE
+            self._fix |= _FIX_CLOSE
+        elif self._queue:
+            # Answers still owed, no request being read: end after they are written.
+            self._closing = True
+            self._update_reading()
+        elif not self._closing:
+            self._closing = True
+            self._transport.close()
+
+    def _is_busy(self) -> bool:
+        if self._closed:
+            return False
+        if self._state or self._queue:
+            return True
+        return bool(self._transport.get_write_buffer_size())

@@ -1,0 +1,92 @@
+"""One worker process: a uvloop loop with its own ledger, limiter, Redis connection
+and listening socket (SO_REUSEPORT: the kernel spreads connections over workers).
+
+SIGTERM drains: /readyz turns 503, after ``drain_delay`` the listener closes, idle
+keep-alive connections are closed, requests in progress and their commits finish
+(at most ``drain_grace`` seconds), then the process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+import sys
+
+from flashgate.config import Config
+from flashgate.gateway.app import Gateway
+from flashgate.gateway.protocol import ConnectionRegistry, HttpLimits, HttpProtocol
+
+log = logging.getLogger("flashgate.worker")
+
+
+def listen_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket with SO_REUSEPORT on ``host:port``."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(4096)
+    sock.setblocking(False)
+    return sock
+
+
+async def _serve(cfg: Config, worker_id: int, ready) -> int:
+    loop = asyncio.get_running_loop()
+    gateway = Gateway(cfg, worker_id)
+    await gateway.start()
+    limits = HttpLimits(
+        max_body=cfg.max_body,
+        keepalive_timeout=cfg.keepalive_timeout,
+        head_timeout=cfg.head_timeout,
+        max_connections=cfg.max_connections,
+    )
+    registry = ConnectionRegistry()
+    registry.start(loop)
+    sock = listen_socket(cfg.host, cfg.port)
+    server = await loop.create_server(
+        lambda: HttpProtocol(gateway, limits, registry), sock=sock
+    )
+    stop = loop.create_future()
+
+    def on_term():
+        if not stop.done():
+            stop.set_result(None)
+
+    loop.add_signal_handler(signal.SIGTERM, on_term)
+    loop.add_signal_handler(signal.SIGINT, lambda: None)  # the supervisor decides
+    if ready is not None:
+        ready.put(worker_id)
+    await stop
+
+    # drain
+    gateway.draining = True
+    if cfg.drain_delay > 0:
+        await asyncio.sleep(cfg.drain_delay)
+    server.close()
+    registry.close_idle()
+    deadline = loop.time() + cfg.drain_grace
+    while (registry.busy_count() or gateway.busy) and loop.time() < deadline:
+        await asyncio.sleep(0.02)
+        registry.close_idle()
+    leftover = registry.busy_count()
+    if leftover:
+        log.warning("worker %d: %d connections still busy after the grace period", worker_id,
+                    leftover)
+    registry.stop()
+    await gateway.stop()
+    return 0
+
+
+def run(cfg: Config, worker_id: int, ready=None) -> None:
+    """Entry point of a worker process."""
+    logging.basicConfig(
+        level=getattr(logging, cfg.log_level.upper(), logging.INFO),
+        format=f"%(asctime)s worker-{worker_id} %(levelname)s %(name)s: %(message)s",
+    )
+    import uvloop
+
+    code = uvloop.run(_serve(cfg, worker_id, ready))
+    sys.exit(code)

@@ -1,0 +1,201 @@
+"""The stock ledger without I/O: each rule, and a randomized run of several workers'
+ledgers against a model of the commit script, checking the invariants throughout."""
+
+import random
+
+import pytest
+
+from flashgate.core._stock import (
+    ENDED,
+    LIMIT_EXCEEDED,
+    NOT_STARTED,
+    OK,
+    PAUSED,
+    SOLD_OUT,
+    WAIT,
+    Ledger,
+)
+
+T0 = 1_000_000
+T1 = 2_000_000
+
+
+def ledger(stock=5, sold=0, limit=1):
+    lg = Ledger()
+    return lg, lg.add_sku(stock, sold, limit, T0, T1)
+
+
+def test_window_is_half_open():
+    lg, s = ledger()
+    assert lg.reserve(s, "u", 1, T0 - 1, False) == NOT_STARTED
+    assert lg.reserve(s, "u", 1, T1, False) == ENDED
+    assert lg.reserve(s, "u", 1, T1 + 5, False) == ENDED
+    assert lg.reserve(s, "u", 1, T0, False) == OK
+    assert lg.state(s)[2] == 1
+
+
+def test_paused_refuses():
+    lg, s = ledger()
+    lg.set_paused(s, True)
+    assert lg.reserve(s, "u", 1, T0, False) == PAUSED
+    lg.set_paused(s, False)
+    assert lg.reserve(s, "u", 1, T0, False) == OK
+
+
+def test_sold_out_only_when_redis_said_so():
+    lg, s = ledger(stock=2)
+    assert lg.reserve(s, "a", 1, T0, False) == OK
+    assert lg.reserve(s, "b", 1, T0, False) == OK
+    # both units in flight: not sold out yet, the batch may fail
+    assert lg.reserve(s, "c", 1, T0, False) == WAIT
+    lg.settle(s, "a", 1, True)
+    lg.settle(s, "b", 1, False)  # e.g. another worker took it first
+    lg.observe(s, 1, 2)
+    assert lg.reserve(s, "c", 1, T0, False) == OK
+    lg.settle(s, "c", 1, True)
+    lg.observe(s, 2, 2)
+    assert lg.reserve(s, "d", 1, T0, False) == SOLD_OUT
+    assert lg.left(s) == 0
+    lg.check()
+
+
+def test_qty_above_left_with_nothing_in_flight_is_sold_out():
+    lg, s = ledger(stock=3, limit=5)
+    lg.observe(s, 2, 3)
+    assert lg.reserve(s, "a", 2, T0, False) == SOLD_OUT
+    assert lg.reserve(s, "a", 1, T0, False) == OK
+
+
+def test_user_limit_known_locally():
+    lg, s = ledger(stock=10, limit=2)
+    assert lg.reserve(s, "a", 2, T0, False) == OK
+    lg.settle(s, "a", 2, True)
+    lg.observe(s, 2, 10)
+    assert lg.reserve(s, "a", 1, T0, False) == LIMIT_EXCEEDED
+    assert lg.reserve(s, "a", 3, T0, False) == LIMIT_EXCEEDED
+    # an Idempotency-Key replay must reach Redis, which returns the original order
+    assert lg.reserve(s, "a", 1, T0, True) == OK
+    lg.settle(s, "a", 1, False)
+    lg.check()
+
+
+def test_own_units_in_flight_make_the_same_user_wait():
+    lg, s = ledger(stock=10, limit=1)
+    assert lg.reserve(s, "a", 1, T0, False) == OK
+    assert lg.reserve(s, "a", 1, T0, False) == WAIT  # may become limit_exceeded
+    assert lg.reserve(s, "b", 1, T0, False) == OK  # others are not held up
+    lg.settle(s, "a", 1, False)
+    assert lg.reserve(s, "a", 1, T0, False) == OK
+
+
+def test_batches_in_arrival_order_and_cleared():
+    lg = Ledger()
+    a = lg.add_sku(5, 0, 1, T0, T1)
+    b = lg.add_sku(5, 0, 1, T0, T1)
+    lg.push(b, "x")
+    lg.push(a, "y")
+    lg.push(b, "z")
+    assert lg.take_batches() == [(b, ["x", "z"]), (a, ["y"])]
+    assert lg.take_batches() == []
+    assert lg.pending_count(a) == 0
+
+
+def test_forget_buyers_after_units_return():
+    lg, s = ledger(stock=5, limit=1)
+    lg.reserve(s, "a", 1, T0, False)
+    lg.settle(s, "a", 1, True)
+    assert lg.reserve(s, "a", 1, T0, False) == LIMIT_EXCEEDED
+    lg.forget_buyers(s)
+    assert lg.reserve(s, "a", 1, T0, False) == OK
+
+
+def test_bad_arguments():
+    lg = Ledger()
+    with pytest.raises(ValueError):
+        lg.add_sku(5, 0, 0, T0, T1)
+    with pytest.raises(ValueError):
+        lg.add_sku(-1, 0, 1, T0, T1)
+    s = lg.add_sku(5, 0, 1, T0, T1)
+    with pytest.raises(IndexError):
+        lg.reserve(s + 1, "u", 1, T0, False)
+    with pytest.raises(ValueError):
+        lg.reserve(s, "u", 0, T0, False)
+
+
+class ModelRedis:
+    """The commit script's decisions for one SKU (without window / idempotency)."""
+
+    def __init__(self, stock, limit):
+        self.stock, self.limit, self.sold, self.buyers = stock, limit, 0, {}
+
+    def commit(self, batch):
+        out = []
+        for user, qty in batch:
+            if self.buyers.get(user, 0) + qty > self.limit:
+                out.append(False)
+            elif self.sold + qty > self.stock:
+                out.append(False)
+            else:
+                self.sold += qty
+                self.buyers[user] = self.buyers.get(user, 0) + qty
+                out.append(True)
+        return out
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_random_workers_never_oversell_nor_undersell(seed):
+    """Several workers' ledgers against one model Redis: nothing oversold, no user over
+    the limit, no SOLD_OUT while a unit is still open, and every unit sold at the end."""
+    rnd = random.Random(seed)
+    stock, limit = rnd.randint(1, 12), rnd.randint(1, 3)
+    redis = ModelRedis(stock, limit)
+    workers = []
+    for _ in range(rnd.randint(1, 4)):
+        lg = Ledger()
+        workers.append((lg, lg.add_sku(stock, 0, limit, T0, T1), []))
+    users = [f"u{i}" for i in range(stock * 3)]
+    for _step in range(400):
+        lg, s, inflight = rnd.choice(workers)
+        action = rnd.random()
+        if action < 0.6:
+            user, qty = rnd.choice(users), rnd.randint(1, limit)
+            code = lg.reserve(s, user, qty, T0, False)
+            if code == OK:
+                lg.push(s, (user, qty))
+            elif code == SOLD_OUT:
+                # sold only grows here, so the ledger's view is never ahead of Redis:
+                # SOLD_OUT must mean Redis really has fewer than qty units open
+                assert lg.left(s) < qty, "sold_out while enough units were open"
+                assert redis.stock - redis.sold < qty, "sold_out while Redis had units"
+        elif action < 0.85:
+            for _, batch in lg.take_batches():
+                inflight.append(batch)
+        elif inflight:
+            batch = inflight.pop(0)
+            for (user, qty), sold in zip(batch, redis.commit(batch), strict=True):
+                lg.settle(s, user, qty, sold)
+            lg.observe(s, redis.sold, redis.stock)
+        lg.check()
+        assert redis.sold <= redis.stock
+        assert all(v <= limit for v in redis.buyers.values())
+    # drain everything in flight, then keep buying with fresh users until sold out
+    for lg, s, inflight in workers:
+        for batch in inflight + [b for _, b in lg.take_batches()]:
+            for (user, qty), sold in zip(batch, redis.commit(batch), strict=True):
+                lg.settle(s, user, qty, sold)
+        lg.observe(s, redis.sold, redis.stock)
+        inflight.clear()
+    n = 0
+    while redis.sold < redis.stock:
+        lg, s, _ = workers[n % len(workers)]
+        lg.observe(s, redis.sold, redis.stock)
+        user = f"late{n}"
+        assert lg.reserve(s, user, 1, T0, False) == OK, "a unit is open but the ledger refused"
+        lg.settle(s, user, 1, redis.commit([(user, 1)])[0])
+        n += 1
+    for lg, s, _ in workers:
+        lg.observe(s, redis.sold, redis.stock)
+        assert lg.reserve(s, "someone", 1, T0, False) == SOLD_OUT
+        assert lg.state(s)[2] == 0
+        lg.check()
+    assert redis.sold == redis.stock
