@@ -1,0 +1,173 @@
+"""Price ladder, rate limits through the server, worker supervision, drain, CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from flashgate.auth import TokenVerifier
+from tests.support import Gateway, check_invariants, event_body, new_id, now_ms
+
+
+def test_price_ladder_is_decided_at_commit(gw, r):
+    ev = new_id("tier")
+    body = event_body(stock=(6,), limits=(3,))
+    body["skus"][0]["tiers"] = [{"units": 2, "price": 10}, {"units": 1, "price": 50}]
+    gw.put_event(ev, body)
+    prices = []
+    for user, qty in (("a", 1), ("b", 1), ("c", 1), ("d", 2), ("e", 1)):
+        status, order, _ = gw.buy(ev, "s0", user, qty)
+        assert status == 200, order
+        prices.append((order["unit_price"], order["amount"]))
+    # units 0-1 at 10, unit 2 at 50, then the base price 100; an order's unit price is
+    # the one of its first unit
+    assert prices == [(10, 10), (10, 10), (50, 50), (100, 200), (100, 100)]
+    status, data, _ = gw.buy(ev, "s0", "f")
+    assert (status, data["error"]) == (409, "sold_out")
+    orders = gw.orders_export(ev)
+    check_invariants(r, gw, ev, body, orders)
+    stats = gw.admin("GET", f"/api/v1/admin/events/{ev}/stats")[1]
+    assert stats["revenue"] == 10 + 10 + 50 + 200 + 100
+
+
+@pytest.fixture(scope="module")
+def limited_gw(redis_server, tmp_path_factory):
+    g = Gateway(redis_server.url, tmp_path_factory.mktemp("lim"), workers=1,
+                extra=["--user-rate", "1", "--user-burst", "2"])
+    g.start()
+    yield g
+    g.stop()
+
+
+def test_rate_limit_answers_429_with_retry_after(limited_gw, r):
+    gw = limited_gw
+    ev = new_id("rl")
+    body = event_body(stock=(100,), limits=(1,))
+    gw.put_event(ev, body)
+    answers = [gw.buy(ev, "s0", "hammer") for _ in range(4)]
+    assert [a[0] for a in answers[:2]] == [200, 409]  # the burst of 2 passes the limiter
+    status, data, headers = answers[2]
+    assert (status, data["error"]) == (429, "rate_limited")
+    assert int(headers["Retry-After"]) >= 1
+    assert answers[3][0] == 429
+    # another user is not affected
+    status, calm, _ = gw.buy(ev, "s0", "calm")
+    assert status == 200
+    check_invariants(r, gw, ev, body, [answers[0][1], calm])
+
+
+def children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return [int(x) for x in out.split()]
+
+
+def worker_pids(gw: Gateway) -> list[int]:
+    # the supervisor's children, less multiprocessing's resource tracker
+    pids = []
+    for pid in children(gw.proc.pid):
+        try:
+            cmd = open(f"/proc/{pid}/cmdline", "rb").read()
+        except OSError:
+            continue
+        if b"resource_tracker" not in cmd:
+            pids.append(pid)
+    return pids
+
+
+@pytest.fixture
+def own_gw(redis_server, tmp_path):
+    g = Gateway(redis_server.url, tmp_path, workers=2)
+    yield g
+    g.stop(signal.SIGKILL)
+
+
+def test_a_killed_worker_is_restarted(own_gw, r):
+    gw = own_gw.start()
+    ev = new_id("kill")
+    body = event_body(stock=(20,), limits=(1,))
+    gw.put_event(ev, body)
+    before = worker_pids(gw)
+    assert len(before) == 2
+    os.kill(before[0], signal.SIGKILL)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        now = worker_pids(gw)
+        if len(now) == 2 and before[0] not in now:
+            break
+        time.sleep(0.1)
+    assert len(now) == 2 and before[0] not in now, (before, now)
+    gw.wait_ready()
+    orders = []
+    for i in range(20):
+        status, order, _ = gw.buy(ev, "s0", f"after{i}")
+        assert status == 200, order
+        orders.append(order)
+    check_invariants(r, gw, ev, body, orders)
+
+
+def test_sigterm_drains_requests_in_flight(own_gw, r):
+    """Pipelined buys are in flight when SIGTERM arrives: every one is answered, the
+    commits finish, and the gateway exits 0."""
+    gw = own_gw.start()
+    ev = new_id("drain")
+    body = event_body(stock=(100000,), limits=(1,))
+    gw.put_event(ev, body)
+    results: list = []
+
+    async def conn(k, started):
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+        data = b""
+        for i in range(100):
+            payload = json.dumps({"sku": "s0"}).encode()
+            data += (f"POST /api/v1/events/{ev}/buy HTTP/1.1\r\nHost: t\r\nX-User-Id: d{k}x{i}\r\n"
+                     f"Content-Length: {len(payload)}\r\n\r\n").encode() + payload
+        writer.write(data)
+        await writer.drain()
+        started.append(k)
+        for _ in range(100):
+            line = await reader.readline()
+            if not line:
+                results.append(("closed", None))
+                break
+            status = int(line.split()[1])
+            length = 0
+            while (h := await reader.readline()) != b"\r\n":
+                if h.lower().startswith(b"content-length:"):
+                    length = int(h.split(b":")[1])
+            results.append((status, json.loads(await reader.readexactly(length))))
+        writer.close()
+
+    async def main():
+        started: list = []
+        tasks = [asyncio.create_task(conn(k, started)) for k in range(20)]
+        while len(started) < 20:
+            await asyncio.sleep(0.001)
+        gw.proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(asyncio.gather(*tasks), 30)
+
+    asyncio.run(main())
+    assert gw.proc.wait(30) == 0
+    statuses = [s for s, _ in results]
+    assert "closed" not in statuses, "a pipelined request lost its answer"
+    assert statuses == [200] * 2000, {s: statuses.count(s) for s in set(statuses)}
+    check_invariants(r, None, ev, body, [b for _, b in results])
+
+
+def test_token_command_mints_a_valid_token():
+    out = subprocess.run([sys.executable, "-m", "flashgate.cli", "token", "u42", "--ttl", "60",
+                          "--secret", "k"], capture_output=True, text=True, check=True).stdout
+    token = out.strip().encode()
+    assert TokenVerifier(b"k").user(token, now_ms()) == "u42"
+    assert TokenVerifier(b"other").user(token, now_ms()) is None
+    missing = subprocess.run([sys.executable, "-m", "flashgate.cli", "token", "u42"],
+                             capture_output=True, text=True,
+                             env={k: v for k, v in os.environ.items()
+                                  if k != "FLASHGATE_USER_SECRET"})
+    assert missing.returncode == 2 and "secret" in missing.stderr
