@@ -8,6 +8,7 @@ cdef enum:
     C_ENDED = 4
     C_PAUSED = 5
     C_WAIT = 6
+    C_PROBE = 7
 
 
 cdef struct SkuState:
@@ -32,6 +33,6 @@ cdef class Ledger:
     cdef inline SkuState *_sku(self, int sku) except NULL
     cpdef int reserve(self, int sku, str user, int qty, long long now_ms, bint idem) except -1
     cpdef void push(self, int sku, object item) except *
-    cpdef void settle(self, int sku, str user, int qty, bint sold) except *
+    cpdef void settle(self, int sku, str user, int held, int sold_qty) except *
     cpdef void observe(self, int sku, long long sold, long long stock) except *
     cdef int _check(self, int sku) except -1

@@ -9,6 +9,7 @@ NOT_STARTED: int
 ENDED: int
 PAUSED: int
 WAIT: int
+PROBE: int
 
 class Ledger:
     def __len__(self) -> int: ...
@@ -31,13 +32,16 @@ class Ledger:
         """Decide a purchase from memory. OK: ``qty`` units are now in flight and the
         caller must ``push`` a reservation and later ``settle`` it. WAIT: units in
         flight may change the answer; retry after the next settle. Any other code is
-        the final answer (SOLD_OUT, LIMIT_EXCEEDED, NOT_STARTED, ENDED, PAUSED)."""
+        the final answer (SOLD_OUT, LIMIT_EXCEEDED, NOT_STARTED, ENDED, PAUSED).
+        With ``idem``, every refusal or wait becomes PROBE: send it to Redis holding
+        no units (it may be the replay of a committed order)."""
     def push(self, sku: int, item: Any) -> None:
         """Queue an admitted reservation for the next group commit of its SKU."""
     def take_batches(self) -> list[tuple[int, list[Any]]]:
         """The pending reservations per SKU, in arrival order; clears them."""
-    def settle(self, sku: int, user: str, qty: int, sold: bool) -> None:
-        """Redis answered one reservation: ``sold`` if it committed as a new sale."""
+    def settle(self, sku: int, user: str, held: int, sold_qty: int) -> None:
+        """Redis answered one reservation: its ``held`` units (0 for a probe) leave
+        the in-flight count; ``sold_qty`` units were sold to ``user`` as a new sale."""
     def observe(self, sku: int, sold: int, stock: int) -> None:
         """Redis's report of a SKU's ``sold`` and ``stock`` (after settling a batch)."""
     def forget_buyers(self, sku: int) -> None:

@@ -19,14 +19,19 @@ number of requests.
 
 1. outside the window -> NOT_STARTED / ENDED; paused -> PAUSED;
 2. ``sold >= stock`` (Redis said no unit is left) -> SOLD_OUT;
-3. the user already holds ``limit`` units through this worker -> LIMIT_EXCEEDED
-   (skipped for a request with an Idempotency-Key: its replay must reach Redis);
+3. the user already holds ``limit`` units through this worker -> LIMIT_EXCEEDED;
 4. ``qty`` fits in the open units (``stock - sold - inflight``) and in what the user
    may still hold counting their own units in flight -> OK: the units join
    ``inflight`` until ``settle``;
 5. otherwise, if units are in flight, their outcome can change the answer -> WAIT
    (the caller parks the request, bounded, and retries after the next settle);
    with nothing in flight, Redis said fewer than ``qty`` are left -> SOLD_OUT.
+
+A request with an Idempotency-Key may be the replay of an order Redis already
+holds, which must be answered with that order whatever the ledger knows (sold out,
+ended, at the limit). So where the ledger would refuse or park it, it answers
+PROBE instead: the request goes to Redis holding no units (``held`` 0); Redis
+replays the order, or refuses, or, if units opened meanwhile, sells.
 
 Invariants (checked after every mutation when built with FLASHGATE_DEBUG=1):
 
@@ -64,6 +69,7 @@ NOT_STARTED = C_NOT_STARTED
 ENDED = C_ENDED
 PAUSED = C_PAUSED
 WAIT = C_WAIT
+PROBE = C_PROBE
 
 
 @cython.final
@@ -147,28 +153,27 @@ cdef class Ledger:
         cdef SkuState *s = self._sku(sku)
         cdef long long left, held
         cdef PyObject *v
-        if now_ms < s.starts_ms:
-            return C_NOT_STARTED
-        if now_ms >= s.ends_ms:
-            return C_ENDED
-        if s.paused:
-            return C_PAUSED
-        left = s.stock - s.sold
-        if left <= 0:
-            return C_SOLD_OUT
         if qty < 1:
             raise ValueError("qty must be >= 1")
+        if now_ms < s.starts_ms:
+            return C_PROBE if idem else C_NOT_STARTED
+        if now_ms >= s.ends_ms:
+            return C_PROBE if idem else C_ENDED
+        if s.paused:
+            return C_PROBE if idem else C_PAUSED
+        left = s.stock - s.sold
+        if left <= 0:
+            return C_PROBE if idem else C_SOLD_OUT
         held = 0
         v = PyDict_GetItem(<dict>self.buyers[sku], user)
         if v != NULL:
             held = <object>v
-        if not idem and held + qty > s.limit:
-            return C_LIMIT_EXCEEDED
+        if held + qty > s.limit:
+            return C_PROBE if idem else C_LIMIT_EXCEEDED
         v = PyDict_GetItem(<dict>self.holding[sku], user)
-        if v != NULL:
+        if v != NULL and held + <long long>(<object>v) + qty > s.limit:
             # the user's own units in flight may turn this into limit_exceeded
-            if not idem and held + <long long>(<object>v) + qty > s.limit:
-                return C_WAIT
+            return C_PROBE if idem else C_WAIT
         if qty <= left - s.inflight:
             s.inflight += qty
             d = <dict>self.holding[sku]
@@ -177,8 +182,8 @@ cdef class Ledger:
                 self._check(sku)
             return C_OK
         if s.inflight > 0:
-            return C_WAIT
-        return C_SOLD_OUT
+            return C_PROBE if idem else C_WAIT
+        return C_PROBE if idem else C_SOLD_OUT
 
     cpdef void push(self, int sku, object item) except *:
         """Queue an admitted reservation for the next group commit of its SKU."""
@@ -199,22 +204,24 @@ cdef class Ledger:
         self.dirty = []
         return out
 
-    cpdef void settle(self, int sku, str user, int qty, bint sold) except *:
-        """A reservation's answer came back: ``sold`` if Redis committed it as a
-        new sale to this user, else its units simply leave ``inflight``."""
+    cpdef void settle(self, int sku, str user, int held, int sold_qty) except *:
+        """A reservation's answer came back: its ``held`` units (0 for a probe) leave
+        ``inflight``; ``sold_qty`` units were sold to ``user`` as a new sale."""
         cdef SkuState *s = self._sku(sku)
-        cdef dict h = <dict>self.holding[sku]
+        cdef dict h
         cdef dict b
         cdef long long rest
-        s.inflight -= qty
-        rest = h.get(user, 0) - qty
-        if rest > 0:
-            h[user] = rest
-        else:
-            h.pop(user, None)
-        if sold:
+        if held:
+            s.inflight -= held
+            h = <dict>self.holding[sku]
+            rest = h.get(user, 0) - held
+            if rest > 0:
+                h[user] = rest
+            else:
+                h.pop(user, None)
+        if sold_qty:
             b = <dict>self.buyers[sku]
-            b[user] = b.get(user, 0) + qty
+            b[user] = b.get(user, 0) + sold_qty
         if FLASHGATE_DEBUG:
             self._check(sku)
 

@@ -132,7 +132,7 @@ class RedisConnection:
             coro = loop.create_connection(lambda: proto, o["host"], o["port"])
         try:
             await asyncio.wait_for(coro, self.connect_timeout)
-        except (OSError, asyncio.TimeoutError) as e:
+        except (TimeoutError, OSError) as e:
             raise RedisUnavailable(f"cannot connect to Redis at {self.url}: {e}") from None
         self._proto = proto
         if o["password"]:

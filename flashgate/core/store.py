@@ -13,6 +13,7 @@ Keys (every SKU's keys share one hash tag so each script touches one slot):
     fg:{<event>:<sku>}:reg         set of pre-registered users
     fg:{<event>:<sku>}:revenue     sum of the amounts of orders created
     fg:{<event>:<sku>}:sold_out_ms Redis TIME when sold first reached stock
+    fg:{<event>}:idem:<user>:<key> the request fingerprint that first used the key, 24 h
     fg:event:<event>               the definition (JSON)
     fg:events                      set of event ids
     fg:events:version              bumped on every change of any definition
@@ -196,7 +197,7 @@ async def export_orders(conn: RedisConnection, event: Event) -> list[dict]:
         ids: list[str] = []
         while True:
             entries = await conn.execute("XRANGE", p + "orders", start, "+", "COUNT", 1000)
-            for entry_id, fields in entries:
+            for _entry_id, fields in entries:
                 it = iter(fields)
                 f = dict(zip(it, it, strict=True))
                 if f.get(b"type") == b"created":

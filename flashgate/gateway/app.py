@@ -38,6 +38,7 @@ from flashgate.core._stock import (
     NOT_STARTED,
     OK,
     PAUSED,
+    PROBE,
     SOLD_OUT,
     WAIT,
     Ledger,
@@ -147,12 +148,13 @@ class EventRuntime:
 class Purchase:
     """One admitted (or parked) buy request, until Redis answers it."""
 
-    __slots__ = ("srt", "user", "qty", "idem", "fp", "order_id", "fut", "deadline", "t0")
+    __slots__ = ("srt", "user", "qty", "held", "idem", "fp", "order_id", "fut", "deadline", "t0")
 
     def __init__(self, srt, user, qty, idem, fp, fut, t0):
         self.srt = srt
         self.user = user
         self.qty = qty
+        self.held = qty  # units the ledger counts in flight for it (0 for a probe)
         self.idem = idem
         self.fp = fp
         self.order_id = ""
@@ -343,30 +345,56 @@ class Gateway:
         if not self.clock_ok:
             counts["unavailable"] += 1
             return R_UNAVAILABLE
+        if idem is not None:
+            return self._buy_with_key(srt, user, qty, idem, f"{sku_id}:{qty}", now_us)
+        return self._admit(srt, user, qty, None, "", now_us)
+
+    def _admit(self, srt: SkuRuntime, user: str, qty: int, idem, fp: str, now_us: int):
+        """The ledger decides; an admitted purchase joins the batch (a Future answer)."""
         code = self.ledger.reserve(srt.idx, user, qty, _now_ns() // 1_000_000, idem is not None)
-        if code == OK:
-            p = Purchase(srt, user, qty, idem, f"{sku_id}:{qty}" if idem else "",
-                         self._loop.create_future(), now_us)
+        if code == OK or code == PROBE:
+            p = Purchase(srt, user, qty, idem, fp, self._loop.create_future(), now_us)
+            if code == PROBE:
+                p.held = 0
             return self._enqueue(p)
         if code == WAIT:
             if self.waiting >= self.cfg.wait_queue:
-                counts["unavailable"] += 1
+                srt.ert.counts["unavailable"] += 1
                 return R_UNAVAILABLE
-            p = Purchase(srt, user, qty, idem, f"{sku_id}:{qty}" if idem else "",
-                         self._loop.create_future(), now_us)
+            p = Purchase(srt, user, qty, idem, fp, self._loop.create_future(), now_us)
             p.deadline = now_us + int(self.cfg.wait_timeout * 1e6)
             srt.waiters.append(p)
             self.waiting += 1
             return p.fut
         name, answer = REJECT[code]
-        counts[name] += 1
+        srt.ert.counts[name] += 1
         return answer
+
+    async def _buy_with_key(self, srt, user, qty, idem, fp, now_us) -> bytes:
+        """An Idempotency-Key is claimed for the whole event first, with the request's
+        fingerprint, so the same key with another body (even on another SKU) is 422;
+        the SKU's commit script then replays the order of a repeated request."""
+        key = "fg:{" + srt.event_id + "}:idem:" + user + ":" + idem
+        try:
+            _, held = await self.conn.pipeline([["SET", key, fp, "NX", "EX", 86400],
+                                                ["GET", key]])
+        except (RedisUnavailable, RedisError):
+            srt.ert.counts["unavailable"] += 1
+            return R_UNAVAILABLE
+        if isinstance(held, Exception):
+            srt.ert.counts["unavailable"] += 1
+            return R_UNAVAILABLE
+        if held is not None and held.decode() != fp:
+            srt.ert.counts["idempotency_mismatch"] += 1
+            return R_IDEM_MISMATCH
+        answer = self._admit(srt, user, qty, idem, fp, now_us)
+        return answer if type(answer) is bytes else await answer
 
     def _enqueue(self, p: Purchase):
         """An admitted reservation joins its SKU's batch (the ledger holds its units)."""
         srt = p.srt
         if self.queued >= self.cfg.commit_queue or not self.conn.connected:
-            self.ledger.settle(srt.idx, p.user, p.qty, False)
+            self.ledger.settle(srt.idx, p.user, p.held, 0)
             srt.ert.counts["unavailable"] += 1
             p.fut.set_result(R_UNAVAILABLE)
             return p.fut
@@ -418,7 +446,7 @@ class Gateway:
                 log.error("commit script failed: %s", reply)
             self.queued -= len(items)
             for p in items:
-                ledger.settle(idx, p.user, p.qty, False)
+                ledger.settle(idx, p.user, p.held, 0)
                 counts["unavailable"] += 1
                 if not p.fut.done():
                     p.fut.set_result(R_UNAVAILABLE)
@@ -434,7 +462,7 @@ class Gateway:
                 oid = reply[base + 1]
                 unit_price = reply[base + 2]
                 qty = reply[base + 3]
-                ledger.settle(idx, p.user, p.qty, code != 10)
+                ledger.settle(idx, p.user, p.held, qty if code != 10 else 0)
                 if code != 10:
                     counts["orders"] += 1
                     counts["units_sold"] += qty
@@ -452,7 +480,7 @@ class Gateway:
                     "pay_by_ms": reply[base + 5],
                 }))
             else:
-                ledger.settle(idx, p.user, p.qty, False)
+                ledger.settle(idx, p.user, p.held, 0)
                 name, answer = _REJECT_BY_SCRIPT.get(code, ("unavailable", R_UNAVAILABLE))
                 counts[name] += 1
             if not p.fut.done():

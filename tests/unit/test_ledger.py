@@ -11,6 +11,7 @@ from flashgate.core._stock import (
     NOT_STARTED,
     OK,
     PAUSED,
+    PROBE,
     SOLD_OUT,
     WAIT,
     Ledger,
@@ -48,11 +49,11 @@ def test_sold_out_only_when_redis_said_so():
     assert lg.reserve(s, "b", 1, T0, False) == OK
     # both units in flight: not sold out yet, the batch may fail
     assert lg.reserve(s, "c", 1, T0, False) == WAIT
-    lg.settle(s, "a", 1, True)
-    lg.settle(s, "b", 1, False)  # e.g. another worker took it first
+    lg.settle(s, "a", 1, 1)
+    lg.settle(s, "b", 1, 0)  # e.g. another worker took it first
     lg.observe(s, 1, 2)
     assert lg.reserve(s, "c", 1, T0, False) == OK
-    lg.settle(s, "c", 1, True)
+    lg.settle(s, "c", 1, 1)
     lg.observe(s, 2, 2)
     assert lg.reserve(s, "d", 1, T0, False) == SOLD_OUT
     assert lg.left(s) == 0
@@ -69,13 +70,29 @@ def test_qty_above_left_with_nothing_in_flight_is_sold_out():
 def test_user_limit_known_locally():
     lg, s = ledger(stock=10, limit=2)
     assert lg.reserve(s, "a", 2, T0, False) == OK
-    lg.settle(s, "a", 2, True)
+    lg.settle(s, "a", 2, 2)
     lg.observe(s, 2, 10)
     assert lg.reserve(s, "a", 1, T0, False) == LIMIT_EXCEEDED
     assert lg.reserve(s, "a", 3, T0, False) == LIMIT_EXCEEDED
-    # an Idempotency-Key replay must reach Redis, which returns the original order
-    assert lg.reserve(s, "a", 1, T0, True) == OK
-    lg.settle(s, "a", 1, False)
+    # an Idempotency-Key replay must reach Redis, which returns the original order:
+    # it goes as a probe that holds no units
+    assert lg.reserve(s, "a", 1, T0, True) == PROBE
+    assert lg.state(s)[2] == 0
+    lg.settle(s, "a", 0, 0)
+    lg.check()
+
+
+def test_idempotent_requests_probe_where_others_are_refused():
+    lg, s = ledger(stock=1, limit=1)
+    assert lg.reserve(s, "a", 1, T0 - 1, True) == PROBE  # not started
+    assert lg.reserve(s, "a", 1, T1, True) == PROBE  # ended
+    assert lg.reserve(s, "a", 1, T0, True) == OK  # a normal admission holds its unit
+    assert lg.reserve(s, "b", 1, T0, True) == PROBE  # would wait
+    lg.settle(s, "a", 1, 1)
+    lg.observe(s, 1, 1)
+    assert lg.reserve(s, "a", 1, T0, True) == PROBE  # sold out: maybe a's replay
+    assert lg.reserve(s, "c", 1, T0, False) == SOLD_OUT
+    assert lg.state(s)[2] == 0
     lg.check()
 
 
@@ -84,7 +101,7 @@ def test_own_units_in_flight_make_the_same_user_wait():
     assert lg.reserve(s, "a", 1, T0, False) == OK
     assert lg.reserve(s, "a", 1, T0, False) == WAIT  # may become limit_exceeded
     assert lg.reserve(s, "b", 1, T0, False) == OK  # others are not held up
-    lg.settle(s, "a", 1, False)
+    lg.settle(s, "a", 1, 0)
     assert lg.reserve(s, "a", 1, T0, False) == OK
 
 
@@ -103,7 +120,7 @@ def test_batches_in_arrival_order_and_cleared():
 def test_forget_buyers_after_units_return():
     lg, s = ledger(stock=5, limit=1)
     lg.reserve(s, "a", 1, T0, False)
-    lg.settle(s, "a", 1, True)
+    lg.settle(s, "a", 1, 1)
     assert lg.reserve(s, "a", 1, T0, False) == LIMIT_EXCEEDED
     lg.forget_buyers(s)
     assert lg.reserve(s, "a", 1, T0, False) == OK
@@ -173,7 +190,7 @@ def test_random_workers_never_oversell_nor_undersell(seed):
         elif inflight:
             batch = inflight.pop(0)
             for (user, qty), sold in zip(batch, redis.commit(batch), strict=True):
-                lg.settle(s, user, qty, sold)
+                lg.settle(s, user, qty, qty if sold else 0)
             lg.observe(s, redis.sold, redis.stock)
         lg.check()
         assert redis.sold <= redis.stock
@@ -182,7 +199,7 @@ def test_random_workers_never_oversell_nor_undersell(seed):
     for lg, s, inflight in workers:
         for batch in inflight + [b for _, b in lg.take_batches()]:
             for (user, qty), sold in zip(batch, redis.commit(batch), strict=True):
-                lg.settle(s, user, qty, sold)
+                lg.settle(s, user, qty, qty if sold else 0)
         lg.observe(s, redis.sold, redis.stock)
         inflight.clear()
     n = 0
@@ -191,7 +208,7 @@ def test_random_workers_never_oversell_nor_undersell(seed):
         lg.observe(s, redis.sold, redis.stock)
         user = f"late{n}"
         assert lg.reserve(s, user, 1, T0, False) == OK, "a unit is open but the ledger refused"
-        lg.settle(s, user, 1, redis.commit([(user, 1)])[0])
+        lg.settle(s, user, 1, 1 if redis.commit([(user, 1)])[0] else 0)
         n += 1
     for lg, s, _ in workers:
         lg.observe(s, redis.sold, redis.stock)

@@ -1,0 +1,517 @@
+"""The OpenAPI 3.1 document of the HTTP API (docs/API.md), served at ``GET /openapi.json``.
+
+``document()`` builds it as a plain dict (a new one on every call); ``document_bytes()``
+is its JSON encoding, computed once. Every path of docs/API.md is described; the ones
+this server does not serve yet carry ``x-flashgate-status: planned``.
+
+Schemas name the fields clients may rely on as ``required`` and leave
+``additionalProperties`` open: the API may add fields, never remove them.
+"""
+
+from __future__ import annotations
+
+import copy
+from functools import cache
+
+import orjson
+
+from flashgate import __version__
+
+ID_PATTERN = "^[A-Za-z0-9_-]{1,64}$"
+IDEM_PATTERN = "^[!-~]{1,255}$"  # 1-255 visible ASCII characters
+MAX_INT = 2**53  # the largest integer an event definition accepts
+MAX_QTY = 10_000
+
+EVENT_STATES = ["scheduled", "preheat", "live", "paused", "sold_out", "ended"]
+ORDER_STATUSES = ["reserved", "paid", "cancelled", "expired"]
+BUY_REFUSALS = ["not_started", "ended", "paused", "sold_out", "limit_exceeded",
+                "not_registered"]
+
+BUYER = [{"buyerToken": []}, {"devUser": []}]
+ADMIN = [{"admin": []}]
+PUBLIC: list = []
+
+# Error answers shared by many operations: component name -> (status, codes, description)
+COMMON_ERRORS = {
+    "BadRequest": (400, ["bad_request"], "Invalid body or fields, or a malformed request."),
+    "Unauthenticated": (401, ["unauthenticated"], "No or bad identity."),
+    "NotFound": (404, ["not_found"], "Unknown event, SKU or order."),
+    "RequestTimeout": (408, ["request_timeout"],
+                       "The request head or body did not arrive in time; the connection "
+                       "is closed."),
+    "LengthRequired": (411, ["length_required"],
+                       "Chunked bodies are not accepted; send Content-Length."),
+    "PayloadTooLarge": (413, ["payload_too_large"],
+                        "Body too large (16 KiB; 1 MiB under /api/v1/admin/)."),
+    "UriTooLong": (414, ["uri_too_long"], "Request line too long."),
+    "RateLimited": (429, ["rate_limited"], "The limiter refused; retry after Retry-After "
+                                           "seconds."),
+    "HeadersTooLarge": (431, ["headers_too_large"],
+                        "Request head too large or too many headers."),
+    "Internal": (500, ["internal"], "Unexpected server error."),
+    "Unavailable": (503, ["unavailable"], "Store unreachable or overloaded, not ready, or "
+                                          "too many connections; retry after Retry-After."),
+}
+# The HTTP layer (protocol.py) may give these on any operation ...
+TRANSPORT_ERRORS = ("BadRequest", "RequestTimeout", "UriTooLong", "HeadersTooLarge",
+                    "Internal", "Unavailable")
+# ... and these on operations that take a body.
+BODY_TRANSPORT_ERRORS = ("LengthRequired", "PayloadTooLarge")
+RETRY_AFTER_STATUSES = (429, 503)
+
+DESCRIPTION = """\
+The flash-sale gateway's HTTP API, v1 (docs/API.md is the reference text).
+
+* Bodies are JSON (UTF-8). Times are integers, milliseconds since the Unix epoch
+  (UTC), named `*_ms`. Money is an integer in minor units (990 is 9.90).
+* Every error is `{"error": "<code>", "message": "<text>"}`; codes are stable,
+  messages are not. Each response below lists the codes its status can carry.
+* Unknown JSON fields in requests are ignored; wrong types are 400 `bad_request`.
+* A method other than the ones listed on a served path is 405 `method_not_allowed`;
+  an unknown path is 404 `not_found`.
+* Operations marked `x-flashgate-status: planned` are part of the contract but not
+  served yet (they answer 404 `not_found` for now).
+"""
+
+
+# -- small builders --------------------------------------------------------------------
+
+
+def _ref(name: str, kind: str = "schemas") -> dict:
+    return {"$ref": f"#/components/{kind}/{name}"}
+
+
+def _int(minimum: int | None = 0, maximum: int | None = None, description: str = "") -> dict:
+    s: dict = {"type": "integer"}
+    if minimum is not None:
+        s["minimum"] = minimum
+    if maximum is not None:
+        s["maximum"] = maximum
+    if description:
+        s["description"] = description
+    return s
+
+
+def _ms(description: str = "", nullable: bool = False) -> dict:
+    """A time: integer milliseconds since the Unix epoch."""
+    s = _int(0, MAX_INT, description or "milliseconds since the Unix epoch (UTC)")
+    if nullable:
+        s["type"] = ["integer", "null"]
+    return s
+
+
+def _str(description: str = "", **extra) -> dict:
+    s: dict = {"type": "string", **extra}
+    if description:
+        s["description"] = description
+    return s
+
+
+def _id(description: str) -> dict:
+    return _str(description, pattern=ID_PATTERN)
+
+
+def _array(items: dict, **extra) -> dict:
+    return {"type": "array", "items": items, **extra}
+
+
+def _obj(required: dict, optional: dict | None = None, description: str = "") -> dict:
+    """An object with these required and optional properties; other properties allowed."""
+    s: dict = {"type": "object", "required": list(required),
+               "properties": {**required, **(optional or {})}}
+    if description:
+        s["description"] = description
+    return s
+
+
+def _const(value) -> dict:
+    return {"const": value}
+
+
+def _error_schema(codes: list[str]) -> dict:
+    return {"allOf": [_ref("Error"),
+                      {"type": "object", "properties": {"error": {"enum": list(codes)}}}]}
+
+
+def _error(codes: list[str], description: str, retry_after: bool = False) -> dict:
+    r: dict = {"description": description,
+               "content": {"application/json": {"schema": _error_schema(codes)}}}
+    if retry_after:
+        r["headers"] = {"Retry-After": _ref("RetryAfter", "headers")}
+    return r
+
+
+def _json(schema: dict, description: str) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _content(media_type: str, description: str, line_schema: dict | None = None) -> dict:
+    """A response that is not one JSON value; ``line_schema``: the schema of each line."""
+    media: dict = {"schema": {"type": "string"}}
+    if line_schema is not None:
+        media["x-flashgate-line-schema"] = line_schema
+    return {"description": description, "content": {media_type: media}}
+
+
+def _op(op_id: str, summary: str, tag: str, security: list, responses: dict,
+        errors: tuple[str, ...] = (), *, description: str = "", params: list | None = None,
+        body: dict | None = None, planned: bool = False) -> dict:
+    """One operation. ``responses``: by status, a response object or, for an error
+    specific to the operation, ``(codes, description)``; ``errors``: names of
+    COMMON_ERRORS it answers. The HTTP layer's errors are added."""
+    out: dict = {}
+    for status, r in responses.items():
+        if isinstance(r, tuple):
+            r = _error(r[0], r[1], retry_after=status in RETRY_AFTER_STATUSES)
+        out[str(status)] = r
+    names = errors + TRANSPORT_ERRORS + (BODY_TRANSPORT_ERRORS if body is not None else ())
+    for name in names:
+        out.setdefault(str(COMMON_ERRORS[name][0]), _ref(name, "responses"))
+    op: dict = {"operationId": op_id, "summary": summary, "tags": [tag],
+                "security": [dict(s) for s in security], "responses": dict(sorted(out.items()))}
+    if description:
+        op["description"] = description
+    if params:
+        op["parameters"] = params
+    if body is not None:
+        op["requestBody"] = {"required": True,
+                             "content": {"application/json": {"schema": body}}}
+    if planned:
+        op["x-flashgate-status"] = "planned"
+    return op
+
+
+# -- the shapes ----------------------------------------------------------------------
+
+
+def _sku_fields() -> dict:
+    return {
+        "id": _id("SKU id, unique in the event"),
+        "name": _str("display name (defaults to the id)", maxLength=200),
+        "price": _int(0, MAX_INT, "price in minor units"),
+        "original_price": _int(0, MAX_INT, "struck-through price (defaults to price)"),
+        "stock": _int(0, MAX_INT, "units for sale"),
+        "per_user_limit": _int(1, MAX_INT, "units one user may hold (default 1)"),
+    }
+
+
+def _event_fields() -> dict:
+    return {
+        "name": _str("display name (defaults to the event id)", maxLength=200),
+        "starts_at_ms": _ms("the sale opens"),
+        "ends_at_ms": _ms("the sale closes; must be after starts_at_ms"),
+        "preheat_at_ms": _ms("the page shows the event (state preheat); not after "
+                             "starts_at_ms", nullable=True),
+        "registration_required": {"type": "boolean", "default": False},
+        "payment_timeout_s": _int(1, MAX_INT, "seconds to pay a reserved order (default 900)"),
+    }
+
+
+def _schemas() -> dict:
+    sku = _sku_fields()
+    ev = _event_fields()
+    tier = _obj({"units": _int(1, MAX_INT), "price": _int(0, MAX_INT)},
+                description="the first `units` units (after earlier tiers) sell at `price`")
+    milestone = _obj({"sold": _int(1, MAX_INT), "reward": _str(maxLength=200)})
+    sku_in = _obj({k: sku[k] for k in ("id", "price", "stock")},
+                  {"name": sku["name"], "original_price": sku["original_price"],
+                   "per_user_limit": sku["per_user_limit"],
+                   "tiers": _array(_ref("Tier"), maxItems=32)})
+    skus_in = _array(_ref("SkuDefinition"), minItems=1, maxItems=64)
+    return {
+        "Error": _obj({"error": _str("stable error code"),
+                       "message": _str("text for humans; may change")}),
+        "Tier": tier,
+        "Milestone": milestone,
+        "SkuDefinition": sku_in,
+        "EventDefinition": _obj(
+            {"starts_at_ms": ev["starts_at_ms"], "ends_at_ms": ev["ends_at_ms"],
+             "skus": skus_in},
+            {k: ev[k] for k in ("name", "preheat_at_ms", "registration_required",
+                                "payment_timeout_s")}
+            | {"milestones": _array(_ref("Milestone"), maxItems=64)},
+            "Body of PUT /api/v1/admin/events/{event_id}."),
+        "StoredSku": _obj(sku | {"tiers": _array(_ref("Tier"))}),
+        "StoredEvent": _obj(
+            {"id": _id("event id"), **ev, "paused": {"type": "boolean"},
+             "skus": _array(_ref("StoredSku")), "milestones": _array(_ref("Milestone"))},
+            description="An event definition as stored, defaults filled in."),
+        "SkuView": _obj(sku | {"left": _int(0, None, "units left; lags by at most 1 s"),
+                               "sold": _int(0)}),
+        "MilestoneView": _obj(milestone["properties"] | {"reached": {"type": "boolean"}}),
+        "EventView": _obj(
+            {"id": _id("event id"), "name": _str(),
+             "state": _str("where the sale stands now", enum=EVENT_STATES),
+             "server_time_ms": _ms("the server's clock, to count down against"),
+             "starts_at_ms": ev["starts_at_ms"], "ends_at_ms": ev["ends_at_ms"],
+             "registration_required": {"type": "boolean"},
+             "skus": _array(_ref("SkuView")), "milestones": _array(_ref("MilestoneView"))},
+            {"preheat_at_ms": ev["preheat_at_ms"]}),
+        "Registration": _obj({"registered": _const(True)}),
+        "BuyRequest": _obj(
+            {"sku": _str("SKU id")},
+            {"qty": _int(1, MAX_QTY, "units to buy (default 1)") | {"default": 1}}),
+        "Order": _obj({
+            "order_id": _str(minLength=1), "event_id": _str(), "sku": _str(),
+            "user_id": _str(), "qty": _int(1), "unit_price": _int(0),
+            "amount": _int(0, None, "unit_price * qty"),
+            "status": _str(enum=ORDER_STATUSES),
+            "created_ms": _ms(), "pay_by_ms": _ms("unpaid after this, the order expires"),
+        }),
+        "PauseState": _obj({"id": _id("event id"), "paused": {"type": "boolean"},
+                            "state": _str(enum=EVENT_STATES)}),
+        "StockAdd": _obj({"add": _int(1, MAX_INT, "units to add to the SKU's stock")}),
+        "Stats": _obj(
+            {"pv": _int(), "uv": _int(), "attempts": _int(), "orders": _int(),
+             "units_sold": _int(), "units_paid": _int(), "revenue": _int(),
+             "rejections": {"type": "object", "additionalProperties": _int(),
+                            "description": "refused buys by error code"},
+             "conversion": {"type": "number", "minimum": 0, "description": "orders / uv"},
+             "sold_out_ms": _int(0, None, "from the start to sold out; null if not sold out")
+             | {"type": ["integer", "null"]},
+             "latency_ms": _obj({q: {"type": ["number", "null"]}
+                                 for q in ("p50", "p99", "p999")}),
+             "skus": _array(_ref("SkuStats"))},
+            {"event_id": _id("event id")},
+            "Totals across all workers and instances."),
+        "SkuStats": _obj(
+            {"id": _str(), "stock": _int(), "sold": _int()},
+            {"left": _int(), "orders": _int(), "revenue": _int(),
+             "sold_out_at_ms": _ms(nullable=True)}),
+        "Report": {"type": "object", "description": "The post-event report."},
+        "StreamStock": _obj({"sku": _str(), "left": _int(), "sold": _int()}),
+        "StreamOrder": _obj({"sku": _str(), "qty": _int(1),
+                             "user": _str("masked user id, e.g. u***2"), "ts_ms": _ms()}),
+        "Live": _obj({"live": _const(True)}),
+        "Ready": _obj({"ready": _const(True)}),
+    }
+
+
+def _components() -> dict:
+    responses = {
+        name: _error(codes, desc, retry_after=status in RETRY_AFTER_STATUSES)
+        for name, (status, codes, desc) in COMMON_ERRORS.items()
+    }
+    return {
+        "schemas": _schemas(),
+        "responses": responses,
+        "parameters": {
+            "EventId": _path_param("event_id", _id("event id") | {"example": "noon"}),
+            "OrderId": _path_param("order_id", _str("order id", minLength=1)
+                                   | {"example": "noon.tea-500g.5f3a9c0e12ab1"}),
+            "SkuId": _path_param("sku", _id("SKU id") | {"example": "tea-500g"}),
+            "IdempotencyKey": {
+                "name": "Idempotency-Key", "in": "header", "required": False,
+                "description": "Repeating a buy with the same key (same user, same body) "
+                               "within 24 h returns the same 200 body and takes no further "
+                               "stock; the same key with another body is 422.",
+                "schema": _str(pattern=IDEM_PATTERN, minLength=1, maxLength=255),
+            },
+        },
+        "headers": {
+            "RetryAfter": {"description": "seconds to wait before retrying", "required": True,
+                           "schema": _int(1)},
+        },
+        "securitySchemes": {
+            "buyerToken": {
+                "type": "http", "scheme": "bearer",
+                "bearerFormat": "<user_id>.<expires_ms>.<hex HMAC-SHA256>",
+                "description": "Buyer token: sig = hex(HMAC-SHA256(user_secret, "
+                               "\"<user_id>.<expires_ms>\")); `flashgate token USER_ID` "
+                               "prints one.",
+            },
+            "devUser": {
+                "type": "apiKey", "in": "header", "name": "X-User-Id",
+                "description": "Dev mode only (no user secret configured): the user id "
+                               "itself, [A-Za-z0-9_-]{1,64}.",
+            },
+            "admin": {"type": "http", "scheme": "bearer",
+                      "description": "The operator's admin token, on every /api/v1/admin/ path."},
+        },
+    }
+
+
+def _path_param(name: str, schema: dict) -> dict:
+    return {"name": name, "in": "path", "required": True, "schema": schema}
+
+
+# -- the paths -----------------------------------------------------------------------
+
+ADMIN_ERRORS = ("Unauthenticated", "NotFound", "Unavailable")
+
+
+def _paths() -> dict:
+    ev = [_ref("EventId", "parameters")]
+    order = [_ref("OrderId", "parameters")]
+    conflict = (["conflict"], "The change would break a sale in progress.")
+    paths = {
+        "/api/v1/admin/events/{event_id}": {
+            "parameters": ev,
+            "put": _op(
+                "putEvent", "Create or replace an event", "admin", ADMIN,
+                {200: _json(_ref("StoredEvent"), "Replaced."),
+                 201: _json(_ref("StoredEvent"), "Created."),
+                 409: conflict},
+                ("BadRequest", "Unauthenticated", "Unavailable"),
+                body=_ref("EventDefinition"),
+                description="After the start, moving the start, removing a SKU, lowering "
+                            "stock below units sold or lowering a per-user limit is 409."),
+            "get": _op("getEventDefinition", "An event's stored definition", "admin", ADMIN,
+                       {200: _json(_ref("StoredEvent"), "The definition.")}, ADMIN_ERRORS),
+        },
+        "/api/v1/events/{event_id}": {
+            "parameters": ev,
+            "get": _op("getEvent", "Public view of an event, served from memory", "events",
+                       PUBLIC, {200: _json(_ref("EventView"), "The event.")}, ("NotFound",),
+                       description="`left` may lag the truth by at most one broadcast tick "
+                                   "(1 s) but is never below 0."),
+        },
+        "/api/v1/events/{event_id}/register": {
+            "parameters": ev,
+            "post": _op(
+                "register", "Pre-register (remind me)", "events", BUYER,
+                {200: _json(_ref("Registration"), "Registered; repeating it is harmless."),
+                 409: (["ended"], "The event has ended.")},
+                ("Unauthenticated", "NotFound", "RateLimited", "Unavailable"),
+                description="Open from preheat_at_ms (or creation) until ends_at_ms. When "
+                            "registration_required, only registered users can buy."),
+        },
+        "/api/v1/events/{event_id}/buy": {
+            "parameters": ev,
+            "post": _op(
+                "buy", "Buy units of a SKU", "buying", BUYER,
+                {200: _json(_ref("Order"), "The order is committed in Redis and will not "
+                                           "be lost."),
+                 400: (["bad_request"], "Body not JSON, missing sku, qty < 1 or not an "
+                                        "integer (or a malformed Idempotency-Key)."),
+                 409: (BUY_REFUSALS, "Not started, ended, paused, sold out, over the "
+                                     "per-user limit, or not registered."),
+                 422: (["idempotency_mismatch"], "The key was used with a different body.")},
+                ("Unauthenticated", "NotFound", "RateLimited", "Unavailable"),
+                params=[_ref("IdempotencyKey", "parameters")], body=_ref("BuyRequest")),
+        },
+        "/api/v1/orders/{order_id}": {
+            "parameters": order,
+            "get": _op("getOrder", "An order (its buyer, or the operator)", "orders",
+                       BUYER + ADMIN,
+                       {200: _json(_ref("Order"), "The order."),
+                        404: (["not_found"], "No such order, or not the caller's.")},
+                       ("Unauthenticated", "Unavailable")),
+        },
+        "/api/v1/admin/orders/{order_id}/paid": {
+            "parameters": order,
+            "post": _op("markPaid", "Payment confirmed", "orders", ADMIN,
+                        {200: _json(_ref("Order"), "The order (status paid); repeating is "
+                                                   "harmless."),
+                         409: (["conflict"], "The order already expired or was cancelled.")},
+                        ADMIN_ERRORS, planned=True),
+        },
+        "/api/v1/admin/orders/{order_id}/cancel": {
+            "parameters": order,
+            "post": _op("cancelOrder", "Cancel an order", "orders", ADMIN,
+                        {200: _json(_ref("Order"), "The order (status cancelled); its units "
+                                                   "return to the pool if the event has "
+                                                   "not ended."),
+                         409: (["conflict"], "The order is paid.")},
+                        ADMIN_ERRORS, planned=True),
+        },
+        "/api/v1/admin/events/{event_id}/skus/{sku}/stock": {
+            "parameters": ev + [_ref("SkuId", "parameters")],
+            "post": _op("addStock", "Add stock to a SKU", "admin", ADMIN,
+                        {200: _json({"type": "object"}, "Stock added."),
+                         409: (["ended"], "At or after ends_at_ms.")},
+                        ("BadRequest",) + ADMIN_ERRORS, body=_ref("StockAdd"), planned=True),
+        },
+        "/api/v1/admin/events/{event_id}/stats": {
+            "parameters": ev,
+            "get": _op("getStats", "Totals of an event", "admin", ADMIN,
+                       {200: _json(_ref("Stats"), "The figures.")}, ADMIN_ERRORS),
+        },
+        "/api/v1/admin/events/{event_id}/orders": {
+            "parameters": ev,
+            "get": _op("exportOrders", "Every order of an event, as JSON lines", "admin", ADMIN,
+                       {200: _content("application/x-ndjson",
+                                      "One Order (JSON object) per line.",
+                                      line_schema=_ref("Order"))},
+                       ADMIN_ERRORS),
+        },
+        "/api/v1/admin/events/{event_id}/report": {
+            "parameters": ev,
+            "get": _op("getReport", "The post-event report", "admin", ADMIN,
+                       {200: {"description": "The report (JSON), or the page with format=html.",
+                              "content": {"application/json": {"schema": _ref("Report")},
+                                          "text/html": {"schema": {"type": "string"}}}}},
+                       ADMIN_ERRORS,
+                       params=[{"name": "format", "in": "query", "required": False,
+                                "schema": {"type": "string", "enum": ["json", "html"],
+                                           "default": "json"}}],
+                       planned=True),
+        },
+        "/api/v1/events/{event_id}/stream": {
+            "parameters": ev,
+            "get": _op("streamEvent", "Live updates (Server-Sent Events)", "events", PUBLIC,
+                       {200: _content("text/event-stream",
+                                      "Events `state`, `stock` (StreamStock), `order` "
+                                      "(StreamOrder) and `milestone`.")
+                        | {"x-flashgate-sse-events": {
+                            "state": {"type": "object"}, "stock": _ref("StreamStock"),
+                            "order": _ref("StreamOrder"), "milestone": {"type": "object"}}}},
+                       ("NotFound",), planned=True),
+        },
+        "/dashboard/{event_id}": {
+            "parameters": ev,
+            "get": _op("dashboard", "The live dashboard page", "operations", PUBLIC,
+                       {200: _content("text/html", "The page.")}, ("NotFound",),
+                       planned=True),
+        },
+        "/livez": {
+            "get": _op("livez", "Liveness", "operations", PUBLIC,
+                       {200: _json(_ref("Live"), "The process runs.")}),
+        },
+        "/readyz": {
+            "get": _op("readyz", "Readiness", "operations", PUBLIC,
+                       {200: _json(_ref("Ready"), "The worker can sell."),
+                        503: (["unavailable"], "Redis unreachable, events not loaded, clock "
+                                               "off or draining.")}),
+        },
+        "/metrics": {
+            "get": _op("metrics", "Prometheus metrics (names start with flashgate_)",
+                       "operations", PUBLIC,
+                       {200: _content("text/plain; version=0.0.4", "Prometheus text format.")},
+                       planned=True),
+        },
+        "/openapi.json": {
+            "get": _op("openapi", "This document", "operations", PUBLIC,
+                       {200: _json({"type": "object"}, "The OpenAPI document.")}),
+        },
+    }
+    for action in ("pause", "resume"):
+        paths[f"/api/v1/admin/events/{{event_id}}/{action}"] = {
+            "parameters": ev,
+            "post": _op(f"{action}Event", f"Kill switch: {action} the sale", "admin", ADMIN,
+                        {200: _json(_ref("PauseState"), "Done.")}, ADMIN_ERRORS),
+        }
+    return dict(sorted(paths.items()))
+
+
+def document() -> dict:
+    """The OpenAPI 3.1 document, as a new dict (safe to change)."""
+    return copy.deepcopy(_build())
+
+
+def _build() -> dict:
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "flashgate HTTP API", "version": f"1 (flashgate {__version__})",
+                 "description": DESCRIPTION},
+        "tags": [{"name": n} for n in ("events", "buying", "orders", "admin", "operations")],
+        "security": PUBLIC,
+        "paths": _paths(),
+        "components": _components(),
+    }
+
+
+@cache
+def document_bytes() -> bytes:
+    """``document()`` as JSON, encoded once."""
+    return orjson.dumps(_build())
