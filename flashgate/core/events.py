@@ -9,6 +9,13 @@ ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
 MAX_SKUS = 64
 MAX_TIERS = 32
 MAX_MILESTONES = 64
+# Bounds that keep every number the commit script computes (amounts, times, sold)
+# an exact integer of at most 14 digits, which is how Lua hands numbers to Redis.
+MAX_PRICE = 1_000_000_000  # minor units
+MAX_STOCK = 1_000_000_000
+MAX_LIMIT = 10_000  # per user: price * limit stays below 10**13
+MAX_TIME_MS = 4_102_444_800_000  # 2100-01-01
+MAX_PAYMENT_TIMEOUT_S = 7 * 24 * 3600
 
 
 class EventError(ValueError):
@@ -87,7 +94,8 @@ class Event:
         return ev
 
 
-def _int(d: dict, key: str, *, default=None, lo: int | None = None, where: str = "") -> int:
+def _int(d: dict, key: str, *, hi: int, default=None, lo: int | None = None,
+         where: str = "") -> int:
     v = d.get(key, default)
     if v is None:
         raise EventError("bad_request", f"{where}{key} is required")
@@ -95,8 +103,8 @@ def _int(d: dict, key: str, *, default=None, lo: int | None = None, where: str =
         raise EventError("bad_request", f"{where}{key} must be an integer")
     if lo is not None and v < lo:
         raise EventError("bad_request", f"{where}{key} must be >= {lo}")
-    if v > 2**53:
-        raise EventError("bad_request", f"{where}{key} is too large")
+    if v > hi:
+        raise EventError("bad_request", f"{where}{key} must be <= {hi}")
     return v
 
 
@@ -118,19 +126,19 @@ def parse_event(event_id: str, body) -> Event:
     if not isinstance(body, dict):
         raise EventError("bad_request", "the body must be a JSON object")
     name = _str(body, "name", default=event_id)
-    starts = _int(body, "starts_at_ms", lo=0)
-    ends = _int(body, "ends_at_ms", lo=0)
+    starts = _int(body, "starts_at_ms", lo=0, hi=MAX_TIME_MS)
+    ends = _int(body, "ends_at_ms", lo=0, hi=MAX_TIME_MS)
     if ends <= starts:
         raise EventError("bad_request", "ends_at_ms must be after starts_at_ms")
     preheat = body.get("preheat_at_ms")
     if preheat is not None:
-        preheat = _int(body, "preheat_at_ms", lo=0)
+        preheat = _int(body, "preheat_at_ms", lo=0, hi=MAX_TIME_MS)
         if preheat > starts:
             raise EventError("bad_request", "preheat_at_ms must not be after starts_at_ms")
     reg = body.get("registration_required", False)
     if not isinstance(reg, bool):
         raise EventError("bad_request", "registration_required must be a boolean")
-    timeout = _int(body, "payment_timeout_s", default=900, lo=1)
+    timeout = _int(body, "payment_timeout_s", default=900, lo=1, hi=MAX_PAYMENT_TIMEOUT_S)
     raw_skus = body.get("skus")
     if not isinstance(raw_skus, list) or not raw_skus:
         raise EventError("bad_request", "skus must be a non-empty list")
@@ -148,7 +156,7 @@ def parse_event(event_id: str, body) -> Event:
         if sid in seen:
             raise EventError("bad_request", f"duplicate sku id {sid!r}")
         seen.add(sid)
-        price = _int(rs, "price", lo=0, where=where)
+        price = _int(rs, "price", lo=0, hi=MAX_PRICE, where=where)
         tiers_raw = rs.get("tiers") or []
         if not isinstance(tiers_raw, list) or len(tiers_raw) > MAX_TIERS:
             raise EventError("bad_request", f"{where}tiers must be a list of at most {MAX_TIERS}")
@@ -157,15 +165,18 @@ def parse_event(event_id: str, body) -> Event:
             tw = f"{where}tiers[{k}]."
             if not isinstance(t, dict):
                 raise EventError("bad_request", f"{where}tiers[{k}] must be an object")
-            tiers.append((_int(t, "units", lo=1, where=tw), _int(t, "price", lo=0, where=tw)))
+            tiers.append((_int(t, "units", lo=1, hi=MAX_STOCK, where=tw),
+                          _int(t, "price", lo=0, hi=MAX_PRICE, where=tw)))
         skus.append(
             Sku(
                 id=sid,
                 name=_str(rs, "name", default=sid, where=where),
                 price=price,
-                original_price=_int(rs, "original_price", default=price, lo=0, where=where),
-                stock=_int(rs, "stock", lo=0, where=where),
-                per_user_limit=_int(rs, "per_user_limit", default=1, lo=1, where=where),
+                original_price=_int(rs, "original_price", default=price, lo=0, hi=MAX_PRICE,
+                                    where=where),
+                stock=_int(rs, "stock", lo=0, hi=MAX_STOCK, where=where),
+                per_user_limit=_int(rs, "per_user_limit", default=1, lo=1, hi=MAX_LIMIT,
+                                    where=where),
                 tiers=tiers,
             )
         )
@@ -177,7 +188,8 @@ def parse_event(event_id: str, body) -> Event:
         if not isinstance(ms, dict):
             raise EventError("bad_request", f"milestones[{k}] must be an object")
         where = f"milestones[{k}]."
-        milestones.append((_int(ms, "sold", lo=1, where=where), _str(ms, "reward", where=where)))
+        milestones.append((_int(ms, "sold", lo=1, hi=MAX_STOCK * MAX_SKUS, where=where),
+                           _str(ms, "reward", where=where)))
     milestones.sort()
     return Event(
         id=event_id,

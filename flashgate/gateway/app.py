@@ -52,7 +52,6 @@ log = logging.getLogger("flashgate.app")
 
 JSON = b"application/json"
 MAX_BATCH = 256  # reservations per commit script call
-MAX_QTY = 10_000
 
 _now_ns = time.time_ns
 _mono_ns = time.monotonic_ns
@@ -320,7 +319,7 @@ class Gateway:
             counts["bad_request"] += 1
             return R_BAD_SKU
         qty = body.get("qty", 1)
-        if type(qty) is not int or qty < 1 or qty > MAX_QTY:
+        if type(qty) is not int or qty < 1:
             counts["bad_request"] += 1
             return R_BAD_QTY
         srt = ert.by_id.get(sku_id)
@@ -351,6 +350,9 @@ class Gateway:
 
     def _admit(self, srt: SkuRuntime, user: str, qty: int, idem, fp: str, now_us: int):
         """The ledger decides; an admitted purchase joins the batch (a Future answer)."""
+        if qty > srt.sku.per_user_limit:  # never possible, whatever was bought before
+            srt.ert.counts["limit_exceeded"] += 1
+            return REJECT[LIMIT_EXCEEDED][1]
         code = self.ledger.reserve(srt.idx, user, qty, _now_ns() // 1_000_000, idem is not None)
         if code == OK or code == PROBE:
             p = Purchase(srt, user, qty, idem, fp, self._loop.create_future(), now_us)
