@@ -66,6 +66,9 @@ async def _serve(cfg: Config, worker_id: int, ready) -> int:
     if cfg.drain_delay > 0:
         await asyncio.sleep(cfg.drain_delay)
     server.close()
+    # requests already in the sockets' buffers but not read yet would look idle:
+    # let the loop read them before idle connections are closed
+    await asyncio.sleep(0.1)
     registry.close_idle()
     deadline = loop.time() + cfg.drain_grace
     while (registry.busy_count() or gateway.busy) and loop.time() < deadline:
