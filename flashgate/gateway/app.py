@@ -586,38 +586,44 @@ class Gateway:
         interval = self.cfg.refresh_interval
         while True:
             await asyncio.sleep(interval)
-            self._expire_waiters()
-            if not self.conn.connected:
-                continue
-            skus = [srt for ert in self.events.values() for srt in ert.skus]
-            cmds = [["TIME"], ["GET", store.VERSION_KEY]]
-            cmds += [["MGET", s.prefix + "stock", s.prefix + "sold"] for s in skus]
-            t0 = _now_ns()
             try:
-                replies = await self.conn.pipeline(cmds)
-            except (RedisUnavailable, RedisError):
-                continue
-            t1 = _now_ns()
-            if isinstance(replies[0], list):
-                redis_ms = int(replies[0][0]) * 1000 + int(replies[0][1]) // 1000
-                self.clock_offset_ms = redis_ms - (t0 + t1) // 2_000_000
-                ok = abs(self.clock_offset_ms) <= self.cfg.max_clock_skew_ms
-                if ok != self.clock_ok:
-                    if ok:
-                        log.warning("clock back within %d ms of Redis", self.cfg.max_clock_skew_ms)
-                    else:
-                        log.error("clock differs from Redis TIME by %d ms: refusing to sell",
-                                  self.clock_offset_ms)
-                self.clock_ok = ok
-            for srt, reply in zip(skus, replies[2:], strict=True):
-                if isinstance(reply, list):
-                    self._observe(srt, int(reply[0] or 0), int(reply[1] or 0))
-            version = int(replies[1] or 0) if not isinstance(replies[1], Exception) else None
-            if version is not None and version != self.version:
-                try:
-                    await self._reload_events()
-                except (RedisUnavailable, RedisError) as e:
-                    log.warning("cannot reload events: %s", e)
+                await self._refresh_once()
+            except Exception:  # a bug here must not stop learning what Redis knows
+                log.exception("refresh failed")
+
+    async def _refresh_once(self) -> None:
+        self._expire_waiters()
+        if not self.conn.connected:
+            return
+        skus = [srt for ert in self.events.values() for srt in ert.skus]
+        cmds = [["TIME"], ["GET", store.VERSION_KEY]]
+        cmds += [["MGET", s.prefix + "stock", s.prefix + "sold"] for s in skus]
+        t0 = _now_ns()
+        try:
+            replies = await self.conn.pipeline(cmds)
+        except (RedisUnavailable, RedisError):
+            return
+        t1 = _now_ns()
+        if isinstance(replies[0], list):
+            redis_ms = int(replies[0][0]) * 1000 + int(replies[0][1]) // 1000
+            self.clock_offset_ms = redis_ms - (t0 + t1) // 2_000_000
+            ok = abs(self.clock_offset_ms) <= self.cfg.max_clock_skew_ms
+            if ok != self.clock_ok:
+                if ok:
+                    log.warning("clock back within %d ms of Redis", self.cfg.max_clock_skew_ms)
+                else:
+                    log.error("clock differs from Redis TIME by %d ms: refusing to sell",
+                              self.clock_offset_ms)
+            self.clock_ok = ok
+        for srt, reply in zip(skus, replies[2:], strict=True):
+            if isinstance(reply, list):
+                self._observe(srt, int(reply[0] or 0), int(reply[1] or 0))
+        version = int(replies[1] or 0) if not isinstance(replies[1], Exception) else None
+        if version is not None and version != self.version:
+            try:
+                await self._reload_events()
+            except (RedisUnavailable, RedisError) as e:
+                log.warning("cannot reload events: %s", e)
 
     # -- counters ------------------------------------------------------------------
 
@@ -628,6 +634,8 @@ class Gateway:
                 await self._flush_stats()
             except (RedisUnavailable, RedisError):
                 pass
+            except Exception:
+                log.exception("flushing counters failed")
 
     async def _flush_stats(self) -> None:
         cmds = []

@@ -16,11 +16,19 @@ from functools import cache
 import orjson
 
 from flashgate import __version__
+from flashgate.core.events import (
+    MAX_LIMIT,
+    MAX_MILESTONES,
+    MAX_PAYMENT_TIMEOUT_S,
+    MAX_PRICE,
+    MAX_SKUS,
+    MAX_STOCK,
+    MAX_TIERS,
+    MAX_TIME_MS,
+)
 
 ID_PATTERN = "^[A-Za-z0-9_-]{1,64}$"
 IDEM_PATTERN = "^[!-~]{1,255}$"  # 1-255 visible ASCII characters
-MAX_INT = 2**53  # the largest integer an event definition accepts
-MAX_QTY = 10_000
 
 EVENT_STATES = ["scheduled", "preheat", "live", "paused", "sold_out", "ended"]
 ORDER_STATUSES = ["reserved", "paid", "cancelled", "expired"]
@@ -92,9 +100,11 @@ def _int(minimum: int | None = 0, maximum: int | None = None, description: str =
     return s
 
 
-def _ms(description: str = "", nullable: bool = False) -> dict:
-    """A time: integer milliseconds since the Unix epoch."""
-    s = _int(0, MAX_INT, description or "milliseconds since the Unix epoch (UTC)")
+def _ms(description: str = "", nullable: bool = False, bounded: bool = False) -> dict:
+    """A time: integer milliseconds since the Unix epoch (``bounded``: as an event
+    definition accepts it)."""
+    s = _int(0, MAX_TIME_MS if bounded else None,
+             description or "milliseconds since the Unix epoch (UTC)")
     if nullable:
         s["type"] = ["integer", "null"]
     return s
@@ -188,36 +198,37 @@ def _sku_fields() -> dict:
     return {
         "id": _id("SKU id, unique in the event"),
         "name": _str("display name (defaults to the id)", maxLength=200),
-        "price": _int(0, MAX_INT, "price in minor units"),
-        "original_price": _int(0, MAX_INT, "struck-through price (defaults to price)"),
-        "stock": _int(0, MAX_INT, "units for sale"),
-        "per_user_limit": _int(1, MAX_INT, "units one user may hold (default 1)"),
+        "price": _int(0, MAX_PRICE, "price in minor units"),
+        "original_price": _int(0, MAX_PRICE, "struck-through price (defaults to price)"),
+        "stock": _int(0, MAX_STOCK, "units for sale"),
+        "per_user_limit": _int(1, MAX_LIMIT, "units one user may hold (default 1)"),
     }
 
 
 def _event_fields() -> dict:
     return {
         "name": _str("display name (defaults to the event id)", maxLength=200),
-        "starts_at_ms": _ms("the sale opens"),
-        "ends_at_ms": _ms("the sale closes; must be after starts_at_ms"),
+        "starts_at_ms": _ms("the sale opens", bounded=True),
+        "ends_at_ms": _ms("the sale closes; must be after starts_at_ms", bounded=True),
         "preheat_at_ms": _ms("the page shows the event (state preheat); not after "
-                             "starts_at_ms", nullable=True),
+                             "starts_at_ms", nullable=True, bounded=True),
         "registration_required": {"type": "boolean", "default": False},
-        "payment_timeout_s": _int(1, MAX_INT, "seconds to pay a reserved order (default 900)"),
+        "payment_timeout_s": _int(1, MAX_PAYMENT_TIMEOUT_S,
+                                  "seconds to pay a reserved order (default 900)"),
     }
 
 
 def _schemas() -> dict:
     sku = _sku_fields()
     ev = _event_fields()
-    tier = _obj({"units": _int(1, MAX_INT), "price": _int(0, MAX_INT)},
+    tier = _obj({"units": _int(1, MAX_STOCK), "price": _int(0, MAX_PRICE)},
                 description="the first `units` units (after earlier tiers) sell at `price`")
-    milestone = _obj({"sold": _int(1, MAX_INT), "reward": _str(maxLength=200)})
+    milestone = _obj({"sold": _int(1, MAX_STOCK * MAX_SKUS), "reward": _str(maxLength=200)})
     sku_in = _obj({k: sku[k] for k in ("id", "price", "stock")},
                   {"name": sku["name"], "original_price": sku["original_price"],
                    "per_user_limit": sku["per_user_limit"],
-                   "tiers": _array(_ref("Tier"), maxItems=32)})
-    skus_in = _array(_ref("SkuDefinition"), minItems=1, maxItems=64)
+                   "tiers": _array(_ref("Tier"), maxItems=MAX_TIERS)})
+    skus_in = _array(_ref("SkuDefinition"), minItems=1, maxItems=MAX_SKUS)
     return {
         "Error": _obj({"error": _str("stable error code"),
                        "message": _str("text for humans; may change")}),
@@ -229,7 +240,7 @@ def _schemas() -> dict:
              "skus": skus_in},
             {k: ev[k] for k in ("name", "preheat_at_ms", "registration_required",
                                 "payment_timeout_s")}
-            | {"milestones": _array(_ref("Milestone"), maxItems=64)},
+            | {"milestones": _array(_ref("Milestone"), maxItems=MAX_MILESTONES)},
             "Body of PUT /api/v1/admin/events/{event_id}."),
         "StoredSku": _obj(sku | {"tiers": _array(_ref("Tier"))}),
         "StoredEvent": _obj(
@@ -250,7 +261,9 @@ def _schemas() -> dict:
         "Registration": _obj({"registered": _const(True)}),
         "BuyRequest": _obj(
             {"sku": _str("SKU id")},
-            {"qty": _int(1, MAX_QTY, "units to buy (default 1)") | {"default": 1}}),
+            {"qty": _int(1, None, "units to buy (default 1); more than the SKU's "
+                                  "per_user_limit is 409 limit_exceeded")
+             | {"default": 1}}),
         "Order": _obj({
             "order_id": _str(minLength=1), "event_id": _str(), "sku": _str(),
             "user_id": _str(), "qty": _int(1), "unit_price": _int(0),
@@ -260,7 +273,7 @@ def _schemas() -> dict:
         }),
         "PauseState": _obj({"id": _id("event id"), "paused": {"type": "boolean"},
                             "state": _str(enum=EVENT_STATES)}),
-        "StockAdd": _obj({"add": _int(1, MAX_INT, "units to add to the SKU's stock")}),
+        "StockAdd": _obj({"add": _int(1, MAX_STOCK, "units to add to the SKU's stock")}),
         "Stats": _obj(
             {"pv": _int(), "uv": _int(), "attempts": _int(), "orders": _int(),
              "units_sold": _int(), "units_paid": _int(), "revenue": _int(),
