@@ -37,9 +37,11 @@ handful of rules:
 
 5. **No timers per request.** Each protocol keeps plain timestamps: ``_last_rx``
    (last chunk received, or last async answer written) and ``_deadline`` (when the
-   head / body in progress, or the linger after a close, must be over). The
-   ``ConnectionRegistry`` sweeps every live protocol about once a second and acts
-   on those (408, keep-alive close, linger end).
+   head / body in progress, or the linger after a close, must be over). Activity
+   is stamped with ``registry.now``, the loop time as of the last sweep, so the
+   resolution of every timeout is the sweep interval. The ``ConnectionRegistry``
+   sweeps every live protocol about once a second and acts on those (408,
+   keep-alive close, linger end).
 
 6. **Reading is paused for exactly three reasons:** the transport's write buffer is
    above ``write_buffer_high`` (``pause_writing``), more than ``max_pipeline``
@@ -55,10 +57,11 @@ States of the message in progress (``_state``): 0 = between requests, 1 = head
 (request line and headers), 2 = body. ``connection_lost`` drops owed answers but
 cancels nothing: an app's commit must finish even when its client has gone.
 
-The hot path (one small request, answered synchronously) is four parser
-callbacks, one ``Request`` and one ``transport.write``; everything unusual
-(a body, ``Connection``, ``Transfer-Encoding``, HEAD, absolute-form targets) is
-branched off to ``_headers_slow`` / ``_check_method`` by a few dict lookups.
+The hot path (one small request, answered synchronously) is three parser
+callbacks plus one per header, one ``Request`` and one ``transport.write``;
+everything unusual (a body, ``Connection``, ``Transfer-Encoding``, HEAD,
+absolute-form targets) is branched off to ``_headers_slow`` / ``_check_method``
+by a few dict lookups.
 """
 
 from __future__ import annotations
@@ -409,6 +412,8 @@ class HttpProtocol(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self._peer_ip = peer[0] if isinstance(peer, tuple) and peer else ""
         registry = self._registry
+        if not registry.now:  # registry not started yet: give its clock a sane origin
+            registry.now = self._last_rx
         if len(registry) >= self._limits.max_connections:
             # Over the per-worker cap: say so and go. Never registered, never swept.
             self._closing = self._closed = True

@@ -1,0 +1,817 @@
+"""HttpProtocol: a real uvloop server on 127.0.0.1:0 driven by raw sockets, plus
+sans-socket tests that feed a protocol through a fake transport."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import select
+import socket
+import threading
+import time
+
+import orjson
+import pytest
+import uvloop
+
+from flashgate.gateway.protocol import (
+    ConnectionRegistry,
+    HttpLimits,
+    HttpProtocol,
+    Request,
+    build_response,
+    error_response,
+)
+
+# --------------------------------------------------------------------------- test app
+
+
+class EchoApp:
+    """/echo (and anything else): JSON echo of the request, answered synchronously.
+    /slow?MS: answered by a coroutine after MS milliseconds. /raise, /araise: fail
+    synchronously / asynchronously. /future: answered through a plain Future."""
+
+    def __init__(self) -> None:
+        self.completed: list[str] = []  # async answers that ran to completion
+
+    @staticmethod
+    def echo(req: Request) -> bytes:
+        doc = {
+            "method": req.method.decode(),
+            "path": req.path,
+            "query": req.query.decode("latin-1"),
+            "headers": {k.decode("latin-1"): v.decode("latin-1") for k, v in req.headers.items()},
+            "body": req.body.decode("latin-1"),
+            "keep_alive": req.keep_alive,
+            "peer_ip": req.peer_ip,
+        }
+        return build_response(200, orjson.dumps(doc))
+
+    def handle(self, req: Request):
+        if req.path == "/raise":
+            raise RuntimeError("secret-internal-detail")
+        if req.path == "/slow":
+            return self._slow(req)
+        if req.path == "/araise":
+            return self._araise()
+        if req.path == "/future":
+            fut = asyncio.get_running_loop().create_future()
+            asyncio.get_running_loop().call_later(0.02, fut.set_result, self.echo(req))
+            return fut
+        return self.echo(req)
+
+    async def _slow(self, req: Request) -> bytes:
+        await asyncio.sleep(int(req.query or b"0") / 1000)
+        self.completed.append(req.path + "?" + req.query.decode())
+        return self.echo(req)
+
+    async def _araise(self) -> bytes:
+        await asyncio.sleep(0)
+        raise RuntimeError("secret-internal-detail")
+
+
+# --------------------------------------------------------------------------- server
+
+
+class ServerThread:
+    """A uvloop event loop in a thread, serving HttpProtocol on 127.0.0.1:0."""
+
+    def __init__(self, app, limits: HttpLimits, interval: float = 0.05) -> None:
+        self.app = app
+        self.loop = uvloop.new_event_loop()
+        self.loop_errors: list[dict] = []
+        self.loop.set_exception_handler(lambda loop, ctx: self.loop_errors.append(ctx))
+        self.registry = ConnectionRegistry(interval=interval)
+        ready = threading.Event()
+
+        async def start() -> None:
+            self.registry.start(self.loop)
+            self.server = await self.loop.create_server(
+                lambda: HttpProtocol(app, limits, self.registry), "127.0.0.1", 0
+            )
+            self.port = self.server.sockets[0].getsockname()[1]
+
+        def run() -> None:
+            asyncio.set_event_loop(self.loop)
+            self.loop.run_until_complete(start())
+            ready.set()
+            self.loop.run_forever()
+            self.registry.stop()
+            self.server.close()
+            for proto in self.registry:
+                proto._transport.abort()
+            self.loop.run_until_complete(asyncio.sleep(0.01))
+            self.loop.close()
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+        assert ready.wait(5), "server did not start"
+
+    def call(self, fn):
+        """Run fn() on the loop thread and return its result."""
+        done: concurrent.futures.Future = concurrent.futures.Future()
+
+        def wrapper() -> None:
+            try:
+                done.set_result(fn())
+            except BaseException as exc:  # pragma: no cover - surfaced to the test
+                done.set_exception(exc)
+
+        self.loop.call_soon_threadsafe(wrapper)
+        return done.result(5)
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+@pytest.fixture
+def serve():
+    servers: list[ServerThread] = []
+
+    def start(app=None, interval: float = 0.05, **limits) -> ServerThread:
+        srv = ServerThread(app or EchoApp(), HttpLimits(**limits), interval)
+        servers.append(srv)
+        return srv
+
+    yield start
+    for srv in servers:
+        srv.stop()
+    for srv in servers:
+        assert not srv.loop_errors, f"event loop reported errors: {srv.loop_errors}"
+
+
+# --------------------------------------------------------------------------- client
+
+
+class Client:
+    def __init__(self, port: int, timeout: float = 3.0) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buf = b""
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def get(self, target: str = "/echo", headers: str = "") -> tuple[int, dict, bytes]:
+        self.send(f"GET {target} HTTP/1.1\r\nHost: t\r\n{headers}\r\n".encode())
+        return self.response()
+
+    def _fill(self) -> None:
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            raise EOFError(f"connection closed; buffered: {self.buf!r}")
+        self.buf += chunk
+
+    def response(self, head_only: bool = False) -> tuple[int, dict, bytes]:
+        while b"\r\n\r\n" not in self.buf:
+            self._fill()
+        head, self.buf = self.buf.split(b"\r\n\r\n", 1)
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ")[1])
+        headers = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        length = 0 if head_only else int(headers.get("content-length", 0))
+        while len(self.buf) < length:
+            self._fill()
+        body, self.buf = self.buf[:length], self.buf[length:]
+        return status, headers, body
+
+    def json(self) -> tuple[int, dict, dict]:
+        status, headers, body = self.response()
+        return status, headers, orjson.loads(body)
+
+    def is_closed(self, timeout: float = 2.0) -> bool:
+        """True when the server closed cleanly (recv gives b"" after any buffered reply)."""
+        self.sock.settimeout(timeout)
+        try:
+            extra = self.sock.recv(65536)
+        except TimeoutError:
+            return False
+        assert not self.buf and not extra, f"unexpected bytes before close: {self.buf + extra!r}"
+        self.sock.close()  # as a client does on EOF; ends the server's linger
+        return True
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def req(target: str = "/echo", extra: str = "", method: str = "GET", body: bytes = b"") -> bytes:
+    head = f"{method} {target} HTTP/1.1\r\nHost: t\r\n{extra}"
+    if body:
+        head += f"Content-Length: {len(body)}\r\n"
+    return head.encode() + b"\r\n" + body
+
+
+def wait_until(predicate, timeout: float = 2.0) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return predicate()
+
+
+# --------------------------------------------------------------------------- basics
+
+
+def test_keep_alive_several_requests(serve):
+    srv = serve()
+    c = Client(srv.port)
+    for i in range(5):
+        c.send(req(f"/echo?i={i}", f"X-Num: {i}\r\n"))
+        status, headers, doc = c.json()
+        assert status == 200
+        assert headers["content-type"] == "application/json"
+        assert "connection" not in headers
+        assert doc["path"] == "/echo" and doc["query"] == f"i={i}"
+        assert doc["headers"]["x-num"] == str(i) and doc["headers"]["host"] == "t"
+        assert doc["method"] == "GET" and doc["keep_alive"] is True
+        assert doc["peer_ip"] == "127.0.0.1"
+    assert srv.call(lambda: len(srv.registry)) == 1
+    c.close()
+    assert wait_until(lambda: srv.call(lambda: len(srv.registry)) == 0)
+
+
+def test_body_with_content_length(serve):
+    c = Client(serve().port)
+    c.send(req("/echo", method="POST", body=b'{"sku": "tea", "qty": 2}'))
+    status, _, doc = c.json()
+    assert status == 200 and doc["method"] == "POST" and doc["body"] == '{"sku": "tea", "qty": 2}'
+    c.send(req("/next"))
+    assert c.json()[2]["path"] == "/next"
+
+
+def test_path_is_not_percent_decoded_and_absolute_form(serve):
+    c = Client(serve().port)
+    c.send(b"GET /a%20b/%C3%A9?q=%20&x HTTP/1.1\r\nHost: t\r\n\r\n")
+    doc = c.json()[2]
+    assert doc["path"] == "/a%20b/%C3%A9" and doc["query"] == "q=%20&x"
+    c.send(b"GET http://example.com/abs/path?z=1 HTTP/1.1\r\nHost: t\r\n\r\n")
+    doc = c.json()[2]
+    assert doc["path"] == "/abs/path" and doc["query"] == "z=1"
+
+
+def test_pipelining_keeps_request_order_with_async_and_sync_answers(serve):
+    srv = serve()
+    c = Client(srv.port)
+    c.send(
+        req("/slow?150") + req("/echo?n=1") + req("/slow?30") + req("/future?f") + req("/echo?n=2")
+    )
+    got = [c.json()[2] for _ in range(5)]
+    assert [(d["path"], d["query"]) for d in got] == [
+        ("/slow", "150"),
+        ("/echo", "n=1"),
+        ("/slow", "30"),
+        ("/future", "f"),
+        ("/echo", "n=2"),
+    ]
+    # the later, shorter sleep really did finish first: ordering is the protocol's work
+    assert srv.app.completed == ["/slow?30", "/slow?150"]
+
+
+def test_one_byte_at_a_time_over_a_socket(serve):
+    c = Client(serve().port)
+    for byte in req("/frag?x=1", "X-A: b\r\n", method="POST", body=b"hello"):
+        c.send(bytes([byte]))
+    status, _, doc = c.json()
+    assert status == 200 and doc["path"] == "/frag" and doc["body"] == "hello"
+    assert doc["headers"]["x-a"] == "b"
+
+
+def test_head_request_gets_no_body(serve):
+    c = Client(serve().port)
+    c.send(req("/echo", method="HEAD"))
+    status, headers, _ = c.response(head_only=True)
+    assert status == 200 and int(headers["content-length"]) > 0
+    c.send(req("/after-head"))  # framing intact: the next answer parses
+    assert c.json()[2]["path"] == "/after-head"
+
+
+def test_expect_100_continue(serve):
+    c = Client(serve().port)
+    c.send(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+    assert c.response()[0] == 100
+    c.send(b"abcde")
+    status, _, doc = c.json()
+    assert status == 200 and doc["body"] == "abcde"
+
+
+# --------------------------------------------------------------------------- closing
+
+
+def test_connection_close_answers_then_closes_and_ignores_pipelined_bytes(serve):
+    c = Client(serve().port)
+    c.send(req("/first", "Connection: close\r\n") + req("/ignored"))
+    status, headers, doc = c.json()
+    assert status == 200 and doc["path"] == "/first" and doc["keep_alive"] is False
+    assert headers["connection"] == "close"
+    assert c.is_closed()
+
+
+def test_http10_without_and_with_keep_alive(serve):
+    srv = serve()
+    c = Client(srv.port)
+    c.send(b"GET /old HTTP/1.0\r\n\r\n")
+    status, headers, doc = c.json()
+    assert status == 200 and doc["keep_alive"] is False and headers["connection"] == "close"
+    assert c.is_closed()
+
+    c = Client(srv.port)
+    for i in range(2):
+        c.send(b"GET /old%d HTTP/1.0\r\nConnection: keep-alive\r\n\r\n" % i)
+        status, headers, doc = c.json()
+        assert status == 200 and doc["keep_alive"] is True and doc["path"] == f"/old{i}"
+        assert headers["connection"] == "keep-alive"
+    assert not c.is_closed(timeout=0.1)
+
+
+def test_keepalive_timeout_closes_idle_connection(serve):
+    srv = serve(keepalive_timeout=0.3)
+    c = Client(srv.port)
+    assert c.get()[0] == 200
+    t0 = time.monotonic()
+    assert c.is_closed(timeout=3)
+    assert 0.15 < time.monotonic() - t0 < 2.0
+    assert wait_until(lambda: srv.call(lambda: len(srv.registry)) == 0)
+
+
+def test_close_idle_and_busy_count(serve):
+    srv = serve()
+    idle = Client(srv.port)
+    assert idle.get()[0] == 200
+    busy = Client(srv.port)
+    busy.send(req("/slow?300"))
+    assert wait_until(lambda: srv.call(srv.registry.busy_count) == 1)
+    srv.call(srv.registry.close_idle)
+    assert idle.is_closed()
+    status, headers, doc = busy.json()  # the request in progress is still answered...
+    assert status == 200 and doc["path"] == "/slow" and headers["connection"] == "close"
+    assert busy.is_closed()  # ...and then that connection ends too
+    assert wait_until(lambda: srv.call(lambda: len(srv.registry)) == 0)
+
+
+def test_client_leaving_does_not_cancel_the_app(serve):
+    srv = serve()
+    c = Client(srv.port)
+    c.send(req("/slow?100"))
+    time.sleep(0.02)
+    c.close()
+    assert wait_until(lambda: srv.app.completed == ["/slow?100"])
+    assert wait_until(lambda: srv.call(lambda: len(srv.registry)) == 0)
+
+
+def test_half_closed_client_still_gets_its_answers(serve):
+    c = Client(serve().port)
+    c.send(req("/slow?50") + req("/echo?after"))
+    c.sock.shutdown(socket.SHUT_WR)
+    assert c.json()[2]["path"] == "/slow"
+    assert c.json()[2]["query"] == "after"
+    assert c.is_closed()
+
+
+def test_max_connections_gets_503_and_close(serve):
+    srv = serve(max_connections=2)
+    a, b = Client(srv.port), Client(srv.port)
+    assert a.get()[0] == 200 and b.get()[0] == 200
+    c = Client(srv.port)
+    status, headers, doc = c.json()
+    assert status == 503 and doc["error"] == "unavailable" and headers["retry-after"] == "1"
+    assert c.is_closed()
+    a.close()
+    assert wait_until(lambda: srv.call(lambda: len(srv.registry)) == 1)
+    assert Client(srv.port).get()[0] == 200
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def test_app_exception_is_500_without_internals(serve, caplog):
+    c = Client(serve().port)
+    with caplog.at_level(logging.ERROR, logger="flashgate.http"):
+        for target in ("/raise", "/araise"):
+            c.send(req(target))
+            status, _, body = c.response()
+            assert status == 500
+            assert orjson.loads(body) == {"error": "internal", "message": "internal error"}
+            assert b"secret" not in body and b"Traceback" not in body
+            c.send(req("/still-works"))  # the connection stays usable
+            assert c.json()[0] == 200
+    failures = [r for r in caplog.records if r.name == "flashgate.http" and r.exc_info]
+    assert len(failures) == 2
+
+
+def test_malformed_garbage_is_400_and_close_and_others_are_served(serve):
+    srv = serve()
+    c = Client(srv.port)
+    c.send(req("/before") + b"\x16\x03\x01\x02\x00garbage\r\n\r\n")
+    status, _, doc = c.json()
+    assert status == 200 and doc["path"] == "/before"  # earlier answers first
+    status, headers, doc = c.json()
+    assert status == 400 and doc["error"] == "bad_request" and headers["connection"] == "close"
+    assert c.is_closed()
+    assert Client(srv.port).get()[0] == 200
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"GET / HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        b"CONNECT example.com:443 HTTP/1.1\r\nHost: t\r\n\r\n",
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+        b"GET / HTTP/1.7\r\nHost: t\r\n\r\n",
+    ],
+    ids=["upgrade", "connect", "h2-preface", "bad-version"],
+)
+def test_unsupported_protocols_are_400_and_close(serve, raw):
+    c = Client(serve().port)
+    c.send(raw)
+    status, headers, doc = c.json()
+    assert status == 400 and doc["error"] == "bad_request" and headers["connection"] == "close"
+    assert c.is_closed()
+
+
+def test_http2_version_line_is_505(serve):
+    c = Client(serve().port)
+    c.send(b"GET / HTTP/2.0\r\nHost: t\r\n\r\n")
+    assert c.response()[0] == 505
+    assert c.is_closed()
+
+
+# --------------------------------------------------------------------------- smuggling
+
+SMUGGLING = {
+    "cl-and-te": (
+        b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"0\r\n\r\n",
+        400,
+    ),
+    "te-and-cl": (
+        b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n"
+        b"0\r\n\r\n",
+        400,
+    ),
+    "two-different-cl": (
+        b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nContent-Length: 5\r\n\r\nabcde",
+        400,
+    ),
+    "two-equal-cl": (  # llhttp refuses any repeated Content-Length; so do we
+        b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc",
+        400,
+    ),
+    "cl-list": (b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 3, 3\r\n\r\nabc", 400),
+    "te-chunked": (
+        b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        411,
+    ),
+    "te-gzip": (b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip\r\n\r\nabc", 400),
+    "te-gzip-chunked": (
+        b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+        400,
+    ),
+    "bare-lf": (b"GET / HTTP/1.1\nHost: t\n\n", 400),
+    "bare-lf-in-headers": (b"GET / HTTP/1.1\r\nHost: t\nX-A: b\r\n\r\n", 400),
+    "obs-fold": (b"GET / HTTP/1.1\r\nHost: t\r\nX-A: one\r\n two\r\n\r\n", 400),
+    "space-before-colon": (b"GET / HTTP/1.1\r\nHost : t\r\n\r\n", 400),
+    "nul-in-value": (b"GET / HTTP/1.1\r\nHost: t\r\nX-A: a\x00b\r\n\r\n", 400),
+}
+
+
+@pytest.mark.parametrize("name", list(SMUGGLING))
+def test_smuggling_attempts_are_refused_and_closed(serve, name):
+    raw, expected = SMUGGLING[name]
+    c = Client(serve().port)
+    c.send(raw)
+    status, headers, doc = c.json()
+    assert status == expected
+    assert doc["error"] == ("length_required" if expected == 411 else "bad_request")
+    assert headers["connection"] == "close"
+    assert c.is_closed()
+
+
+# --------------------------------------------------------------------------- limits
+
+
+def test_request_line_too_long_is_414(serve):
+    c = Client(serve(max_request_line=1024).port)
+    c.send(req("/" + "a" * 1100))
+    assert c.response()[0] == 414
+    assert c.is_closed()
+
+
+def test_head_too_large_is_431(serve):
+    c = Client(serve(max_head=4096).port)
+    c.send(req("/", "".join(f"X-H{i}: {'v' * 200}\r\n" for i in range(30))))
+    status, _, doc = c.json()
+    assert status == 431 and doc["error"] == "headers_too_large"
+    assert c.is_closed()
+
+
+def test_one_huge_header_trickled_is_431_before_it_ends(serve):
+    # The line never completes, so only the raw-bytes guard can see it grow.
+    c = Client(serve(max_head=4096).port)
+    c.send(b"GET / HTTP/1.1\r\nX-Big: ")
+    for _ in range(10):
+        c.send(b"v" * 1000)
+        time.sleep(0.01)
+        if select.select([c.sock], [], [], 0)[0]:
+            break
+    assert c.response()[0] == 431
+    assert c.is_closed()
+
+
+def test_too_many_headers_is_431(serve):
+    c = Client(serve(max_headers=20).port)
+    c.send(req("/", "".join(f"X-H{i}: v\r\n" for i in range(20))))  # + Host = 21
+    assert c.response()[0] == 431
+    assert c.is_closed()
+    c = Client(serve(max_headers=20).port)
+    c.send(req("/", "".join(f"X-H{i}: v\r\n" for i in range(19))))  # exactly 20 is fine
+    assert c.response()[0] == 200
+
+
+def test_body_too_large_by_content_length_header_is_413(serve):
+    c = Client(serve(max_body=1000).port)
+    c.send(b"POST /api/v1/x HTTP/1.1\r\nHost: t\r\nContent-Length: 1001\r\n\r\n")
+    status, _, doc = c.json()
+    assert status == 413 and doc["error"] == "payload_too_large"
+    assert c.is_closed()
+
+
+def test_body_too_large_sent_in_full_still_reads_413(serve):
+    # The client pushes the whole body; lingering close lets it read the 413 anyway.
+    c = Client(serve(max_body=1000).port)
+    c.send(req("/api/v1/x", method="POST", body=b"x" * 200_000))
+    assert c.response()[0] == 413
+    assert c.is_closed()
+
+
+def test_admin_paths_have_their_own_body_limit(serve):
+    srv = serve(max_body=1000, max_body_admin=5000)
+    c = Client(srv.port)
+    c.send(req("/api/v1/admin/events/e1", method="PUT", body=b"y" * 4000))
+    status, _, doc = c.json()
+    assert status == 200 and len(doc["body"]) == 4000
+    c.send(req("/api/v1/admin/events/e1", method="PUT", body=b"y" * 5001))
+    assert c.response()[0] == 413
+    c = Client(srv.port)
+    c.send(req("/api/v1/adminx", method="POST", body=b"y" * 4000))
+    assert c.response()[0] == 413
+
+
+# --------------------------------------------------------------------------- timeouts
+
+
+def test_head_timeout_cuts_off_a_trickling_client(serve):
+    c = Client(serve(head_timeout=0.5).port)
+    t0 = time.monotonic()
+    c.send(b"GET / HTTP/1.1\r\n")
+    for i in range(30):  # one header every 0.1 s: never an idle gap, never done
+        if select.select([c.sock], [], [], 0.1)[0]:
+            break
+        c.send(b"X-Trickle-%d: y\r\n" % i)
+    status, headers, doc = c.json()
+    elapsed = time.monotonic() - t0
+    assert status == 408 and doc["error"] == "request_timeout" and headers["connection"] == "close"
+    assert 0.35 < elapsed < 1.5
+    assert c.is_closed()
+
+
+def test_body_timeout(serve):
+    c = Client(serve(body_timeout=0.3).port)
+    c.send(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nab")
+    assert c.response()[0] == 408
+    assert c.is_closed()
+
+
+# --------------------------------------------------------------------------- responses
+
+
+def test_build_response():
+    assert build_response(200, b"{}") == (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+    )
+    assert build_response(404, b"", content_type=None) == (
+        b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"
+    )
+    resp = build_response(429, b"x", b"text/plain", headers=[(b"Retry-After", b"2")], close=True)
+    assert resp == (
+        b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: text/plain\r\nContent-Length: 1\r\n"
+        b"Retry-After: 2\r\nConnection: close\r\n\r\nx"
+    )
+    assert build_response(204) == b"HTTP/1.1 204 No Content\r\n\r\n"
+    with pytest.raises(ValueError):
+        build_response(200, headers=[(b"X-A", b"a\r\nSet-Cookie: evil")])
+
+
+def test_error_response():
+    resp = error_response(409, "sold_out", "no unit left", headers=((b"X-A", b"1"),))
+    head, body = resp.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.1 409 Conflict\r\n") and b"X-A: 1" in head
+    assert orjson.loads(body) == {"error": "sold_out", "message": "no unit left"}
+
+
+def test_limits_keywords():
+    limits = HttpLimits(head_timeout=0.5, max_body=10)
+    assert limits.head_timeout == 0.5 and limits.max_body == 10
+    assert limits.max_head == HttpLimits.max_head == 16 * 1024
+    with pytest.raises(TypeError):
+        HttpLimits(max_bdy=1)
+
+
+# --------------------------------------------------------------------------- fake transport
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.reading = True
+        self.closed = False
+        self.eof = False
+
+    def get_extra_info(self, name, default=None):
+        return ("10.1.2.3", 40000) if name == "peername" else default
+
+    def set_write_buffer_limits(self, high=None, low=None) -> None:
+        self.high = high
+
+    def write(self, data) -> None:
+        self.writes.append(bytes(data))
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        self.eof = True
+
+    def close(self) -> None:
+        self.closed = True
+
+    abort = close
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+
+def run(coro):
+    return uvloop.run(coro)
+
+
+def make_protocol(app=None, **limits):
+    registry = ConnectionRegistry()
+    proto = HttpProtocol(app or EchoApp(), HttpLimits(**limits), registry)
+    transport = FakeTransport()
+    proto.connection_made(transport)
+    return proto, transport, registry
+
+
+STREAM = (
+    req("/one?a=1", "X-A: 1\r\n")
+    + req("/two", method="POST", body=b'{"k": "v"}')
+    + req("/three", "Cookie: c=1\r\n")
+)
+
+
+def test_fragments_fed_one_byte_at_a_time_match_one_chunk():
+    async def main():
+        whole, t_whole, _ = make_protocol()
+        whole.data_received(STREAM)
+        assert len(t_whole.writes) == 1  # three answers coalesced into one write
+
+        split, t_split, _ = make_protocol()
+        for i in range(len(STREAM)):
+            split.data_received(STREAM[i : i + 1])
+        assert len(t_split.writes) == 3
+        assert b"".join(t_split.writes) == t_whole.writes[0]
+        assert t_whole.writes[0].count(b"HTTP/1.1 200 OK") == 3
+        assert b'"peer_ip":"10.1.2.3"' in t_whole.writes[0]
+
+    run(main())
+
+
+def test_many_pipelined_sync_requests_one_write():
+    async def main():
+        proto, transport, _ = make_protocol()
+        proto.data_received(b"".join(req(f"/p{i}") for i in range(50)))
+        assert len(transport.writes) == 1
+        assert transport.writes[0].count(b"HTTP/1.1 200 OK") == 50
+
+    run(main())
+
+
+class ControlledApp:
+    """Every request is answered through a Future the test resolves."""
+
+    def __init__(self) -> None:
+        self.futures: list[asyncio.Future] = []
+
+    def handle(self, req: Request):
+        fut = asyncio.get_running_loop().create_future()
+        fut.path = req.path
+        self.futures.append(fut)
+        return fut
+
+
+def test_pipeline_limit_pauses_reading_until_answers_drain():
+    async def main():
+        app = ControlledApp()
+        proto, transport, _ = make_protocol(app, max_pipeline=4)
+        proto.data_received(b"".join(req(f"/p{i}") for i in range(6)))
+        assert len(app.futures) == 6 and not transport.reading  # 6 owed > 4
+        # resolve out of order: nothing may be written before /p0 is ready
+        for fut in reversed(app.futures[1:]):
+            fut.set_result(build_response(200, fut.path.encode()))
+        await asyncio.sleep(0)
+        assert transport.writes == [] and not transport.reading
+        app.futures[0].set_result(build_response(200, b"/p0"))
+        await asyncio.sleep(0)
+        assert len(transport.writes) == 1  # the head and everything ready behind it
+        bodies = [part[-3:] for part in transport.writes[0].split(b"HTTP/1.1 ")[1:]]
+        assert bodies == [b"/p0", b"/p1", b"/p2", b"/p3", b"/p4", b"/p5"]
+        assert transport.reading
+
+    run(main())
+
+
+def test_unix_socket_peer_is_empty_string():
+    async def main():
+        registry = ConnectionRegistry()
+        proto = HttpProtocol(EchoApp(), HttpLimits(), registry)
+        transport = FakeTransport()
+        transport.get_extra_info = lambda name, default=None: ""  # what unix sockets give
+        proto.connection_made(transport)
+        proto.data_received(req("/"))
+        assert b'"peer_ip":""' in transport.writes[0]
+
+    run(main())
+
+
+def test_write_back_pressure_pauses_reading():
+    async def main():
+        proto, transport, _ = make_protocol(write_buffer_high=1234)
+        assert transport.high == 1234
+        proto.pause_writing()
+        assert not transport.reading
+        proto.resume_writing()
+        assert transport.reading
+
+    run(main())
+
+
+def test_accumulated_body_size_is_checked_too():
+    # Content-Length is checked first, so this guard is defence in depth: shrink the
+    # limit after the head to show the body is counted as it arrives.
+    async def main():
+        proto, transport, _ = make_protocol(max_body=100)
+        proto.data_received(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 50\r\n\r\n")
+        proto._body_limit = 20
+        proto.data_received(b"x" * 30)
+        assert transport.writes and transport.writes[-1].startswith(b"HTTP/1.1 413 ")
+        assert transport.eof
+
+    run(main())
+
+
+def test_sweep_enforces_deadlines_from_timestamps():
+    async def main():
+        proto, transport, registry = make_protocol(head_timeout=5.0, keepalive_timeout=60.0)
+        t0 = asyncio.get_running_loop().time()
+        registry.sweep(t0)  # also sets the clock connections stamp activity with
+        proto.data_received(b"GET / HTTP/1.1\r\nHost: t\r\n")  # head in progress
+        registry.sweep(t0 + 4.9)
+        assert transport.writes == []
+        registry.sweep(t0 + 5.0)
+        assert transport.writes[-1].startswith(b"HTTP/1.1 408 ")
+
+        proto, transport, registry = make_protocol(keepalive_timeout=60.0)
+        registry.sweep(t0 + 10)
+        proto.data_received(req("/"))
+        registry.sweep(t0 + 69.9)
+        assert not transport.closed
+        registry.sweep(t0 + 70)
+        assert transport.closed and len(transport.writes) == 1
+
+    run(main())
+
+
+def test_registry_counts_and_start_stop():
+    async def main():
+        proto, transport, registry = make_protocol()
+        assert len(registry) == 1 and registry.busy_count() == 0
+        proto.data_received(b"GET / HTTP/1.1\r\n")
+        assert registry.busy_count() == 1
+        registry.start()
+        registry.stop()
+        proto.connection_lost(None)
+        assert len(registry) == 0
+
+    run(main())
