@@ -99,11 +99,11 @@ async def prepare(cfg: Config) -> list[str]:
         conn.close()
 
 
-def _worker_main(cfg_dict: dict, worker_id: int, ready) -> None:
+def _worker_main(cfg_dict: dict, worker_id: int, ready, parent: int) -> None:
     die_with_parent()
     from flashgate.gateway import worker
 
-    worker.run(Config(**cfg_dict), worker_id, ready)
+    worker.run(Config(**cfg_dict), worker_id, ready, parent)
 
 
 def serve(cfg: Config) -> int:
@@ -158,7 +158,7 @@ class Supervisor:
         self.stopping = False
 
     def _start(self, worker_id: int) -> None:
-        p = self.ctx.Process(target=_worker_main, args=(self.cfg.to_dict(), worker_id, self.ready),
+        p = self.ctx.Process(target=_worker_main, args=(self.cfg.to_dict(), worker_id, self.ready, os.getpid()),
                              name=f"flashgate-worker-{worker_id}", daemon=False)
         p.start()
         self.procs[worker_id] = p

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import socket
 import sys
@@ -33,7 +34,7 @@ def listen_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-async def _serve(cfg: Config, worker_id: int, ready) -> int:
+async def _serve(cfg: Config, worker_id: int, ready, parent: int) -> int:
     loop = asyncio.get_running_loop()
     gateway = Gateway(cfg, worker_id)
     await gateway.start()
@@ -57,6 +58,16 @@ async def _serve(cfg: Config, worker_id: int, ready) -> int:
 
     loop.add_signal_handler(signal.SIGTERM, on_term)
     loop.add_signal_handler(signal.SIGINT, lambda: None)  # the supervisor decides
+    def watch_parent():
+        # an orphaned worker must not go on serving (the parent-death signal is
+        # set too, but this also covers a parent that died before it was set)
+        if os.getppid() != parent:
+            log.error("worker %d: the supervisor is gone; draining", worker_id)
+            on_term()
+        else:
+            loop.call_later(0.5, watch_parent)
+
+    loop.call_later(0.5, watch_parent)
     if ready is not None:
         ready.put(worker_id)
     await stop
@@ -83,13 +94,16 @@ async def _serve(cfg: Config, worker_id: int, ready) -> int:
     return 0
 
 
-def run(cfg: Config, worker_id: int, ready=None) -> None:
-    """Entry point of a worker process."""
+def run(cfg: Config, worker_id: int, ready=None, parent: int | None = None) -> None:
+    """Entry point of a worker process; ``parent`` is the supervisor's pid."""
     logging.basicConfig(
         level=getattr(logging, cfg.log_level.upper(), logging.INFO),
         format=f"%(asctime)s worker-{worker_id} %(levelname)s %(name)s: %(message)s",
     )
     import uvloop
 
-    code = uvloop.run(_serve(cfg, worker_id, ready))
+    parent = os.getppid() if parent is None else parent
+    if os.getppid() != parent:
+        sys.exit(0)  # the supervisor died while this worker was starting
+    code = uvloop.run(_serve(cfg, worker_id, ready, parent))
     sys.exit(code)
