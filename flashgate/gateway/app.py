@@ -114,6 +114,27 @@ LAT_BOUNDS = (100, 200, 300, 500, 750, 1000, 1500, 2000, 3000, 5000, 7500, 10000
               50000, 100000, 250000, 1000000)
 
 
+_BUY, _VIEW, _REGISTER = 0, 1, 2  # kinds of the routes table
+
+
+def _parse_buy_body(body: bytes) -> tuple[str, int] | bytes:
+    """``(sku, qty)`` of a buy body, or its 400 answer. Buy bodies are tiny and
+    repeat (most clients send the same few), so the caller caches the result."""
+    try:
+        data = _loads(body)
+    except orjson.JSONDecodeError:
+        return R_BAD_JSON
+    if type(data) is not dict:
+        return R_BAD_JSON
+    sku_id = data.get("sku")
+    if type(sku_id) is not str:
+        return R_BAD_SKU
+    qty = data.get("qty", 1)
+    if type(qty) is not int or qty < 1:
+        return R_BAD_QTY
+    return sku_id, qty
+
+
 def _rate_limited(wait_us: int) -> bytes:
     return _RATE_LIMITED[min(60, max(1, ceil(wait_us / 1e6)))]
 
@@ -179,7 +200,13 @@ class Gateway:
         self.tokens = TokenVerifier(cfg.user_secret.encode()) if cfg.user_secret else None
         self.conn = RedisConnection(cfg.redis, on_connect=self._on_connect, on_lost=self._on_lost)
         self.events: dict[str, EventRuntime] = {}
+        self.routes: dict[str, tuple[int, EventRuntime]] = {}  # path -> (kind, event)
         self.sku_rt: list[SkuRuntime] = []  # by ledger index
+        self._users: dict[bytes, str] = {}  # X-User-Id values already validated
+        self._bodies: dict[bytes, tuple | bytes] = {}  # buy bodies already parsed
+        self._ip_limited = cfg.ip_rate > 0
+        self._user_limited = cfg.user_rate > 0
+        self._global_limited = cfg.global_rate > 0
         self.version = -1
         self.loaded = False
         self.draining = False
@@ -239,6 +266,14 @@ class Gateway:
     def handle(self, req):
         path = req.path
         method = req.method
+        route = self.routes.get(path)
+        if route is not None:  # the public event paths: one dict lookup
+            kind, ert = route
+            if kind == _BUY:
+                return self.buy(req, ert) if method == b"POST" else R_METHOD
+            if kind == _VIEW:
+                return self.event_view(ert) if method == b"GET" else R_METHOD
+            return self.register(req, ert) if method == b"POST" else R_METHOD
         if path.startswith("/api/v1/events/"):
             parts = path.split("/")
             ert = self.events.get(parts[4])
@@ -285,11 +320,19 @@ class Gateway:
         uid = req.headers.get(b"x-user-id")
         if uid is None:
             return None
+        user = self._users.get(uid)
+        if user is not None:
+            return user
         try:
             user = uid.decode("ascii")
         except UnicodeDecodeError:
             return None
-        return user if USER_RE.match(user) else None
+        if not USER_RE.match(user):
+            return None
+        if len(self._users) >= 65536:
+            self._users.clear()
+        self._users[uid] = user
+        return user
 
     # -- the purchase path ---------------------------------------------------------
 
@@ -300,28 +343,25 @@ class Gateway:
         if user is None:
             counts["unauthenticated"] += 1
             return R_UNAUTH
-        now_us = _mono_ns() // 1000
         limiter = self.limiter
-        wait = limiter.check_ip(req.peer_ip, now_us) or limiter.check_user(user, now_us)
-        if wait:
-            counts["rate_limited"] += 1
-            return _rate_limited(wait)
-        try:
-            body = _loads(req.body)
-        except orjson.JSONDecodeError:
+        if self._ip_limited or self._user_limited:
+            now_us = _mono_ns() // 1000
+            wait = limiter.check_ip(req.peer_ip, now_us) or limiter.check_user(user, now_us)
+            if wait:
+                counts["rate_limited"] += 1
+                return _rate_limited(wait)
+        body = req.body
+        parsed = self._bodies.get(body)
+        if parsed is None:
+            parsed = _parse_buy_body(body)
+            if len(body) <= 128:  # the cache holds small bodies only: bounded memory
+                if len(self._bodies) >= 4096:
+                    self._bodies.clear()
+                self._bodies[body] = parsed
+        if type(parsed) is bytes:  # the body's 400 answer
             counts["bad_request"] += 1
-            return R_BAD_JSON
-        if type(body) is not dict:
-            counts["bad_request"] += 1
-            return R_BAD_JSON
-        sku_id = body.get("sku")
-        if type(sku_id) is not str:
-            counts["bad_request"] += 1
-            return R_BAD_SKU
-        qty = body.get("qty", 1)
-        if type(qty) is not int or qty < 1:
-            counts["bad_request"] += 1
-            return R_BAD_QTY
+            return parsed
+        sku_id, qty = parsed
         srt = ert.by_id.get(sku_id)
         if srt is None:
             counts["not_found"] += 1
@@ -337,25 +377,26 @@ class Gateway:
                 return R_BAD_IDEM
         if len(ert.uv) < 100_000:
             ert.uv.add(user)
-        wait = limiter.check_global(now_us)
-        if wait:
-            counts["rate_limited"] += 1
-            return _rate_limited(wait)
+        if self._global_limited:
+            wait = limiter.check_global(_mono_ns() // 1000)
+            if wait:
+                counts["rate_limited"] += 1
+                return _rate_limited(wait)
         if not self.clock_ok:
             counts["unavailable"] += 1
             return R_UNAVAILABLE
         if idem is not None:
-            return self._buy_with_key(srt, user, qty, idem, f"{sku_id}:{qty}", now_us)
-        return self._admit(srt, user, qty, None, "", now_us)
+            return self._buy_with_key(srt, user, qty, idem, f"{sku_id}:{qty}")
+        return self._admit(srt, user, qty, None, "")
 
-    def _admit(self, srt: SkuRuntime, user: str, qty: int, idem, fp: str, now_us: int):
+    def _admit(self, srt: SkuRuntime, user: str, qty: int, idem, fp: str):
         """The ledger decides; an admitted purchase joins the batch (a Future answer)."""
         if qty > srt.sku.per_user_limit:  # never possible, whatever was bought before
             srt.ert.counts["limit_exceeded"] += 1
             return REJECT[LIMIT_EXCEEDED][1]
         code = self.ledger.reserve(srt.idx, user, qty, _now_ns() // 1_000_000, idem is not None)
         if code == OK or code == PROBE:
-            p = Purchase(srt, user, qty, idem, fp, self._loop.create_future(), now_us)
+            p = Purchase(srt, user, qty, idem, fp, self._loop.create_future(), _mono_ns() // 1000)
             if code == PROBE:
                 p.held = 0
             return self._enqueue(p)
@@ -363,8 +404,8 @@ class Gateway:
             if self.waiting >= self.cfg.wait_queue:
                 srt.ert.counts["unavailable"] += 1
                 return R_UNAVAILABLE
-            p = Purchase(srt, user, qty, idem, fp, self._loop.create_future(), now_us)
-            p.deadline = now_us + int(self.cfg.wait_timeout * 1e6)
+            p = Purchase(srt, user, qty, idem, fp, self._loop.create_future(), _mono_ns() // 1000)
+            p.deadline = p.t0 + int(self.cfg.wait_timeout * 1e6)
             srt.waiters.append(p)
             self.waiting += 1
             return p.fut
@@ -372,7 +413,7 @@ class Gateway:
         srt.ert.counts[name] += 1
         return answer
 
-    async def _buy_with_key(self, srt, user, qty, idem, fp, now_us) -> bytes:
+    async def _buy_with_key(self, srt, user, qty, idem, fp) -> bytes:
         """An Idempotency-Key is claimed for the whole event first, with the request's
         fingerprint, so the same key with another body (even on another SKU) is 422;
         the SKU's commit script then replays the order of a repeated request."""
@@ -389,7 +430,7 @@ class Gateway:
         if held is not None and held.decode() != fp:
             srt.ert.counts["idempotency_mismatch"] += 1
             return R_IDEM_MISMATCH
-        answer = self._admit(srt, user, qty, idem, fp, now_us)
+        answer = self._admit(srt, user, qty, idem, fp)
         return answer if type(answer) is bytes else await answer
 
     def _enqueue(self, p: Purchase):
@@ -559,6 +600,13 @@ class Gateway:
         # SKUs of removed events stay in the ledger (indexes are stable) but unreachable
         await self._refresh_counts([srt for ert in new.values() for srt in ert.skus])
         self.events = new
+        routes = {}
+        for ev_id, ert in new.items():
+            base = "/api/v1/events/" + ev_id
+            routes[base] = (_VIEW, ert)
+            routes[base + "/buy"] = (_BUY, ert)
+            routes[base + "/register"] = (_REGISTER, ert)
+        self.routes = routes
         self.version = version
         self.loaded = True
 
