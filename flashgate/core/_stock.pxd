@@ -31,6 +31,7 @@ cdef class Ledger:
     cdef list dirty        # skus with pending reservations, in arrival order
 
     cdef inline SkuState *_sku(self, int sku) except NULL
+    cpdef int check(self, int sku, str user, int qty, long long now_ms) except -1
     cpdef int reserve(self, int sku, str user, int qty, long long now_ms, bint idem) except -1
     cpdef void push(self, int sku, object item) except *
     cpdef void settle(self, int sku, str user, int held, int sold_qty) except *

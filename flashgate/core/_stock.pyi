@@ -28,6 +28,8 @@ class Ledger:
     ) -> None:
         """Apply a changed event definition."""
     def set_paused(self, sku: int, paused: bool) -> None: ...
+    def check(self, sku: int, user: str, qty: int, now_ms: int) -> int:
+        """What ``reserve(..., idem=False)`` would answer; changes nothing."""
     def reserve(self, sku: int, user: str, qty: int, now_ms: int, idem: bool) -> int:
         """Decide a purchase from memory. OK: ``qty`` units are now in flight and the
         caller must ``push`` a reservation and later ``settle`` it. WAIT: units in
@@ -52,5 +54,5 @@ class Ledger:
         """``(stock, sold, inflight, paused)``."""
     def buyers_of(self, sku: int) -> dict[str, int]: ...
     def pending_count(self, sku: int) -> int: ...
-    def check(self) -> None:
+    def verify(self) -> None:
         """Verify the invariants of every SKU (AssertionError)."""

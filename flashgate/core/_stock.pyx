@@ -149,41 +149,48 @@ cdef class Ledger:
 
     # -- the hot path --------------------------------------------------------
 
-    cpdef int reserve(self, int sku, str user, int qty, long long now_ms, bint idem) except -1:
+    cpdef int check(self, int sku, str user, int qty, long long now_ms) except -1:
+        """What ``reserve`` would answer without an Idempotency-Key; changes nothing."""
         cdef SkuState *s = self._sku(sku)
         cdef long long left, held
         cdef PyObject *v
         if qty < 1:
             raise ValueError("qty must be >= 1")
         if now_ms < s.starts_ms:
-            return C_PROBE if idem else C_NOT_STARTED
+            return C_NOT_STARTED
         if now_ms >= s.ends_ms:
-            return C_PROBE if idem else C_ENDED
+            return C_ENDED
         if s.paused:
-            return C_PROBE if idem else C_PAUSED
+            return C_PAUSED
         left = s.stock - s.sold
         if left <= 0:
-            return C_PROBE if idem else C_SOLD_OUT
+            return C_SOLD_OUT
         held = 0
         v = PyDict_GetItem(<dict>self.buyers[sku], user)
         if v != NULL:
             held = <object>v
         if held + qty > s.limit:
-            return C_PROBE if idem else C_LIMIT_EXCEEDED
+            return C_LIMIT_EXCEEDED
         v = PyDict_GetItem(<dict>self.holding[sku], user)
         if v != NULL and held + <long long>(<object>v) + qty > s.limit:
-            # the user's own units in flight may turn this into limit_exceeded
-            return C_PROBE if idem else C_WAIT
+            return C_WAIT  # the user's own units in flight may make it limit_exceeded
         if qty <= left - s.inflight:
-            s.inflight += qty
-            d = <dict>self.holding[sku]
-            d[user] = (<object>v + qty) if v != NULL else qty
+            return C_OK
+        if s.inflight > 0:
+            return C_WAIT
+        return C_SOLD_OUT
+
+    cpdef int reserve(self, int sku, str user, int qty, long long now_ms, bint idem) except -1:
+        cdef int code = self.check(sku, user, qty, now_ms)
+        cdef dict h
+        if code == C_OK:
+            self.skus[sku].inflight += qty
+            h = <dict>self.holding[sku]
+            h[user] = h.get(user, 0) + qty
             if FLASHGATE_DEBUG:
                 self._check(sku)
             return C_OK
-        if s.inflight > 0:
-            return C_PROBE if idem else C_WAIT
-        return C_PROBE if idem else C_SOLD_OUT
+        return C_PROBE if idem else code
 
     cpdef void push(self, int sku, object item) except *:
         """Queue an admitted reservation for the next group commit of its SKU."""
@@ -255,7 +262,7 @@ cdef class Ledger:
     def pending_count(self, int sku):
         return len(self.pending[sku])
 
-    def check(self):
+    def verify(self):
         """Verify the invariants of every SKU; raises AssertionError."""
         cdef int i
         for i in range(self.n):

@@ -209,9 +209,12 @@ def check_replace(old: Event, new: Event, sold: dict[str, int], now_ms: int) -> 
 
     Before the start anything may change. From the start on: the start may not
     move, no SKU may disappear, no stock may drop below units sold, no per-user
-    limit may be lowered; after the end no stock may be added."""
+    limit may be lowered. After the end ("the end is the end") the end may not
+    move and no stock may be added."""
     if now_ms < old.starts_at_ms:
         return
+    if now_ms >= old.ends_at_ms and new.ends_at_ms != old.ends_at_ms:
+        raise EventError("conflict", "the sale has ended: ends_at_ms cannot move")
     if new.starts_at_ms != old.starts_at_ms:
         raise EventError("conflict", "the sale has started: starts_at_ms cannot move")
     for s in old.skus:

@@ -6,6 +6,12 @@ answered in order, so several commands in one loop turn travel in one segment
 carries either a Future or a plain callback ``cb(reply)``; a Redis error reply
 arrives as a ``RedisError`` instance, a lost connection as ``RedisUnavailable``.
 
+A connection is published (``connected``) only once AUTH, SELECT and the
+``on_connect`` hook have run on it. A watchdog closes a connection whose oldest
+unanswered command is older than ``command_timeout``: a stalled Redis (a stuck
+script, a silent network path) then fails fast, like a lost one, instead of
+leaving requests hanging.
+
 Only what flashgate needs: no pub/sub, no cluster redirections (every script's
 keys share one hash tag, so a cluster-aware proxy routes them whole).
 """
@@ -14,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 from urllib.parse import unquote, urlparse
@@ -51,13 +58,23 @@ def parse_url(url: str) -> dict:
 
 
 class _Protocol(asyncio.Protocol):
-    __slots__ = ("transport", "reader", "waiters", "lost")
+    __slots__ = ("transport", "reader", "waiters", "sent", "lost")
 
-    def __init__(self, lost: Callable[[Exception | None], None]):
+    def __init__(self, lost: Callable[[_Protocol, Exception | None], None]):
         self.transport = None
         self.reader = hiredis.Reader(replyError=RedisError)
         self.waiters: deque = deque()
+        self.sent: deque = deque()  # monotonic time each waiting command was written
         self.lost = lost
+
+    def issue(self, data: bytes, waiters) -> None:
+        now = time.monotonic()
+        self.waiters.extend(waiters)
+        self.sent.extend([now] * len(waiters))
+        self.transport.write(data)
+
+    def oldest(self) -> float | None:
+        return self.sent[0] if self.sent else None
 
     def connection_made(self, transport):
         self.transport = transport
@@ -66,11 +83,13 @@ class _Protocol(asyncio.Protocol):
         reader = self.reader
         reader.feed(data)
         popleft = self.waiters.popleft
+        sent_pop = self.sent.popleft
         while True:
             reply = reader.gets()
             if reply is False:
                 return
             waiter = popleft()
+            sent_pop()
             if isinstance(waiter, asyncio.Future):
                 if not waiter.done():
                     if isinstance(reply, RedisError):
@@ -87,6 +106,7 @@ class _Protocol(asyncio.Protocol):
         self.transport = None
         err = RedisUnavailable(f"connection to Redis lost: {exc or 'closed'}")
         waiters, self.waiters = self.waiters, deque()
+        self.sent = deque()
         for waiter in waiters:
             if isinstance(waiter, asyncio.Future):
                 if not waiter.done():
@@ -96,22 +116,27 @@ class _Protocol(asyncio.Protocol):
                     waiter(err)
                 except Exception:
                     log.exception("redis reply callback failed")
-        self.lost(exc)
+        self.lost(self, exc)
 
 
 class RedisConnection:
     """A connection that knows how to reconnect. ``connected`` is False while down;
     commands issued then fail at once with RedisUnavailable."""
 
-    def __init__(self, url: str, *, on_connect=None, on_lost=None, connect_timeout: float = 2.0):
+    def __init__(self, url: str, *, on_connect=None, on_lost=None, connect_timeout: float = 2.0,
+                 command_timeout: float = 2.0):
         self.url = url
         self.opts = parse_url(url)
-        self.on_connect = on_connect  # async callable(conn), run after each (re)connect
+        # async callable(execute), run on each new connection before it is published;
+        # ``execute(*args)`` sends a command on that connection
+        self.on_connect = on_connect
         self.on_lost = on_lost  # callable(), when the connection breaks
         self.connect_timeout = connect_timeout
+        self.command_timeout = command_timeout
         self._proto: _Protocol | None = None
         self._closing = False
         self._reconnect_task: asyncio.Task | None = None
+        self._watchdog: asyncio.TimerHandle | None = None
 
     @property
     def connected(self) -> bool:
@@ -134,15 +159,48 @@ class RedisConnection:
             await asyncio.wait_for(coro, self.connect_timeout)
         except (TimeoutError, OSError) as e:
             raise RedisUnavailable(f"cannot connect to Redis at {self.url}: {e}") from None
-        self._proto = proto
-        if o["password"]:
-            await self.execute("AUTH", o["password"])
-        if o["db"]:
-            await self.execute("SELECT", o["db"])
-        if self.on_connect is not None:
-            await self.on_connect(self)
 
-    def _lost(self, exc) -> None:
+        def execute(*args) -> asyncio.Future:
+            fut = loop.create_future()
+            if proto.transport is None:
+                fut.set_exception(RedisUnavailable("connection to Redis lost"))
+            else:
+                proto.issue(hiredis.pack_command(args), (fut,))
+            return fut
+
+        try:
+            async with asyncio.timeout(self.connect_timeout + self.command_timeout):
+                if o["password"]:
+                    await execute("AUTH", o["password"])
+                if o["db"]:
+                    await execute("SELECT", o["db"])
+                if self.on_connect is not None:
+                    await self.on_connect(execute)
+        except BaseException:
+            if proto.transport is not None:
+                proto.transport.close()
+            raise
+        self._proto = proto  # published: commands from now on go to the right db
+        if self._watchdog is None:
+            self._watchdog = loop.call_later(0.25, self._watch)
+
+    def _watch(self) -> None:
+        """Close a connection whose oldest command waits longer than command_timeout."""
+        self._watchdog = None
+        if self._closing:
+            return
+        proto = self._proto
+        if proto is not None and proto.transport is not None:
+            oldest = proto.oldest()
+            if oldest is not None and time.monotonic() - oldest > self.command_timeout:
+                log.error("Redis has not answered for %.1f s: closing the connection",
+                          time.monotonic() - oldest)
+                proto.transport.abort()
+        self._watchdog = asyncio.get_running_loop().call_later(0.25, self._watch)
+
+    def _lost(self, proto: _Protocol, exc) -> None:
+        if proto is not self._proto:
+            return  # a connection that never was (or no longer is) the live one
         self._proto = None
         if self._closing:
             return
@@ -162,11 +220,8 @@ class RedisConnection:
                 await self.connect()
                 log.warning("reconnected to Redis")
                 return
-            except (RedisUnavailable, RedisError, OSError) as e:
+            except (RedisUnavailable, RedisError, OSError, TimeoutError) as e:
                 log.debug("reconnect failed: %s", e)
-                if self._proto is not None and self._proto.transport is not None:
-                    self._proto.transport.close()
-                self._proto = None
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
 
@@ -177,9 +232,7 @@ class RedisConnection:
         if proto is None or proto.transport is None:
             callback(RedisUnavailable("Redis is not connected"))
             return
-        data = hiredis.pack_command(tuple(args))
-        proto.waiters.append(callback)
-        proto.transport.write(data)
+        proto.issue(hiredis.pack_command(tuple(args)), (callback,))
 
     def send_many(self, commands, callbacks) -> None:
         """Issue several commands in one write; callbacks as for ``send``."""
@@ -189,9 +242,7 @@ class RedisConnection:
             for cb in callbacks:
                 cb(err)
             return
-        data = b"".join([hiredis.pack_command(tuple(c)) for c in commands])
-        proto.waiters.extend(callbacks)
-        proto.transport.write(data)
+        proto.issue(b"".join([hiredis.pack_command(tuple(c)) for c in commands]), callbacks)
 
     def execute(self, *args) -> asyncio.Future:
         """Issue one command; the Future resolves to the reply (or raises)."""
@@ -200,9 +251,7 @@ class RedisConnection:
         if proto is None or proto.transport is None:
             fut.set_exception(RedisUnavailable("Redis is not connected"))
             return fut
-        data = hiredis.pack_command(args)
-        proto.waiters.append(fut)
-        proto.transport.write(data)
+        proto.issue(hiredis.pack_command(args), (fut,))
         return fut
 
     async def pipeline(self, commands) -> list:
@@ -214,8 +263,7 @@ class RedisConnection:
             raise RedisUnavailable("Redis is not connected")
         data = b"".join([hiredis.pack_command(tuple(c)) for c in commands])
         futs = [loop.create_future() for _ in commands]
-        proto.waiters.extend(futs)
-        proto.transport.write(data)
+        proto.issue(data, futs)
         out = []
         for f in futs:
             try:
@@ -226,6 +274,9 @@ class RedisConnection:
 
     def close(self) -> None:
         self._closing = True
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         if self._reconnect_task is not None:
             self._reconnect_task.cancel()
         if self._proto is not None and self._proto.transport is not None:

@@ -14,7 +14,8 @@ Keys (every SKU's keys share one hash tag so each script touches one slot):
     fg:{<event>:<sku>}:revenue     sum of the amounts of orders created
     fg:{<event>:<sku>}:sold_out_ms Redis TIME when sold first reached stock
     fg:{<event>}:idem:<user>:<key> the request fingerprint that first used the key, 24 h
-    fg:event:<event>               the definition (JSON)
+    fg:event:<event>               the definition (JSON; its "paused" is not read back)
+    fg:paused:<event>              "1" while the operator has paused the event
     fg:events                      set of event ids
     fg:events:version              bumped on every change of any definition
     fg:stats:<event>               hash of counters summed over workers and instances
@@ -43,6 +44,10 @@ def sku_prefix(event_id: str, sku_id: str) -> str:
 
 def event_key(event_id: str) -> str:
     return "fg:event:" + event_id
+
+
+def paused_key(event_id: str) -> str:
+    return "fg:paused:" + event_id
 
 
 def stats_key(event_id: str) -> str:
@@ -86,11 +91,11 @@ def commit_keys(prefix: str) -> list[str]:
             prefix + "orders", prefix + "orders_n"]
 
 
-async def load_scripts(conn: RedisConnection) -> None:
+async def load_scripts(execute) -> None:
     """Make the scripts known to the server (after every connect: a restarted
-    Redis has an empty script cache)."""
+    Redis has an empty script cache). ``execute`` is a connection's execute."""
     for s in SCRIPTS:
-        await conn.execute("SCRIPT", "LOAD", s.source)
+        await execute("SCRIPT", "LOAD", s.source)
 
 
 async def redis_time_ms(conn: RedisConnection) -> int:
@@ -107,19 +112,21 @@ async def save_event(conn: RedisConnection, event: Event) -> bool:
     if old is not None:
         sold = await read_sold(conn, old)
         check_replace(old, event, sold, now)
-        event.paused = old.paused
+    # the pause flag is the operator's: a definition never writes it (a new SKU
+    # of a paused event starts paused)
+    event.paused = await conn.execute("GET", paused_key(event.id)) == b"1"
     for s in event.skus:
         p = sku_prefix(event.id, s.id)
         meta = [
             "event", event.id, "sku", s.id,
             "starts", event.starts_at_ms, "ends", event.ends_at_ms,
-            "paused", int(event.paused), "limit", s.per_user_limit,
+            "limit", s.per_user_limit,
             "price", s.price, "tiers", s.tiers_arg(),
             "pay_ms", event.payment_timeout_s * 1000,
             "reg", int(event.registration_required),
         ]
         status, sold_now = await CONFIGURE_SKU.run(
-            conn, [p + "meta", p + "stock", p + "sold"], [s.stock, *meta]
+            conn, [p + "meta", p + "stock", p + "sold"], [s.stock, int(event.paused), *meta]
         )
         if status == b"conflict":
             raise EventError(
@@ -134,13 +141,18 @@ async def save_event(conn: RedisConnection, event: Event) -> bool:
 
 
 async def set_paused(conn: RedisConnection, event: Event, paused: bool) -> None:
-    event.paused = paused
-    cmds = [["HSET", sku_prefix(event.id, s.id) + "meta", "paused", int(paused)] for s in event.skus]
-    cmds.append(["SET", event_key(event.id), orjson.dumps(event.to_dict())])
+    """The kill switch: every SKU's meta (read by the commit script) and the event's
+    flag (read by workers on reload); ``event.paused`` changes once Redis has it."""
+    raw = await conn.execute("GET", event_key(event.id))
+    current = Event.from_dict(orjson.loads(raw)) if raw else event  # SKUs added meanwhile
+    cmds = [["HSET", sku_prefix(event.id, s.id) + "meta", "paused", int(paused)]
+            for s in current.skus]
+    cmds.append(["SET", paused_key(event.id), int(paused)])
     cmds.append(["INCR", VERSION_KEY])
     for r in await conn.pipeline(cmds):
         if isinstance(r, Exception):
             raise r
+    event.paused = paused
 
 
 async def read_sold(conn: RedisConnection, event: Event) -> dict[str, int]:
@@ -153,10 +165,17 @@ async def load_events(conn: RedisConnection) -> tuple[int, list[Event]]:
     version, ids = await conn.pipeline([["GET", VERSION_KEY], ["SMEMBERS", EVENTS_KEY]])
     events = []
     if ids:
-        raws = await conn.pipeline([["GET", event_key(i.decode())] for i in sorted(ids)])
-        for raw in raws:
+        cmds = []
+        for i in sorted(ids):
+            cmds += [["GET", event_key(i.decode())], ["GET", paused_key(i.decode())]]
+        replies = await conn.pipeline(cmds)
+        for raw, paused in zip(replies[0::2], replies[1::2], strict=True):
+            if isinstance(raw, Exception) or isinstance(paused, Exception):
+                raise raw if isinstance(raw, Exception) else paused
             if raw:
-                events.append(Event.from_dict(orjson.loads(raw)))
+                ev = Event.from_dict(orjson.loads(raw))
+                ev.paused = paused == b"1"
+                events.append(ev)
     return int(version or 0), events
 
 

@@ -152,17 +152,27 @@ class SkuRuntime:
         self.ert = ert
 
 
-class EventRuntime:
-    __slots__ = ("event", "skus", "by_id", "counts", "flushed", "uv", "lat")
+class EventStats:
+    """One event's counters in this worker; they outlive reloads of its definition."""
 
-    def __init__(self, event):
+    __slots__ = ("counts", "flushed", "uv", "lat")
+
+    def __init__(self):
+        self.counts = dict.fromkeys(COUNTERS, 0)
+        self.flushed = dict.fromkeys(COUNTERS, 0)  # what Redis has of ``counts``
+        self.uv: set[str] = set()  # users seen since the last flush
+        self.lat = [0] * (len(LAT_BOUNDS) + 1)  # committed-buy latency, since the last flush
+
+
+class EventRuntime:
+    __slots__ = ("event", "skus", "by_id", "stats", "counts")
+
+    def __init__(self, event, stats: EventStats):
         self.event = event
         self.skus: list[SkuRuntime] = []
         self.by_id: dict[str, SkuRuntime] = {}
-        self.counts = dict.fromkeys(COUNTERS, 0)
-        self.flushed = dict.fromkeys(COUNTERS, 0)
-        self.uv: set[str] = set()
-        self.lat = [0] * (len(LAT_BOUNDS) + 1)
+        self.stats = stats
+        self.counts = stats.counts  # the hot path's shortcut
 
 
 class Purchase:
@@ -200,6 +210,7 @@ class Gateway:
         self.tokens = TokenVerifier(cfg.user_secret.encode()) if cfg.user_secret else None
         self.conn = RedisConnection(cfg.redis, on_connect=self._on_connect, on_lost=self._on_lost)
         self.events: dict[str, EventRuntime] = {}
+        self.stats: dict[str, EventStats] = {}  # by event id
         self.routes: dict[str, tuple[int, EventRuntime]] = {}  # path -> (kind, event)
         self.sku_rt: list[SkuRuntime] = []  # by ledger index
         self._users: dict[bytes, str] = {}  # X-User-Id values already validated
@@ -228,21 +239,27 @@ class Gateway:
             try:
                 await self.conn.connect()
                 break
-            except (RedisUnavailable, RedisError, OSError) as e:
+            except (RedisUnavailable, RedisError, OSError, TimeoutError) as e:
                 log.warning("waiting for Redis: %s", e)
                 await asyncio.sleep(0.5)
         await self._reload_events()
         self._tasks.append(self._loop.create_task(self._refresher()))
         self._tasks.append(self._loop.create_task(self._stats_flusher()))
+        self._loop.call_later(0.05, self._expire_tick)
 
-    async def _on_connect(self, conn) -> None:
-        await store.load_scripts(conn)
+    async def _on_connect(self, execute) -> None:
+        await store.load_scripts(execute)
         if self.loaded:
             # whatever happened while we were away: re-read every definition and SKU
-            self._loop.create_task(self._reload_events())
+            # (the next refresh tick does, since the version is forgotten)
+            self.version = -1
 
     def _on_lost(self) -> None:
         log.warning("Redis connection lost: purchases answer 503 until it is back")
+
+    def now_ms(self) -> int:
+        """Wall-clock ms corrected to Redis TIME (the clock that decides windows)."""
+        return _now_ns() // 1_000_000 + self.clock_offset_ms
 
     def ready(self) -> bool:
         return self.loaded and self.conn.connected and self.clock_ok and not self.draining
@@ -375,8 +392,9 @@ class Gateway:
             if not IDEM_RE.match(idem):
                 counts["bad_request"] += 1
                 return R_BAD_IDEM
-        if len(ert.uv) < 100_000:
-            ert.uv.add(user)
+        uv = ert.stats.uv
+        if len(uv) < 100_000:
+            uv.add(user)
         if self._global_limited:
             wait = limiter.check_global(_mono_ns() // 1000)
             if wait:
@@ -394,7 +412,7 @@ class Gateway:
         if qty > srt.sku.per_user_limit:  # never possible, whatever was bought before
             srt.ert.counts["limit_exceeded"] += 1
             return REJECT[LIMIT_EXCEEDED][1]
-        code = self.ledger.reserve(srt.idx, user, qty, _now_ns() // 1_000_000, idem is not None)
+        code = self.ledger.reserve(srt.idx, user, qty, self.now_ms(), idem is not None)
         if code == OK or code == PROBE:
             p = Purchase(srt, user, qty, idem, fp, self._loop.create_future(), _mono_ns() // 1000)
             if code == PROBE:
@@ -414,21 +432,32 @@ class Gateway:
         return answer
 
     async def _buy_with_key(self, srt, user, qty, idem, fp) -> bytes:
-        """An Idempotency-Key is claimed for the whole event first, with the request's
-        fingerprint, so the same key with another body (even on another SKU) is 422;
-        the SKU's commit script then replays the order of a repeated request."""
+        """A purchase with an Idempotency-Key. The key is claimed for the whole event
+        with the request's fingerprint, so the same key with another body (even on
+        another SKU) is 422, and a repeat reaches Redis, which replays its order.
+        A key never seen before cannot have an order: if the ledger refuses such a
+        request, it is refused like any other, and nothing is written."""
+        counts = srt.ert.counts
         key = "fg:{" + srt.event_id + "}:idem:" + user + ":" + idem
         try:
-            _, held = await self.conn.pipeline([["SET", key, fp, "NX", "EX", 86400],
-                                                ["GET", key]])
+            prior = await self.conn.execute("GET", key)
+            if prior is None:
+                code = (self.ledger.check(srt.idx, user, qty, self.now_ms())
+                        if qty <= srt.sku.per_user_limit else LIMIT_EXCEEDED)
+                if code != OK and code != WAIT:
+                    name, answer = REJECT[code]
+                    counts[name] += 1
+                    return answer
+                _, prior = await self.conn.pipeline([["SET", key, fp, "NX", "EX", 86400],
+                                                     ["GET", key]])
         except (RedisUnavailable, RedisError):
-            srt.ert.counts["unavailable"] += 1
+            counts["unavailable"] += 1
             return R_UNAVAILABLE
-        if isinstance(held, Exception):
-            srt.ert.counts["unavailable"] += 1
+        if isinstance(prior, Exception):
+            counts["unavailable"] += 1
             return R_UNAVAILABLE
-        if held is not None and held.decode() != fp:
-            srt.ert.counts["idempotency_mismatch"] += 1
+        if prior is not None and prior.decode() != fp:
+            counts["idempotency_mismatch"] += 1
             return R_IDEM_MISMATCH
         answer = self._admit(srt, user, qty, idem, fp)
         return answer if type(answer) is bytes else await answer
@@ -475,19 +504,22 @@ class Gateway:
         return lambda reply: self._on_commit(srt, items, reply)
 
     def _on_commit(self, srt: SkuRuntime, items: list, reply) -> None:
+        """Redis answered one batch: settle every reservation in the ledger exactly
+        once and answer it, whatever the reply holds."""
         ledger = self.ledger
         idx = srt.idx
         counts = srt.ert.counts
-        if isinstance(reply, Exception):
-            if isinstance(reply, RedisError) and str(reply).startswith("NOSCRIPT"):
-                # the script did not run: send it whole (this happens after a Redis restart)
-                args = self._commit_args(srt, items)
-                args[0:2] = ["EVAL", store.COMMIT.source]
-                self.conn.send(args, self._commit_callback(srt, items))
-                return
+        if isinstance(reply, RedisError) and str(reply).startswith("NOSCRIPT"):
+            # the script did not run: send it whole (this happens after a Redis restart)
+            args = self._commit_args(srt, items)
+            args[0:2] = ["EVAL", store.COMMIT.source]
+            self.conn.send(args, self._commit_callback(srt, items))
+            return
+        self.queued -= len(items)
+        if not isinstance(reply, list) or len(reply) != 2 + 6 * len(items):
+            # a lost connection (indeterminate: 503), an error, or a reply we cannot read
             if not isinstance(reply, RedisUnavailable):
-                log.error("commit script failed: %s", reply)
-            self.queued -= len(items)
+                log.error("commit of %d reservations failed: %.200r", len(items), reply)
             for p in items:
                 ledger.settle(idx, p.user, p.held, 0)
                 counts["unavailable"] += 1
@@ -495,42 +527,54 @@ class Gateway:
                     p.fut.set_result(R_UNAVAILABLE)
             self._retry_waiters(srt)
             return
-        self.queued -= len(items)
         now_us = _mono_ns() // 1000
-        lat = srt.ert.lat
         base = 2
         for p in items:
             code = reply[base]
-            if code == 0 or code == 9 or code == 10:
-                oid = reply[base + 1]
-                unit_price = reply[base + 2]
-                qty = reply[base + 3]
-                ledger.settle(idx, p.user, p.held, qty if code != 10 else 0)
-                if code != 10:
-                    counts["orders"] += 1
-                    counts["units_sold"] += qty
-                    counts["revenue"] += unit_price * qty
-                    us = now_us - p.t0
-                    b = 0
-                    while b < len(LAT_BOUNDS) and us > LAT_BOUNDS[b]:
-                        b += 1
-                    lat[b] += 1
-                answer = build_response(200, _dumps({
-                    "order_id": oid.decode() if type(oid) is bytes else oid,
-                    "event_id": srt.event_id, "sku": srt.sku.id, "user_id": p.user,
-                    "qty": qty, "unit_price": unit_price, "amount": unit_price * qty,
-                    "status": "reserved", "created_ms": reply[base + 4],
-                    "pay_by_ms": reply[base + 5],
-                }))
-            else:
-                ledger.settle(idx, p.user, p.held, 0)
-                name, answer = _REJECT_BY_SCRIPT.get(code, ("unavailable", R_UNAVAILABLE))
-                counts[name] += 1
+            new_sale = code == 0 or code == 9  # 9: this very order, from a re-sent batch
+            ledger.settle(idx, p.user, p.held, p.qty if new_sale else 0)
+            try:
+                answer = self._answer(srt, p, code, reply, base, now_us)
+            except Exception:
+                log.exception("cannot answer a committed reservation")
+                answer = R_UNAVAILABLE
             if not p.fut.done():
                 p.fut.set_result(answer)
             base += 6
-        ledger.observe(idx, reply[0], reply[1])
+        try:
+            ledger.observe(idx, int(reply[0]), int(reply[1]))
+        except (TypeError, ValueError):
+            log.error("commit reply without sold/stock: %.200r", reply[:2])
         self._retry_waiters(srt)
+
+    def _answer(self, srt: SkuRuntime, p: Purchase, code: int, reply: list, base: int,
+                now_us: int) -> bytes:
+        """The HTTP answer to one reservation from its slice of a commit reply."""
+        counts = srt.ert.counts
+        if code != 0 and code != 9 and code != 10:
+            name, answer = _REJECT_BY_SCRIPT.get(code, ("unavailable", R_UNAVAILABLE))
+            counts[name] += 1
+            return answer
+        oid = reply[base + 1]
+        unit_price = reply[base + 2]
+        qty = reply[base + 3]
+        if code != 10:  # 10 replays an order counted when it was made
+            counts["orders"] += 1
+            counts["units_sold"] += qty
+            counts["revenue"] += unit_price * qty
+            lat = srt.ert.stats.lat
+            us = now_us - p.t0
+            b = 0
+            while b < len(LAT_BOUNDS) and us > LAT_BOUNDS[b]:
+                b += 1
+            lat[b] += 1
+        return build_response(200, _dumps({
+            "order_id": oid.decode() if type(oid) is bytes else oid,
+            "event_id": srt.event_id, "sku": srt.sku.id, "user_id": p.user,
+            "qty": qty, "unit_price": unit_price, "amount": unit_price * qty,
+            "status": "reserved", "created_ms": reply[base + 4],
+            "pay_by_ms": reply[base + 5],
+        }))
 
     def _retry_waiters(self, srt: SkuRuntime) -> None:
         """Requests parked on this SKU's units in flight try again, in arrival order."""
@@ -538,7 +582,7 @@ class Gateway:
         if not waiters:
             return
         ledger = self.ledger
-        now = _now_ns() // 1_000_000
+        now = self.now_ms()
         for _ in range(len(waiters)):
             p = waiters.popleft()
             code = ledger.reserve(srt.idx, p.user, p.qty, now, p.idem is not None)
@@ -552,6 +596,14 @@ class Gateway:
                 name, answer = REJECT[code]
                 srt.ert.counts[name] += 1
                 p.fut.set_result(answer)
+
+    def _expire_tick(self) -> None:
+        """Parked requests are expired on a timer of their own: never behind Redis."""
+        try:
+            self._expire_waiters()
+        except Exception:
+            log.exception("expiring parked requests failed")
+        self._loop.call_later(0.05, self._expire_tick)
 
     def _expire_waiters(self) -> None:
         """Parked requests past their deadline are answered 503."""
@@ -577,10 +629,10 @@ class Gateway:
         known = {(srt.event_id, srt.sku.id): srt for srt in self.sku_rt}
         new: dict[str, EventRuntime] = {}
         for ev in events:
-            old = self.events.get(ev.id)
-            ert = EventRuntime(ev)
-            if old is not None:
-                ert.counts, ert.flushed, ert.uv, ert.lat = old.counts, old.flushed, old.uv, old.lat
+            stats = self.stats.get(ev.id)
+            if stats is None:
+                stats = self.stats[ev.id] = EventStats()
+            ert = EventRuntime(ev, stats)
             for s in ev.skus:
                 srt = known.get((ev.id, s.id))
                 if srt is None:
@@ -610,14 +662,30 @@ class Gateway:
         self.version = version
         self.loaded = True
 
-    async def _refresh_counts(self, skus) -> None:
+    def _refresh_counts(self, skus) -> asyncio.Future:
+        """Read the SKUs' stock and sold. The replies are applied by callbacks, so in
+        wire order with the commit replies on the same connection: a refresh never
+        overwrites what a later commit reported. The Future resolves when all are in."""
+        done = self._loop.create_future()
         if not skus:
-            return
-        cmds = [["MGET", s.prefix + "stock", s.prefix + "sold"] for s in skus]
-        for srt, reply in zip(skus, await self.conn.pipeline(cmds), strict=True):
-            if isinstance(reply, Exception):
-                continue
-            self._observe(srt, int(reply[0] or 0), int(reply[1] or 0))
+            done.set_result(None)
+            return done
+        left = [len(skus)]
+
+        def applier(srt):
+            def apply(reply):
+                try:
+                    if isinstance(reply, list):
+                        self._observe(srt, int(reply[0] or 0), int(reply[1] or 0))
+                finally:
+                    left[0] -= 1
+                    if not left[0] and not done.done():
+                        done.set_result(None)
+            return apply
+
+        self.conn.send_many([["MGET", s.prefix + "stock", s.prefix + "sold"] for s in skus],
+                            [applier(s) for s in skus])
+        return done
 
     def _observe(self, srt: SkuRuntime, stock: int, sold: int) -> None:
         old_stock, old_sold, _, _ = self.ledger.state(srt.idx)
@@ -629,8 +697,8 @@ class Gateway:
             self._retry_waiters(srt)
 
     async def _refresher(self) -> None:
-        """Every tick: read every SKU's sold/stock and the definitions' version, check
-        the clock against Redis TIME, expire parked requests."""
+        """Every tick: read every SKU's sold/stock and the definitions' version, and
+        check the clock against Redis TIME."""
         interval = self.cfg.refresh_interval
         while True:
             await asyncio.sleep(interval)
@@ -640,20 +708,17 @@ class Gateway:
                 log.exception("refresh failed")
 
     async def _refresh_once(self) -> None:
-        self._expire_waiters()
         if not self.conn.connected:
             return
-        skus = [srt for ert in self.events.values() for srt in ert.skus]
-        cmds = [["TIME"], ["GET", store.VERSION_KEY]]
-        cmds += [["MGET", s.prefix + "stock", s.prefix + "sold"] for s in skus]
         t0 = _now_ns()
         try:
-            replies = await self.conn.pipeline(cmds)
+            now, version = await self.conn.pipeline([["TIME"], ["GET", store.VERSION_KEY]])
         except (RedisUnavailable, RedisError):
             return
         t1 = _now_ns()
-        if isinstance(replies[0], list):
-            redis_ms = int(replies[0][0]) * 1000 + int(replies[0][1]) // 1000
+        if isinstance(now, list) and t1 - t0 < 100_000_000:
+            # a sample that took long says nothing of the clocks: skip it
+            redis_ms = int(now[0]) * 1000 + int(now[1]) // 1000
             self.clock_offset_ms = redis_ms - (t0 + t1) // 2_000_000
             ok = abs(self.clock_offset_ms) <= self.cfg.max_clock_skew_ms
             if ok != self.clock_ok:
@@ -663,11 +728,8 @@ class Gateway:
                     log.error("clock differs from Redis TIME by %d ms: refusing to sell",
                               self.clock_offset_ms)
             self.clock_ok = ok
-        for srt, reply in zip(skus, replies[2:], strict=True):
-            if isinstance(reply, list):
-                self._observe(srt, int(reply[0] or 0), int(reply[1] or 0))
-        version = int(replies[1] or 0) if not isinstance(replies[1], Exception) else None
-        if version is not None and version != self.version:
+        await self._refresh_counts([srt for ert in self.events.values() for srt in ert.skus])
+        if not isinstance(version, Exception) and int(version or 0) != self.version:
             try:
                 await self._reload_events()
             except (RedisUnavailable, RedisError) as e:
@@ -686,29 +748,26 @@ class Gateway:
                 log.exception("flushing counters failed")
 
     async def _flush_stats(self) -> None:
+        """Add this worker's counters since the last flush to the event's Redis hash.
+        Counted as flushed before the write: a lost write loses a few counts, never
+        doubles them."""
         cmds = []
-        snapshots = []
-        for ert in self.events.values():
-            key = store.stats_key(ert.event.id)
-            counts, flushed = ert.counts, ert.flushed
+        for event_id, st in self.stats.items():
+            key = store.stats_key(event_id)
+            counts, flushed = st.counts, st.flushed
             delta = {k: counts[k] - flushed[k] for k in COUNTERS if counts[k] != flushed[k]}
-            for i, n in enumerate(ert.lat):
+            for i, n in enumerate(st.lat):
                 if n:
                     delta[f"lat:{i}"] = n
             if delta:
-                for k, v in delta.items():
-                    cmds.append(["HINCRBY", key, k, v])
-                snapshots.append((ert, dict(counts), list(ert.lat)))
-            if ert.uv:
-                cmds.append(["PFADD", key + ":uv", *ert.uv])
-                ert.uv = set()
-        if not cmds:
-            return
-        # counted as flushed before the write: a lost write loses a few counts, never doubles them
-        for ert, snap, lat in snapshots:
-            ert.flushed = snap
-            ert.lat = [a - b for a, b in zip(ert.lat, lat, strict=True)]
-        await self.conn.pipeline(cmds)
+                cmds += [["HINCRBY", key, k, v] for k, v in delta.items()]
+                st.flushed = dict(counts)
+                st.lat = [0] * len(st.lat)
+            if st.uv:
+                cmds.append(["PFADD", key + ":uv", *st.uv])
+                st.uv = set()
+        if cmds:
+            await self.conn.pipeline(cmds)
 
     # -- public views -------------------------------------------------------------
 
@@ -729,7 +788,7 @@ class Gateway:
     def event_view(self, ert: EventRuntime) -> bytes:
         ert.counts["pv"] += 1
         ev = ert.event
-        now = _now_ns() // 1_000_000
+        now = self.now_ms()
         skus = []
         total_sold = 0
         for srt in ert.skus:
@@ -763,7 +822,7 @@ class Gateway:
         wait = self.limiter.check_ip(req.peer_ip, _mono_ns() // 1000)
         if wait:
             return _rate_limited(wait)
-        now = _now_ns() // 1_000_000
+        now = self.now_ms()
         ev = ert.event
         if now >= ev.ends_at_ms:
             return REJECT[ENDED][1]
@@ -827,7 +886,10 @@ class Gateway:
         except (RedisUnavailable, RedisError) as e:
             log.warning("cannot save event %s: %s", event_id, e)
             return R_UNAVAILABLE
-        await self._reload_events()
+        try:
+            await self._reload_events()  # this worker sees it now; the others on their tick
+        except (RedisUnavailable, RedisError) as e:
+            log.warning("saved event %s, but cannot reload it yet: %s", event_id, e)
         return build_response(201 if created else 200, _dumps(event.to_dict()))
 
     async def _pause(self, ert: EventRuntime, paused: bool) -> bytes:
@@ -837,7 +899,7 @@ class Gateway:
             return R_UNAVAILABLE
         for srt in ert.skus:
             self.ledger.set_paused(srt.idx, paused)
-        now = _now_ns() // 1_000_000
+        now = self.now_ms()
         return build_response(200, _dumps({"id": ert.event.id, "paused": paused,
                                            "state": self.event_state(ert, now)}))
 

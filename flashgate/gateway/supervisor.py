@@ -21,7 +21,7 @@ import orjson
 from flashgate.config import Config
 from flashgate.core import store
 from flashgate.core.events import EventError, parse_event
-from flashgate.core.redisconn import RedisConnection, RedisUnavailable
+from flashgate.core.redisconn import RedisConnection, RedisError, RedisUnavailable
 
 log = logging.getLogger("flashgate")
 
@@ -77,13 +77,14 @@ async def prepare(cfg: Config) -> list[str]:
         try:
             await conn.connect()
             break
-        except RedisUnavailable as e:
+        except (RedisUnavailable, RedisError, TimeoutError) as e:
+            # RedisError: e.g. -LOADING while Redis replays its AOF
             if time.monotonic() > deadline:
                 raise
             log.warning("waiting for Redis: %s", e)
             await asyncio.sleep(0.5)
     try:
-        await store.load_scripts(conn)
+        await store.load_scripts(conn.execute)
         if cfg.event:
             raw = orjson.loads(Path(cfg.event).read_bytes())
             if not isinstance(raw, dict) or not isinstance(raw.get("id"), str):
@@ -126,7 +127,8 @@ def serve(cfg: Config) -> int:
         cfg.admin_token = admin_token(cfg)
         try:
             event_ids = asyncio.run(prepare(cfg))
-        except (EventError, OSError, orjson.JSONDecodeError, RedisUnavailable) as e:
+        except (EventError, OSError, orjson.JSONDecodeError, RedisUnavailable, RedisError,
+                TimeoutError) as e:
             print(f"flashgate: cannot load the events: {e}", file=sys.stderr)
             return 2
         # hold the port (bound, not listening: it takes no connections) so that

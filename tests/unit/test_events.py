@@ -96,3 +96,10 @@ def test_allowed_changes_during_the_sale_and_no_growth_after_the_end():
     with pytest.raises(EventError):
         check_replace(old, parse_event("e1", with_(("skus", 0, "stock"), 20)), {"a": 4},
                       now_ms=2000)
+
+
+def test_an_ended_sale_cannot_be_reopened():
+    old = parse_event("e1", BASE)
+    with pytest.raises(EventError) as e:
+        check_replace(old, parse_event("e1", with_(("ends_at_ms",), 5000)), {"a": 4}, now_ms=2000)
+    assert e.value.code == "conflict"

@@ -57,7 +57,7 @@ def test_sold_out_only_when_redis_said_so():
     lg.observe(s, 2, 2)
     assert lg.reserve(s, "d", 1, T0, False) == SOLD_OUT
     assert lg.left(s) == 0
-    lg.check()
+    lg.verify()
 
 
 def test_qty_above_left_with_nothing_in_flight_is_sold_out():
@@ -79,7 +79,7 @@ def test_user_limit_known_locally():
     assert lg.reserve(s, "a", 1, T0, True) == PROBE
     assert lg.state(s)[2] == 0
     lg.settle(s, "a", 0, 0)
-    lg.check()
+    lg.verify()
 
 
 def test_idempotent_requests_probe_where_others_are_refused():
@@ -93,7 +93,7 @@ def test_idempotent_requests_probe_where_others_are_refused():
     assert lg.reserve(s, "a", 1, T0, True) == PROBE  # sold out: maybe a's replay
     assert lg.reserve(s, "c", 1, T0, False) == SOLD_OUT
     assert lg.state(s)[2] == 0
-    lg.check()
+    lg.verify()
 
 
 def test_own_units_in_flight_make_the_same_user_wait():
@@ -192,7 +192,7 @@ def test_random_workers_never_oversell_nor_undersell(seed):
             for (user, qty), sold in zip(batch, redis.commit(batch), strict=True):
                 lg.settle(s, user, qty, qty if sold else 0)
             lg.observe(s, redis.sold, redis.stock)
-        lg.check()
+        lg.verify()
         assert redis.sold <= redis.stock
         assert all(v <= limit for v in redis.buyers.values())
     # drain everything in flight, then keep buying with fresh users until sold out
@@ -214,5 +214,16 @@ def test_random_workers_never_oversell_nor_undersell(seed):
         lg.observe(s, redis.sold, redis.stock)
         assert lg.reserve(s, "someone", 1, T0, False) == SOLD_OUT
         assert lg.state(s)[2] == 0
-        lg.check()
+        lg.verify()
     assert redis.sold == redis.stock
+
+
+def test_check_changes_nothing():
+    lg, s = ledger(stock=1, limit=1)
+    assert lg.check(s, "a", 1, T0) == OK
+    assert lg.check(s, "a", 1, T0) == OK
+    assert lg.state(s)[2] == 0
+    assert lg.reserve(s, "a", 1, T0, False) == OK
+    assert lg.check(s, "b", 1, T0) == WAIT
+    assert lg.check(s, "a", 1, T0) == WAIT
+    assert lg.check(s, "a", 1, T0 - 1) == NOT_STARTED

@@ -47,9 +47,14 @@ local function emit(code, oid, up, q, created, payby)
   out[#out + 1] = code; out[#out + 1] = oid; out[#out + 1] = up
   out[#out + 1] = q; out[#out + 1] = created; out[#out + 1] = payby
 end
-local function existing(code, oid)
+local function existing(code, oid, qty)
   local o = redis.call('HMGET', P .. 'order:' .. oid, 'unit_price', 'qty', 'created_ms', 'pay_by_ms')
-  emit(code, oid, tonumber(o[1]), tonumber(o[2]), tonumber(o[3]), tonumber(o[4]))
+  if not o[2] then
+    -- the order is gone (evicted or deleted by hand): say so, keep the reply aligned
+    emit(11, oid, 0, qty, 0, 0)
+  else
+    emit(code, oid, tonumber(o[1]), tonumber(o[2]), tonumber(o[3]), tonumber(o[4]))
+  end
 end
 for i = 0, n - 1 do
   local b = 3 + i * 5
@@ -62,11 +67,11 @@ for i = 0, n - 1 do
     prior = redis.call('GET', ikey)
   end
   if redis.call('EXISTS', okey) == 1 then
-    existing(9, oid)
+    existing(9, oid, qty)
   elseif prior then
     local sep = string.find(prior, '|', 1, true)
     if string.sub(prior, sep + 1) == fp then
-      existing(10, string.sub(prior, 1, sep - 1))
+      existing(10, string.sub(prior, 1, sep - 1), qty)
     else
       emit(8, oid, 0, qty, 0, 0)
     end
@@ -85,6 +90,8 @@ for i = 0, n - 1 do
   else
     local up = unit_price(sold)
     local payby = now + pay_ms
+    -- sold first: scripts do not roll back, so a failure below can only undersell
+    redis.call('INCRBY', KEYS[3], qty)
     sold = sold + qty
     redis.call('HINCRBY', KEYS[4], user, qty)
     redis.call('HSET', okey, 'order_id', oid, 'event_id', event, 'sku', sku, 'user_id', user,
@@ -99,6 +106,5 @@ for i = 0, n - 1 do
     emit(0, oid, up, qty, now, payby)
   end
 end
-redis.call('SET', KEYS[3], sold)
 out[1] = sold
 return out

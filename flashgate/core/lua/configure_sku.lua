@@ -1,6 +1,7 @@
 -- Create or replace one SKU's definition atomically with respect to sales.
 -- KEYS: 1 meta (hash), 2 stock, 3 sold
--- ARGV: 1 stock, then field/value pairs for the meta hash
+-- ARGV: 1 stock, 2 the pause flag for a SKU that has none yet, then field/value
+--       pairs for the meta hash (never "paused": only pause / resume write it)
 -- Reply: {"ok", sold} or {"conflict", sold} when the new stock is below units sold.
 local stock = tonumber(ARGV[1])
 local sold = tonumber(redis.call('GET', KEYS[3]) or '0')
@@ -8,7 +9,7 @@ if stock < sold then return {'conflict', sold} end
 redis.call('SET', KEYS[2], stock)
 redis.call('SETNX', KEYS[3], 0)
 local f = {}
-for i = 2, #ARGV do f[#f + 1] = ARGV[i] end
-redis.call('DEL', KEYS[1])
+for i = 3, #ARGV do f[#f + 1] = ARGV[i] end
 redis.call('HSET', KEYS[1], unpack(f))
+redis.call('HSETNX', KEYS[1], 'paused', ARGV[2])
 return {'ok', sold}
