@@ -1,0 +1,146 @@
+"""Races and store failures on the purchase path: each ends with the invariant check."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+import redis
+
+from flashgate.embedded import EmbeddedRedis
+from tests.support import Gateway, check_invariants, event_body, new_id, now_ms
+
+
+def sku_key(ev, sku, name):
+    return "fg:{" + ev + ":" + sku + "}:" + name
+
+
+def test_a_definition_change_never_undoes_a_pause(gw, r):
+    ev = new_id("pause")
+    body = event_body(stock=(10,))
+    gw.put_event(ev, body)
+    assert gw.admin("POST", f"/api/v1/admin/events/{ev}/pause")[0] == 200
+    renamed = dict(body, name="renamed while paused")
+    status, _, _ = gw.admin("PUT", f"/api/v1/admin/events/{ev}", renamed)
+    assert status == 200
+    assert r.hget(sku_key(ev, "s0", "meta"), "paused") == b"1"
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        if gw.request("GET", f"/api/v1/events/{ev}")[1]["name"] == "renamed while paused":
+            break
+        time.sleep(0.05)
+    for i in range(6):  # every worker still refuses
+        status, data, _ = gw.buy(ev, "s0", f"p{i}")
+        assert (status, data["error"]) == (409, "paused")
+    check_invariants(r, gw, ev, body, [])
+
+
+def test_an_ended_sale_cannot_be_reopened(gw, r):
+    ev = new_id("end")
+    t = now_ms()
+    body = event_body(stock=(10,), starts=t - 5000, ends=t + 700)
+    gw.put_event(ev, body)
+    time.sleep(0.8)
+    later = dict(body, ends_at_ms=t + 60_000)
+    status, data, _ = gw.admin("PUT", f"/api/v1/admin/events/{ev}", later)
+    assert (status, data["error"]) == (409, "conflict")
+    status, data, _ = gw.buy(ev, "s0", "late")
+    assert (status, data["error"]) == (409, "ended")
+    check_invariants(r, gw, ev, body, [])
+
+
+def test_new_idempotency_keys_on_a_sold_out_sku_write_nothing(gw, r):
+    ev = new_id("flood")
+    body = event_body(stock=(1,))
+    gw.put_event(ev, body)
+    status, order, _ = gw.buy(ev, "s0", "first", headers={"Idempotency-Key": "k0"})
+    assert status == 200
+    time.sleep(0.3)  # every worker has heard it is sold out
+    for i in range(30):
+        status, data, _ = gw.buy(ev, "s0", f"bot{i}", headers={"Idempotency-Key": f"k{i}"})
+        assert (status, data["error"]) == (409, "sold_out")
+    assert r.keys("fg:{" + ev + "}:idem:bot*") == []
+    # the real buyer's repeat still gets the order back
+    status, again, _ = gw.buy(ev, "s0", "first", headers={"Idempotency-Key": "k0"})
+    assert status == 200 and again["order_id"] == order["order_id"]
+    check_invariants(r, gw, ev, body, [order])
+
+
+def test_a_replay_whose_order_vanished_is_answered_and_frees_nothing(gw, r):
+    ev = new_id("gone")
+    body = event_body(stock=(3,))
+    gw.put_event(ev, body)
+    status, order, _ = gw.buy(ev, "s0", "u0", headers={"Idempotency-Key": "k"})
+    assert status == 200
+    r.delete(sku_key(ev, "s0", "order:" + order["order_id"]))  # e.g. evicted
+    status, data, _ = gw.buy(ev, "s0", "u0", headers={"Idempotency-Key": "k"})
+    assert (status, data["error"]) == (404, "not_found")
+    # the worker's ledger is intact: the two other units still sell
+    acked = [gw.buy(ev, "s0", f"u{i}")[1] for i in (1, 2)]
+    assert all("order_id" in o for o in acked), acked
+    status, data, _ = gw.buy(ev, "s0", "u3")
+    assert (status, data["error"]) == (409, "sold_out")
+    assert int(r.get(sku_key(ev, "s0", "sold"))) == 3
+
+
+def test_a_script_failing_mid_batch_can_only_undersell(gw, r):
+    """Scripts do not roll back: a commit that fails after its first write must
+    leave sold counted (no unit may be sold twice), and the buyer hears 503."""
+    ev = new_id("half")
+    body = event_body(stock=(1,))
+    gw.put_event(ev, body)
+    r.set(sku_key(ev, "s0", "revenue"), "not a number")  # INCRBY on it fails
+    status, data, _ = gw.buy(ev, "s0", "u1")
+    assert (status, data["error"]) == (503, "unavailable")
+    r.delete(sku_key(ev, "s0", "revenue"))
+    status, data, _ = gw.buy(ev, "s0", "u2")
+    assert (status, data["error"]) == (409, "sold_out")
+    # the indeterminate order is in Redis, counted, and nothing else was sold
+    figures = check_invariants(r, gw, ev, body, [], exact=False)
+    assert figures["s0"]["sold"] == 1
+
+
+@pytest.fixture
+def private(tmp_path):
+    server = EmbeddedRedis(tmp_path / "redis", persist=False).start()
+    gw = Gateway(server.url, tmp_path / "gw", workers=1).start()
+    yield server, gw
+    gw.stop(signal.SIGKILL)
+    server.proc.send_signal(signal.SIGCONT)
+    server.stop()
+
+
+def test_a_stalled_redis_is_answered_503_fast_and_selling_resumes(private):
+    server, gw = private
+    r = redis.Redis.from_url(server.url)
+    ev = new_id("stall")
+    body = event_body(stock=(10,))
+    gw.put_event(ev, body)
+    acked = [gw.buy(ev, "s0", "before")[1]]
+    os.kill(server.proc.pid, signal.SIGSTOP)
+    try:
+        answers = []
+
+        def buy():
+            t0 = time.monotonic()
+            answers.append((gw.buy(ev, "s0", "during")[0], time.monotonic() - t0))
+
+        worker = threading.Thread(target=buy)
+        worker.start()
+        worker.join(15)
+        assert answers, "a buy hung while Redis was stalled"
+        status, took = answers[0]
+        assert status == 503 and took < 5, answers
+        assert gw.request("GET", "/readyz")[0] == 503
+        assert gw.request("GET", f"/api/v1/events/{ev}")[0] == 200  # reads from memory
+    finally:
+        os.kill(server.proc.pid, signal.SIGCONT)
+    gw.wait_ready(timeout=10)
+    status, order, _ = gw.buy(ev, "s0", "after")
+    assert status == 200, order
+    acked.append(order)
+    check_invariants(r, gw, ev, body, acked, exact=False)
+    r.close()
