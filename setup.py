@@ -12,6 +12,7 @@ from setuptools import setup
 EXTENSIONS = [
     ("flashgate.core._stock", "flashgate/core/_stock.pyx"),
     ("flashgate.limiter._gcra", "flashgate/limiter/_gcra.pyx"),
+    ("flashgate.gateway._http", "flashgate/gateway/_http.pyx"),
 ]
 
 

@@ -8,11 +8,13 @@ turns bytes into ``Request`` objects, hands each to ``app.handle(request)`` and
 writes back the complete response bytes the app returns. Everything follows from a
 handful of rules:
 
-1. **One parser, driven by callbacks.** ``httptools.HttpRequestParser`` (llhttp,
-   strict mode) calls ``on_url`` .. ``on_message_complete`` while
-   ``data_received`` feeds it. A request is dispatched to the app from
-   ``on_message_complete``, i.e. while the parser is still running over the rest of
-   the chunk (pipelined requests are dispatched one after another).
+1. **One sans-IO parser, pulled.** ``data_received`` feeds the chunk to a
+   ``_http.RequestParser`` (strict RFC 9112, proven against llhttp: see
+   ``_http.pyx``) and then pulls complete heads out of it, one call each; the
+   parser does every byte-level check in C and hands back the method, path,
+   query, headers, Content-Length and keep-alive decision. Requests whose body
+   is buffered too are dispatched to the app at once, one after another
+   (pipelining); an incomplete head or body waits for the next chunk.
 
 2. **Answers leave in request order.** An answer is either ready (``bytes``) or
    pending (an awaitable, wrapped in a future). Ready answers go to ``_out`` while
@@ -29,7 +31,7 @@ handful of rules:
 4. **Closing is an answer like any other.** Errors the protocol detects (malformed
    input, limits, smuggling attempts, timeouts) queue a final error response with
    ``Connection: close`` behind the answers already owed, set ``_closing`` and stop
-   parsing (a callback raises ``_Abort``). Once the last answer is written the
+   parsing (the parsing loop checks ``_closing``). Once the last answer is written the
    connection half-closes (``write_eof``) and lingers briefly, discarding input,
    so the client reads the error instead of a reset; then it closes. A request that
    itself ends the connection (``Connection: close``, HTTP/1.0 without keep-alive)
@@ -57,11 +59,13 @@ States of the message in progress (``_state``): 0 = between requests, 1 = head
 (request line and headers), 2 = body. ``connection_lost`` drops owed answers but
 cancels nothing: an app's commit must finish even when its client has gone.
 
-The hot path (one small request, answered synchronously) is three parser
-callbacks plus one per header, one ``Request`` and one ``transport.write``;
-everything unusual (a body, ``Connection``, ``Transfer-Encoding``, HEAD,
-absolute-form targets) is branched off to ``_headers_slow`` / ``_check_method``
-by a few dict lookups.
+The hot path (one small GET or POST with its body, answered synchronously) is one
+``feed`` and two ``next_head`` calls into the parser, one ``Request`` and one
+``transport.write``; everything unusual (HEAD, HTTP/1.0, ``Connection``, targets
+not in origin-form, a body still to come) is branched off to ``_head_slow`` /
+``_body_of`` / ``_read_body`` by testing the parser's flags. What the parser
+refuses (syntax, limits, Transfer-Encoding, upgrades, CONNECT, versions) maps
+to the same answers as before through ``_PARSE_ERRORS``.
 """
 
 from __future__ import annotations
@@ -72,11 +76,22 @@ import logging
 from http import HTTPStatus
 
 import orjson
-from httptools import (
-    HttpParserError,
-    HttpParserUpgrade,
-    HttpRequestParser,
-    parse_url,
+from httptools import HttpParserError, parse_url
+
+from flashgate.gateway._http import (
+    E_CHUNKED,
+    E_CONNECT,
+    E_HEAD_TOO_LARGE,
+    E_TOO_MANY_HEADERS,
+    E_TRANSFER_ENCODING,
+    E_UPGRADE,
+    E_URI_TOO_LONG,
+    E_VERSION,
+    F_CONTENT_LENGTH,
+    F_HTTP10,
+    F_NOT_ORIGIN,
+    HEAD,
+    RequestParser,
 )
 
 __all__ = [
@@ -253,8 +268,21 @@ def _apply_fix(answer: bytes, fix: int) -> bytes:
 _new_request = Request.__new__
 
 
-class _Abort(Exception):
-    """Raised from a parser callback to stop llhttp; the reason is already recorded."""
+# What the parser's refusals are answered with (anything else: 400 malformed request).
+_PARSE_ERRORS = {
+    E_URI_TOO_LONG: (414, "uri_too_long", "request line too long"),
+    E_HEAD_TOO_LARGE: (431, "headers_too_large", "request head too large"),
+    E_TOO_MANY_HEADERS: (431, "headers_too_large", "too many headers"),
+    E_VERSION: (505, "bad_request", "HTTP version not supported"),
+    E_CONNECT: (400, "bad_request", "CONNECT is not supported"),
+    E_UPGRADE: (400, "bad_request", "protocol upgrade is not supported"),
+    E_CHUNKED: (411, "length_required", "chunked bodies are not accepted; send Content-Length"),
+    E_TRANSFER_ENCODING: (400, "bad_request", "unsupported Transfer-Encoding"),
+}
+
+# Heads that need more than the hot path: not origin-form, HTTP/1.0, a Connection
+# header (the parser's flags), or (checked apart) a method other than GET/POST.
+_SLOW_FLAGS = ~F_CONTENT_LENGTH
 
 
 # --------------------------------------------------------------------------- registry
@@ -336,14 +364,11 @@ class HttpProtocol(asyncio.Protocol):
     __slots__ = (
         # wiring
         "_app_handle", "_limits", "_registry", "_transport", "_loop", "_time",
-        "_parser", "_feed", "_get_method", "_keep_alive_of", "_upgrade_of", "_peer_ip",
+        "_parser", "_feed", "_next_head", "_peer_ip",
         # limits copied out of HttpLimits for the hot path
-        "_max_head", "_max_line", "_max_headers", "_head_timeout", "_keepalive_timeout",
-        "_max_pipeline",
+        "_head_timeout", "_keepalive_timeout", "_max_pipeline",
         # message in progress
-        "_state", "_url", "_headers", "_nheaders", "_head_size", "_head_pending", "_body",
-        "_body_size", "_body_limit", "_method", "_path", "_query", "_keep_alive", "_fix",
-        "_conn_fix",
+        "_state", "_req", "_body_need", "_body_size", "_body_limit", "_fix", "_conn_fix",
         # answers
         "_out", "_queue",
         # timing and connection state
@@ -358,34 +383,21 @@ class HttpProtocol(asyncio.Protocol):
         self._transport = None
         self._loop = None
         self._time = None
-        parser = HttpRequestParser(self)
+        parser = RequestParser(limits.max_head, limits.max_request_line, limits.max_headers)
         self._parser = parser
-        self._feed = parser.feed_data
-        self._get_method = parser.get_method
-        self._keep_alive_of = parser.should_keep_alive
-        self._upgrade_of = parser.should_upgrade
+        self._feed = parser.feed
+        self._next_head = parser.next_head
         self._peer_ip = ""
 
-        self._max_head = limits.max_head
-        self._max_line = limits.max_request_line
-        self._max_headers = limits.max_headers
         self._head_timeout = limits.head_timeout
         self._keepalive_timeout = limits.keepalive_timeout
         self._max_pipeline = limits.max_pipeline
 
         self._state = 0
-        self._url = b""
-        self._headers = {}
-        self._nheaders = 0
-        self._head_size = 0
-        self._head_pending = 0
-        self._body = None
-        self._body_size = 0
+        self._req: Request | None = None  # the request whose body is awaited (state 2)
+        self._body_need = 0  # its Content-Length
+        self._body_size = 0  # body bytes received so far
         self._body_limit = limits.max_body
-        self._method = b""
-        self._path = ""
-        self._query = b""
-        self._keep_alive = True
         self._fix = 0
         self._conn_fix = 0  # _FIX_CLOSE once a graceful drain asked this connection to end
 
@@ -432,7 +444,8 @@ class HttpProtocol(asyncio.Protocol):
         self._out.clear()
         self._state = 0
         self._deadline = 0.0
-        self._parser = self._feed = None  # break the parser <-> protocol cycle
+        self._req = None
+        self._parser = self._feed = self._next_head = None  # drop the buffered input
 
     def eof_received(self):
         self._peer_eof = True
@@ -459,20 +472,13 @@ class HttpProtocol(asyncio.Protocol):
         if self._closing:
             return  # closing or lingering: input is ignored
         self._last_rx = self._registry.now
-        state = self._state
-        head_size = self._head_size
+        self._feed(data)
         try:
-            self._feed(data)
-        except HttpParserUpgrade:
-            self._reject(400, "bad_request", "protocol upgrade is not supported")
-        except HttpParserError as exc:
-            if not self._closing:
-                self._parse_error(exc)
+            if self._state != 2 or self._read_body():
+                self._read_requests()
         except Exception:
             log.exception("unexpected error while parsing a request")
             self._reject(500, "internal", "internal error")
-        if self._state == 1 and not self._closing:
-            self._guard_head(state, head_size, len(data))
         out = self._out
         if out:
             # Everything that became ready while parsing this chunk, in one write
@@ -482,96 +488,137 @@ class HttpProtocol(asyncio.Protocol):
             if self._closing and not self._queue:
                 self._finish()
 
-    # ---------------------------------------------------------------- parser callbacks
-    #
-    # There is no on_message_begin: the first URL fragment starts the message (one
-    # callback fewer per request). The method bytes before it are at most a few
-    # characters (llhttp refuses unknown methods), so the head deadline starting at
-    # the URL rather than the method changes nothing in practice.
+    # ---------------------------------------------------------------- parsing
 
-    def on_url(self, frag: bytes) -> None:
-        if self._state:
-            # llhttp reports the URL in fragments when it spans chunks.
-            url = self._url + frag
-            self._url = url
-            self._head_size += len(frag)
-            if len(url) > self._max_line:
-                self._reject(414, "uri_too_long", "request line too long")
-                raise _Abort
-            return
-        # A new message begins.
-        self._state = 1
-        self._deadline = self._last_rx + self._head_timeout
-        self._url = frag
-        self._headers = {}
-        self._nheaders = 0
-        self._head_size = len(frag)
-        self._head_pending = 0
-        self._body = None
-        self._fix = self._conn_fix
-        if len(frag) > self._max_line:
-            self._reject(414, "uri_too_long", "request line too long")
-            raise _Abort
+    def _read_requests(self) -> None:
+        """Dispatch every complete request buffered, in order; stop at an incomplete one.
 
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers[name.lower()] = value
-        size = self._head_size + len(name) + len(value) + 4
-        self._head_size = size
-        self._nheaders += 1
-        if size > self._max_head or self._nheaders > self._max_headers:
-            if size > self._max_head:
-                self._reject(431, "headers_too_large", "request head too large")
+        The hot path: a GET/POST in origin-form, HTTP/1.1, no Connection header,
+        and its Content-Length body (if any) already here.
+        """
+        parser = self._parser
+        next_head = self._next_head
+        while not self._closing:
+            r = next_head()
+            if r != HEAD:
+                if r:
+                    self._parse_failed(r)
+                elif not self._state and parser.started:
+                    # A head has begun: it must be complete within head_timeout.
+                    self._state = 1
+                    self._deadline = self._last_rx + self._head_timeout
+                return
+            self._state = 0
+            self._fix = self._conn_fix
+            # Request() without its Python __init__: about half the cost per request.
+            req = _new_request(Request)
+            req.method = method = parser.method
+            req.headers = parser.headers
+            req.keep_alive = parser.keep_alive
+            req.peer_ip = self._peer_ip
+            if (
+                parser.flags & _SLOW_FLAGS
+                or not req.keep_alive
+                or (method != b"GET" and method != b"POST")
+            ):
+                if not self._head_slow(req):
+                    return
             else:
-                self._reject(431, "headers_too_large", "too many headers")
-            raise _Abort
+                req.path = parser.path
+                req.query = parser.query
+            n = parser.content_length
+            if n <= 0:
+                req.body = b""
+            else:
+                body = self._body_of(req, n)
+                if body is None:
+                    return  # refused, or wait for the rest of the body
+                req.body = body
+            # Dispatch (as _dispatch does; inlined for the hot path).
+            try:
+                answer = self._app_handle(req)
+            except Exception:
+                log.exception("request handler failed: %r", req)
+                answer = _RESP_500
+            fix = self._fix
+            if fix:
+                self._answer_fixed(answer, fix)
+                if fix & _FIX_CLOSE:
+                    return  # the request ended the connection: ignore what follows
+            elif type(answer) is bytes and not self._queue:
+                self._out.append(answer)
+            else:
+                self._enqueue(answer, 0)
 
-    def on_headers_complete(self) -> None:
-        self._state = 2
-        headers = self._headers
-        url = self._url
-        self._keep_alive = keep_alive = self._keep_alive_of()
-        method = self._method = self._get_method()
-        if method != b"GET" and method != b"POST":
-            self._check_method(method)
-        if (
-            not keep_alive
-            or url[0] != 47  # not origin-form ("/...")
-            or b"connection" in headers
-            or b"content-length" in headers
-            or b"transfer-encoding" in headers
-        ):
-            self._headers_slow(headers, url, keep_alive)
-        elif 63 in url:  # b"?" - an int operand is ~7x cheaper than a bytes one
-            path, _, self._query = url.partition(b"?")
-            self._path = path.decode("latin-1")
-        else:
-            self._path = url.decode("latin-1")
-            self._query = b""
+    def _head_slow(self, req: Request) -> bool:
+        """The unusual parts of a head; False when it is refused."""
+        parser = self._parser
+        flags = parser.flags
+        if req.method == b"HEAD":
+            self._fix |= _FIX_HEAD
+        if not req.keep_alive:
+            self._fix |= _FIX_CLOSE
+        elif flags & F_HTTP10:  # an HTTP/1.0 client that asked for keep-alive
+            self._fix |= _FIX_KEEP
+        if not flags & F_NOT_ORIGIN:
+            req.path = parser.path
+            req.query = parser.query
+        elif parser.target == b"*":  # asterisk-form (OPTIONS *)
+            req.path, req.query = "*", b""
+        else:  # absolute-form; authority-form is CONNECT only (the parser refuses it)
+            try:
+                parsed = parse_url(parser.target)
+            except HttpParserError:
+                parsed = None
+            if parsed is None or not parsed.schema:
+                self._reject(400, "bad_request", "invalid request target")
+                return False
+            req.path = (parsed.path or b"/").decode("latin-1")
+            req.query = parsed.query or b""
+        return True
 
-    def on_body(self, chunk: bytes) -> None:
-        size = self._body_size + len(chunk)
+    def _body_of(self, req: Request, n: int) -> bytes | None:
+        """The body of ``req`` (Content-Length ``n`` > 0) if it is all buffered; else
+        None, with the request refused (413) or waiting in state 2."""
+        limits = self._limits
+        limit = limits.max_body_admin if req.path.startswith(ADMIN_PREFIX) else limits.max_body
+        if n > limit:
+            self._reject(413, "payload_too_large", "request body too large")
+            return None
+        expect = req.headers.get(b"expect")
+        if expect is not None and expect.lower() == b"100-continue":
+            self._push(_CONTINUE)
+        body = self._parser.take(n)
+        if body is None:
+            self._state = 2
+            self._req = req
+            self._body_need = n
+            self._body_limit = limit
+            self._deadline = self._last_rx + limits.body_timeout
+            self._body_size = self._parser.buffered  # (< n)
+        return body
+
+    def _read_body(self) -> bool:
+        """State 2: True once the body is complete and its request dispatched."""
+        parser = self._parser
+        n = self._body_need
+        size = parser.buffered
+        if size > n:
+            size = n
         self._body_size = size
         if size > self._body_limit:
             self._reject(413, "payload_too_large", "request body too large")
-            raise _Abort
-        body = self._body
-        if body is None:
-            self._body = [chunk]
-        else:
-            body.append(chunk)
-
-    def on_message_complete(self) -> None:
+            return False
+        if size < n:
+            return False
         self._state = 0  # (_deadline is only looked at while _state or _lingering)
-        body = self._body
-        # Request() without its Python __init__: about half the cost per request.
-        req = _new_request(Request)
-        req.method = self._method
-        req.path = self._path
-        req.query = self._query
-        req.headers = self._headers
-        req.body = b"" if body is None else b"".join(body)
-        req.keep_alive = self._keep_alive
-        req.peer_ip = self._peer_ip
+        req = self._req
+        self._req = None
+        req.body = parser.take(n)
+        return not self._dispatch(req)
+
+    def _dispatch(self, req: Request) -> bool:
+        """Hand ``req`` to the app and queue its answer; True if it ends the connection."""
         try:
             answer = self._app_handle(req)
         except Exception:
@@ -580,110 +627,20 @@ class HttpProtocol(asyncio.Protocol):
         fix = self._fix
         if fix:
             self._answer_fixed(answer, fix)
-            if fix & _FIX_CLOSE:
-                raise _Abort  # stop parsing whatever was pipelined after this request
-        elif type(answer) is bytes and not self._queue:
+            return fix & _FIX_CLOSE != 0
+        if type(answer) is bytes and not self._queue:
             self._out.append(answer)
         else:
             self._enqueue(answer, 0)
+        return False
 
-    # ---------------------------------------------------------------- slow paths of parsing
-
-    def _check_method(self, method: bytes) -> None:
-        if method == b"HEAD":
-            self._fix |= _FIX_HEAD
-        elif method == b"CONNECT":
-            self._reject(400, "bad_request", "CONNECT is not supported")
-            raise _Abort
-
-    def _headers_slow(self, headers: dict, url: bytes, keep_alive: bool) -> None:
-        """Everything on_headers_complete does for the unusual request."""
-        if self._upgrade_of():
-            self._reject(400, "bad_request", "protocol upgrade is not supported")
-            raise _Abort
-        # Request smuggling: llhttp already refuses Content-Length together with
-        # Transfer-Encoding and duplicate Content-Length; a body must come with a
-        # plain Content-Length here, so any Transfer-Encoding is refused.
-        te = headers.get(b"transfer-encoding")
-        if te is not None:
-            if b"content-length" in headers:
-                self._reject(400, "bad_request", "Content-Length with Transfer-Encoding")
-            elif te.strip().lower() == b"chunked":
-                self._reject(
-                    411, "length_required", "chunked bodies are not accepted; send Content-Length"
-                )
-            else:
-                self._reject(400, "bad_request", "unsupported Transfer-Encoding")
-            raise _Abort
-        if not keep_alive or b"connection" in headers:
-            version = self._parser.get_http_version()
-            if version != "1.1" and version != "1.0":
-                self._reject(505, "bad_request", "HTTP version not supported")
-                raise _Abort
-            if not keep_alive:
-                self._fix |= _FIX_CLOSE
-            elif version == "1.0":
-                self._fix |= _FIX_KEEP
-        if url[0] == 47:  # origin-form
-            path, _, query = url.partition(b"?")
-            path = path.decode("latin-1")
-        elif url == b"*":  # asterisk-form (OPTIONS *)
-            path, query = "*", b""
-        else:  # absolute-form; authority-form is CONNECT only (refused above)
-            try:
-                parsed = parse_url(url)
-            except HttpParserError:
-                self._reject(400, "bad_request", "invalid request target")
-                raise _Abort from None
-            if not parsed.schema:
-                self._reject(400, "bad_request", "invalid request target")
-                raise _Abort
-            path = (parsed.path or b"/").decode("latin-1")
-            query = parsed.query or b""
-        self._path = path
-        self._query = query
-        length = headers.get(b"content-length")
-        if length is not None:
-            limits = self._limits
-            limit = limits.max_body_admin if path.startswith(ADMIN_PREFIX) else limits.max_body
-            self._body_limit = limit
-            self._body_size = 0
-            n = int(length)  # llhttp has checked it is all digits
-            if n > limit:
-                self._reject(413, "payload_too_large", "request body too large")
-                raise _Abort
-            if n:
-                self._deadline = self._last_rx + limits.body_timeout
-                expect = headers.get(b"expect")
-                if expect is not None and expect.lower() == b"100-continue":
-                    self._push(_CONTINUE)
-
-    def _guard_head(self, state_before: int, size_before: int, nbytes: int) -> None:
-        """Bound the bytes a head may hold before any of its lines completes.
-
-        Header lines are counted exactly when llhttp reports them; a line still
-        being received is invisible (httptools buffers it). If this whole chunk
-        reported nothing (same head as before, size unchanged), every byte of it
-        belongs to that one unfinished line, so count it.
-        """
-        if state_before == 1 and self._head_size == size_before:
-            self._head_pending += nbytes
-            if self._head_size + self._head_pending > self._max_head:
-                self._reject(431, "headers_too_large", "request head too large")
-        else:
-            self._head_pending = 0
-
-    def _parse_error(self, exc: HttpParserError) -> None:
-        cause = exc.__context__
-        if isinstance(cause, (KeyboardInterrupt, SystemExit)):
-            raise cause  # not ours to swallow
-        if cause is not None and not isinstance(cause, _Abort):
-            # One of our callbacks failed unexpectedly: a bug, not the client's fault.
-            log.error("HTTP parser callback failed", exc_info=cause)
-            self._reject(500, "internal", "internal error")
-            return
-        reason = str(exc.args[0]) if exc.args else "malformed request"
-        self._reject(400, "bad_request", f"malformed request: {reason}")
+    def _parse_failed(self, code: int) -> None:
+        status, error, message = _PARSE_ERRORS.get(code) or (
+            400,
+            "bad_request",
+            "malformed request: " + self._parser.reason,
+        )
+        self._reject(status, error, message)
 
     # ---------------------------------------------------------------- answers
 
@@ -778,7 +735,7 @@ class HttpProtocol(asyncio.Protocol):
     # ---------------------------------------------------------------- closing
 
     def _reject(self, status: int, code: str, message: str) -> None:
-        """Owe a final error answer, then close. Parsing stops (callers raise _Abort)."""
+        """Owe a final error answer, then close. Parsing stops (``_closing``)."""
         if self._closing:
             return
         self._closing = True
