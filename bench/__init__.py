@@ -1,0 +1,1 @@
+"""Reproducible flash-sale load scenarios for flashgate and its peers: `python -m bench --help`."""

@@ -1,0 +1,212 @@
+"""python -m bench: reproducible flash-sale load scenarios, flashgate and its peers side by side.
+
+Starts everything itself (private Redis servers, flashgate, nginx, the FastAPI peer,
+wrk), all on 127.0.0.1, and stops it all at the end, also on Ctrl-C or failure.
+Exit status: 0 all invariants held, 1 an invariant failed (e.g. oversold),
+2 the bench could not run (a process did not start, wrk failed, ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from . import report
+from .runner import BENCH_DIR, BenchError, Processes, flashgate_argv
+from .scenarios import SCENARIOS, TARGETS, Bench, Settings
+
+MEMORY_FLAGS = ("--ip-rate 1000000 --ip-burst 1000000 --user-rate 1000000 "
+                "--user-burst 1000000 --global-rate 0")
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    cpus = os.cpu_count() or 1
+    p = argparse.ArgumentParser(
+        prog="python -m bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="scenarios:\n"
+        "  soldout  every buy answered sold_out (1 unit, bought before the run); peers: nginx, fastapi\n"
+        "  commit   10,000,000 units, limit 1, a new user per request: every buy commits\n"
+        "  rush     5 SKUs x 500 units, 200,000 users, 90% buys / 10% views, through sell-out\n"
+        "  scale    flashgate only: connections x workers, then RSS per worker after N distinct users\n"
+        "\nexamples:\n"
+        "  python -m bench --quick                    # seconds-long smoke run of everything\n"
+        "  python -m bench soldout commit --reps 3 --duration 10\n"
+        "  python -m bench commit --targets flashgate,fastapi --auth both\n",
+    )
+    p.add_argument("scenarios", nargs="*", metavar="SCENARIO",
+                   help=f"scenarios to run, in order: {', '.join(SCENARIOS)} "
+                        "(default: soldout commit rush; with --quick: all)")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: 1 repetition of 1 s, 1 s warm-up, small scale sweep; "
+                        "finishes in well under a minute (numbers are not meaningful)")
+    p.add_argument("--targets", default=",".join(TARGETS),
+                   help="comma-separated servers to run: flashgate,fastapi,nginx (default: all)")
+    p.add_argument("--reps", type=int, help="repetitions per target, alternating A B A B (default 3)")
+    p.add_argument("--duration", type=int, help="seconds per repetition (default 10)")
+    p.add_argument("--warmup", type=int, help="seconds of warm-up per target (default 3)")
+    p.add_argument("--connections", "-c", type=int, default=64,
+                   help="wrk connections for soldout/commit/rush (default 64)")
+    p.add_argument("--threads", "-t", type=int, default=1, help="wrk threads (default 1)")
+    p.add_argument("--workers", "-w", type=int, default=1,
+                   help="flashgate workers for soldout/commit/rush (default 1)")
+    p.add_argument("--auth", choices=["dev", "token", "both"], default="dev",
+                   help="buyer identity: dev = X-User-Id header, token = HMAC-signed bearer "
+                        "token computed by wrk per user, both = run each scenario twice")
+    p.add_argument("--aof", action="store_true",
+                   help="run the Redis servers with appendonly yes (everysec) instead of no persistence")
+    p.add_argument("--users", type=int, default=200_000,
+                   help="size of the random user pool for soldout and rush (default 200000)")
+    p.add_argument("--rush-run", type=int, help="seconds of rush after the start (default 6)")
+    p.add_argument("--scale-connections", type=_ints,
+                   help="connection counts for scale (default 16,64,256,1024)")
+    p.add_argument("--scale-workers", type=_ints,
+                   help=f"worker counts for scale (default 1..{cpus})")
+    p.add_argument("--distinct", type=int,
+                   help="distinct users (and client IPs) for the memory run (default 1000000)")
+    p.add_argument("--memory-flags", default=MEMORY_FLAGS,
+                   help="flashgate limiter flags for the memory run; the default turns the "
+                        "per-IP and per-user limiters on with rates no client reaches, so their "
+                        f"state is counted (default: {MEMORY_FLAGS!r}; 'off' = every limiter off)")
+    p.add_argument("--xff-flags", default="",
+                   help="flashgate flags that make it trust X-Forwarded-For from 127.0.0.1; "
+                        "when given, the memory run also varies the client IP per request")
+    p.add_argument("--flashgate", default="",
+                   help="command that runs flashgate (default: the `flashgate` script, else "
+                        "`python -m flashgate`)")
+    p.add_argument("--out", type=Path, default=BENCH_DIR / "results",
+                   help="directory for the JSON, Markdown and PNG results (default bench/results)")
+    p.add_argument("--name", default="", help="file name stem of the results (default: a timestamp)")
+    p.add_argument("--no-chart", action="store_true", help="skip the PNG chart")
+    p.add_argument("--keep-logs", action="store_true",
+                   help="keep the temporary directory with server logs (kept anyway on failure)")
+    args = p.parse_args(argv)
+    bad = [s for s in args.scenarios if s not in SCENARIOS]
+    if bad:
+        p.error(f"unknown scenario(s) {', '.join(bad)}; choose from {', '.join(SCENARIOS)}")
+    targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    if any(t not in TARGETS for t in targets):
+        p.error(f"--targets: choose from {', '.join(TARGETS)}")
+    args.target_list = targets
+    return args
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    quick = args.quick
+    cpus = os.cpu_count() or 1
+    scenarios = args.scenarios or (list(SCENARIOS) if quick else ["soldout", "commit", "rush"])
+
+    def pick(value, normal, fast):
+        return value if value is not None else (fast if quick else normal)
+
+    return Settings(
+        scenarios=scenarios,
+        targets=args.target_list,
+        reps=pick(args.reps, 3, 1),
+        duration=pick(args.duration, 10, 1),
+        warmup=pick(args.warmup, 3, 1),
+        connections=args.connections,
+        threads=args.threads,
+        workers=args.workers,
+        auth=["dev", "token"] if args.auth == "both" else [args.auth],
+        aof=args.aof,
+        users=args.users,
+        rush_lead=1,
+        rush_run=pick(args.rush_run, 6, 1),
+        scale_connections=pick(args.scale_connections, [16, 64, 256, 1024], [64]),
+        scale_workers=pick(args.scale_workers, list(range(1, cpus + 1)), [1]),
+        distinct=pick(args.distinct, 1_000_000, 20_000),
+        memory_flags=[] if args.memory_flags == "off" else shlex.split(args.memory_flags),
+        xff_flags=shlex.split(args.xff_flags),
+    )
+
+
+def _on_sigterm(signum, frame):
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    s = settings_from(args)
+    for tool in ("wrk", "redis-server") + (("nginx",) if "nginx" in s.targets else ()):
+        if shutil.which(tool) is None:
+            print(f"bench: {tool} is not on PATH", file=sys.stderr)
+            return 2
+    needs_flashgate = "flashgate" in s.targets and any(
+        sc in ("soldout", "commit", "rush", "scale") for sc in s.scenarios)
+    if needs_flashgate:
+        s.flashgate_argv = shlex.split(args.flashgate) if args.flashgate else flashgate_argv()
+        if s.flashgate_argv is None:
+            print("bench: `flashgate serve --help` does not work; install flashgate "
+                  "(pip install -e .) or leave it out with --targets fastapi,nginx", file=sys.stderr)
+            return 2
+    if "scale" in s.scenarios and "flashgate" not in s.targets:
+        print("bench: scale measures flashgate only; skipping it", file=sys.stderr)
+        s.scenarios = [x for x in s.scenarios if x != "scale"]
+
+    started = time.strftime("%Y-%m-%d %H:%M:%S")
+    stem = args.name or time.strftime("%Y%m%d-%H%M%S") + "-" + "-".join(s.scenarios)
+    workdir = Path(tempfile.mkdtemp(prefix="flashgate-bench-"))
+    procs = Processes(workdir)
+    bench = Bench(s, procs, log=lambda m: print(m, flush=True))
+    error = None
+    old = signal.signal(signal.SIGTERM, _on_sigterm)
+    t0 = time.monotonic()
+    load_before = os.getloadavg()
+    try:
+        bench.run()
+    except BenchError as e:
+        error = str(e)
+    except KeyboardInterrupt:
+        error = "interrupted"
+    finally:
+        procs.stop_all()
+        signal.signal(signal.SIGTERM, old)
+
+    results = {
+        "started": started,
+        "command": "python -m bench " + shlex.join(argv if argv is not None else sys.argv[1:]),
+        "elapsed_s": round(time.monotonic() - t0, 1),
+        "machine": report.machine(),
+        "load_average": {"before": load_before, "after": os.getloadavg()},
+        "settings": {k: v for k, v in vars(s).items()},
+        "configs": bench.configs,
+        "audits": bench.audits,
+        "notes": bench.notes,
+        "error": error,
+    }
+    report.add_ratios(bench.configs)
+    results["goals"] = report.goals(bench.configs)
+    results["invariants_ok"] = all(a["ok"] for a in bench.audits)
+    paths = report.write(results, args.out, stem, with_chart=not args.no_chart)
+    print()
+    print(report.markdown(results))
+    print("results: " + ", ".join(paths.values()))
+    if error:
+        print(f"bench: {error}\nserver logs kept in {workdir}", file=sys.stderr)
+        return 2
+    if not args.keep_logs:
+        shutil.rmtree(workdir, ignore_errors=True)
+    else:
+        print(f"server logs in {workdir}")
+    if not results["invariants_ok"]:
+        print("bench: FAILED: an invariant did not hold (see above)", file=sys.stderr)
+        return 1
+    print(f"invariants: passed ({len(bench.audits)} audits)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

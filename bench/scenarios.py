@@ -1,0 +1,518 @@
+"""The load scenarios: what each starts, sends and measures.
+
+soldout  every buy is answered sold_out (a SKU of 1 unit, bought once before)
+commit   ample stock, per_user_limit 1, a new user per request: every buy commits
+rush     5 SKUs x 500 units, 200,000 users, 90% buys and 10% views, from before
+         the start until sold out and beyond
+scale    flashgate alone: requests/s and p99 over connections x workers on the
+         sold-out path, then memory per worker after many distinct users (and
+         client IPs, when the server trusts X-Forwarded-For)
+
+Each scenario starts its servers (one private Redis per Redis-backed target), warms
+every target up, then runs R repetitions alternating between targets (A B A B ...),
+audits the invariants, and stops what it started.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import invariants
+from .runner import (
+    HOST,
+    BenchError,
+    Proc,
+    Processes,
+    Redis,
+    children_cpu_seconds,
+    cpu_seconds,
+    http,
+    machine_busy_seconds,
+    run_wrk,
+    start_fastapi,
+    start_flashgate,
+    start_nginx,
+    start_redis,
+    status_kib,
+)
+
+SCENARIOS = ("soldout", "commit", "rush", "scale")
+TARGETS = ("flashgate", "fastapi", "nginx")
+# nginx answers a fixed 200: a floor for loopback HTTP, meaningless in a sale.
+SCENARIO_TARGETS = {
+    "soldout": TARGETS,
+    "commit": TARGETS,
+    "rush": ("flashgate", "fastapi"),
+    "scale": ("flashgate",),
+}
+DAY_MS = 86_400_000
+
+
+@dataclass
+class Settings:
+    scenarios: list[str]
+    targets: list[str]
+    reps: int = 3
+    duration: int = 10
+    warmup: int = 3
+    connections: int = 64
+    threads: int = 1
+    workers: int = 1
+    auth: list[str] = field(default_factory=lambda: ["dev"])
+    aof: bool = False
+    users: int = 200_000
+    commit_stock: int = 10_000_000
+    rush_skus: int = 5
+    rush_stock: int = 500
+    rush_lead: int = 1
+    rush_run: int = 6
+    scale_connections: list[int] = field(default_factory=lambda: [16, 64, 256, 1024])
+    scale_workers: list[int] = field(default_factory=lambda: [1, 2])
+    distinct: int = 1_000_000
+    memory_flags: list[str] = field(default_factory=list)
+    xff_flags: list[str] = field(default_factory=list)
+    flashgate_argv: list[str] | None = None
+
+
+@dataclass
+class Target:
+    name: str
+    proc: Proc
+    port: int
+    redis: Redis | None = None
+    workers: int = 1
+    client: object = None
+
+    def __post_init__(self):
+        if self.redis is not None:
+            self.client = self.redis.client()
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def make_event(event_id: str, skus: list[dict], starts_at_ms: int | None = None) -> dict:
+    start = now_ms() - 60_000 if starts_at_ms is None else starts_at_ms
+    return {
+        "id": event_id,
+        "name": f"bench {event_id}",
+        "starts_at_ms": start,
+        "ends_at_ms": start + DAY_MS,
+        "preheat_at_ms": start - 60_000,
+        "registration_required": False,
+        "payment_timeout_s": 3600,
+        "skus": skus,
+        "milestones": [],
+    }
+
+
+def make_sku(sku_id: str, stock: int, limit: int = 1) -> dict:
+    return {"id": sku_id, "name": f"item {sku_id}", "price": 100, "original_price": 1000,
+            "stock": stock, "per_user_limit": limit}
+
+
+def median(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+class Bench:
+    """Runs the selected scenarios; collects configurations and audits."""
+
+    def __init__(self, settings: Settings, procs: Processes, log=print):
+        self.s = settings
+        self.procs = procs
+        self.log = log
+        self.admin_token = secrets.token_hex(16)
+        self.secret = secrets.token_hex(16)
+        self.wrk_runs = 0
+        self.configs: list[dict] = []
+        self.audits: list[dict] = []
+        self.notes: list[str] = []
+
+    # ------------------------------------------------------------ set-up
+
+    def write_event(self, event: dict, tag: str) -> Path:
+        path = self.procs.workdir / f"event-{tag}.json"
+        path.write_text(json.dumps(event))
+        return path
+
+    def start_target(self, kind: str, event: dict, tag: str, auth: str,
+                     workers: int = 1, flashgate_flags: list[str] | None = None) -> Target:
+        secret = self.secret if auth == "token" else None
+        name = f"{kind}-{tag}"
+        if kind == "nginx":
+            proc, port = start_nginx(self.procs)
+            return Target("nginx", proc, port)
+        redis = start_redis(self.procs, f"redis-{name}", aof=self.s.aof)
+        event_file = self.write_event(event, name)
+        if kind == "fastapi":
+            proc, port = start_fastapi(self.procs, redis, event_file, self.admin_token, secret)
+            return Target("fastapi", proc, port, redis)
+        if self.s.flashgate_argv is None:
+            raise BenchError("flashgate is not available (`flashgate serve --help` failed)")
+        proc, port = start_flashgate(self.procs, self.s.flashgate_argv, redis, event_file,
+                                     self.admin_token, secret, workers, flashgate_flags, name)
+        return Target("flashgate", proc, port, redis, workers)
+
+    def stop_target(self, t: Target) -> None:
+        self.procs.stop(t.proc)
+        if t.redis is not None:
+            self.procs.stop(t.redis.proc)
+
+    def identity(self, user: str, auth: str) -> dict:
+        if auth == "token":
+            exp = now_ms() + 3_600_000
+            sig = hmac.new(self.secret.encode(), f"{user}.{exp}".encode(), hashlib.sha256)
+            return {"Authorization": f"Bearer {user}.{exp}.{sig.hexdigest()}"}
+        return {"X-User-Id": user}
+
+    def put_event(self, t: Target, event: dict) -> None:
+        body = {k: v for k, v in event.items() if k != "id"}
+        status, resp = http("PUT", f"http://{HOST}:{t.port}/api/v1/admin/events/{event['id']}",
+                            body, {"Authorization": f"Bearer {self.admin_token}"})
+        if status not in (200, 201):
+            raise BenchError(f"{t.name}: PUT event {event['id']} answered {status}: {resp[:300]!r}")
+
+    def buy(self, t: Target, event_id: str, sku: str, user: str, auth: str) -> tuple[int, bytes]:
+        return http("POST", f"http://{HOST}:{t.port}/api/v1/events/{event_id}/buy",
+                    {"sku": sku, "qty": 1}, self.identity(user, auth))
+
+    def wait_visible(self, t: Target, event_id: str) -> None:
+        """An event put through the admin API reaches every worker within a tick."""
+        deadline = time.monotonic() + 5
+        while http("GET", f"http://{HOST}:{t.port}/api/v1/events/{event_id}")[0] != 200:
+            if time.monotonic() > deadline:
+                raise BenchError(f"{t.name}: event {event_id} not visible after PUT")
+            time.sleep(0.05)
+
+    # ------------------------------------------------------------ measuring
+
+    def lua_args(self, event: dict, auth: str, **extra) -> dict:
+        self.wrk_runs += 1
+        args = {
+            "event": event["id"],
+            "skus": ",".join(s["id"] for s in event["skus"]),
+            "prefix": f"r{self.wrk_runs}x",
+            "auth": auth,
+            "seed": self.wrk_runs,
+        }
+        if auth == "token":
+            args["secret"] = self.secret
+        args.update(extra)
+        return args
+
+    def snapshot(self, t: Target, event: dict) -> dict:
+        snap = {"cpu": cpu_seconds(t.proc.tree()), "busy": machine_busy_seconds(),
+                "wrk": children_cpu_seconds(), "t": time.monotonic()}
+        if t.redis is not None:
+            keys = [invariants.sku_prefix(event["id"], s["id"]) + "sold" for s in event["skus"]]
+            snap["sold"] = sum(int(x or 0) for x in t.client.mget(keys))
+            snap["redis_cpu"] = cpu_seconds([t.redis.proc.pid])
+            stats = t.client.info("commandstats")
+            snap["cmds"] = sum(v["calls"] for k, v in stats.items() if k != "cmdstat_info")
+            snap["scripts"] = sum(
+                v["calls"] for k, v in stats.items()
+                if k in ("cmdstat_eval", "cmdstat_evalsha", "cmdstat_fcall")
+            )
+        return snap
+
+    def one_run(self, t: Target, event: dict, seconds: int, connections: int,
+                lua: dict, rep: int, flag_dir: Path | None = None) -> dict:
+        t.proc.check_alive()
+        before = self.snapshot(t, event)
+        w = run_wrk(t.port, f"/api/v1/events/{event['id']}/buy", seconds, connections,
+                    self.s.threads, lua, flag_dir=flag_dir)
+        after = self.snapshot(t, event)
+        n = max(1, w.requests)
+        statuses = w.statuses()
+        ours = after["cpu"] - before["cpu"] + after["wrk"] - before["wrk"]
+        if t.redis is not None:
+            ours += after["redis_cpu"] - before["redis_cpu"]
+        elapsed = after["t"] - before["t"]
+        rec = {
+            "rep": rep,
+            "rps": w.rps,
+            "requests": w.requests,
+            "seconds": w.seconds,
+            "latency_us": w.data["latency_us"],
+            "statuses": statuses,
+            "non2xx": {k: v for k, v in statuses.items() if not k.startswith("2")},
+            "codes": w.codes(),
+            "orders_acked": int(w.data.get("orders") or 0),
+            "socket_errors": w.data.get("errors"),
+            "sales_latency_us": w.data.get("sales"),
+            "cpu_us_per_req": (after["cpu"] - before["cpu"]) * 1e6 / n,
+            "wrk_cpu_pct": (after["wrk"] - before["wrk"]) * 100 / elapsed,
+            # busy CPU of everything else on the machine, in % of one core
+            "other_cpu_pct": max(0.0, after["busy"] - before["busy"] - ours) * 100 / elapsed,
+        }
+        if t.redis is not None:
+            orders = after["sold"] - before["sold"]
+            cmds = after["cmds"] - before["cmds"]
+            scripts = after["scripts"] - before["scripts"]
+            rec.update({
+                "orders": orders,
+                "redis_cpu_us_per_req": (after["redis_cpu"] - before["redis_cpu"]) * 1e6 / n,
+                "redis_cmds": cmds,
+                "redis_cmds_per_req": cmds / n,
+                "redis_cmds_per_order": cmds / orders if orders else None,
+                "redis_scripts_per_order": scripts / orders if orders else None,
+            })
+        return rec
+
+    def summarize(self, reps: list[dict]) -> dict:
+        def col(key, sub=None):
+            return [(r[key] or {}).get(sub) if sub else r.get(key) for r in reps]
+
+        rps, p99 = col("rps"), col("latency_us", "p99")
+        non2xx: dict[str, int] = {}
+        for r in reps:
+            for k, v in r["non2xx"].items():
+                non2xx[k] = non2xx.get(k, 0) + v
+            # wrk's socket errors (its "status" count is the non-2xx above)
+            for k, v in (r.get("socket_errors") or {}).items():
+                if v and k != "status":
+                    non2xx[k] = non2xx.get(k, 0) + v
+        return {
+            "rps": median(rps), "rps_min": min(rps), "rps_max": max(rps),
+            "p50_us": median(col("latency_us", "p50")),
+            "p99_us": median(p99), "p99_us_min": min(p99), "p99_us_max": max(p99),
+            "p999_us": median(col("latency_us", "p999")),
+            "cpu_us_per_req": median(col("cpu_us_per_req")),
+            "wrk_cpu_pct": median(col("wrk_cpu_pct")),
+            "other_cpu_pct": median(col("other_cpu_pct")),
+            "redis_cpu_us_per_req": median(col("redis_cpu_us_per_req")),
+            "redis_cmds_per_req": median(col("redis_cmds_per_req")),
+            "redis_cmds_per_order": median(col("redis_cmds_per_order")),
+            "redis_scripts_per_order": median(col("redis_scripts_per_order")),
+            "requests": sum(col("requests")),
+            "non2xx": non2xx,
+        }
+
+    def peak_rss(self, t: Target) -> list[int]:
+        return [status_kib(p, "VmHWM") or 0 for p in t.proc.workers()]
+
+    def measure(self, scenario: str, targets: list[Target], event: dict, auth: str,
+                connections: int, lua_extra: dict) -> list[dict]:
+        """Warm-up, then R repetitions alternating between the targets."""
+        s = self.s
+        cfgs = {t.name: {"scenario": scenario, "target": t.name, "workers": t.workers,
+                         "connections": connections, "threads": s.threads, "auth": auth,
+                         "reps": []} for t in targets}
+        for t in targets:
+            self.log(f"  {scenario}: warm-up {t.name} ({s.warmup} s)")
+            self.one_run(t, event, s.warmup, connections, self.lua_args(event, auth, **lua_extra), -1)
+        for rep in range(s.reps):
+            for t in targets:
+                rec = self.one_run(t, event, s.duration, connections,
+                                   self.lua_args(event, auth, **lua_extra), rep)
+                cfgs[t.name]["reps"].append(rec)
+                self.log(f"  {scenario}: {t.name} rep {rep + 1}/{s.reps}: {rec['rps']:,.0f} req/s, "
+                         f"p99 {rec['latency_us']['p99'] / 1000:.2f} ms, non-2xx {rec['non2xx']}")
+        out = []
+        for t in targets:
+            cfg = cfgs[t.name]
+            cfg["summary"] = self.summarize(cfg["reps"])
+            cfg["peak_rss_kib"] = self.peak_rss(t)
+            out.append(cfg)
+        return out
+
+    def acked(self, cfg: dict) -> int:
+        return sum(r["orders_acked"] for r in cfg["reps"])
+
+    def audit(self, scenario: str, t: Target, event: dict, acked: int, cfgs: list[dict]) -> dict:
+        res = invariants.check_event(t.client, event, acked, t.port, self.admin_token)
+        res.update({"scenario": scenario, "target": t.name})
+        self.audits.append(res)
+        for cfg in cfgs:
+            if cfg["target"] == t.name:
+                cfg["invariants_ok"] = cfg.get("invariants_ok", True) and res["ok"]
+        state = "passed" if res["ok"] else "FAILED: " + "; ".join(res["problems"])
+        self.log(f"  {scenario}: invariants on {t.name} ({res['orders']} orders): {state}")
+        return res
+
+    # ------------------------------------------------------------ scenarios
+
+    def run(self) -> None:
+        for auth in self.s.auth:
+            for name in self.s.scenarios:
+                self.log(f"scenario {name} (auth {auth})")
+                getattr(self, f"scenario_{name}")(auth)
+
+    def targets_for(self, scenario: str) -> list[str]:
+        return [t for t in SCENARIO_TARGETS[scenario] if t in self.s.targets]
+
+    def _steady(self, scenario: str, auth: str, event: dict, lua_extra: dict,
+                prepare=None) -> None:
+        started: list[Target] = []
+        try:
+            for kind in self.targets_for(scenario):
+                t = self.start_target(kind, event, scenario, auth, self.s.workers)
+                started.append(t)
+                if prepare and t.redis is not None:
+                    prepare(t)
+            cfgs = self.measure(scenario, started, event, auth, self.s.connections, lua_extra)
+            self.configs.extend(cfgs)
+            for t, cfg in zip(started, cfgs, strict=True):
+                if t.redis is not None:
+                    extra = 1 if prepare else 0
+                    self.audit(scenario, t, event, self.acked(cfg) + extra, cfgs)
+        finally:
+            for t in started:
+                self.stop_target(t)
+
+    def scenario_soldout(self, auth: str) -> None:
+        event = make_event("soldout", [make_sku("last-one", 1)])
+
+        def buy_the_last_unit(t: Target) -> None:
+            status, body = self.buy(t, event["id"], "last-one", "early-bird", auth)
+            if status != 200:
+                raise BenchError(f"{t.name}: the pre-run buy answered {status}: {body[:300]!r}")
+
+        self._steady("soldout", auth, event, {"users": self.s.users}, buy_the_last_unit)
+
+    def scenario_commit(self, auth: str) -> None:
+        event = make_event("commit", [make_sku("plenty", self.s.commit_stock)])
+        self._steady("commit", auth, event, {"users": 0})
+
+    def scenario_rush(self, auth: str) -> None:
+        s = self.s
+        skus = [make_sku(f"sku{i + 1}", s.rush_stock) for i in range(s.rush_skus)]
+        placeholder = make_event("rush-warm", skus)
+        started: list[Target] = []
+        try:
+            for kind in self.targets_for("rush"):
+                started.append(self.start_target(kind, placeholder, "rush", auth, s.workers))
+            cfgs = {t.name: {"scenario": "rush", "target": t.name, "workers": t.workers,
+                             "connections": s.connections, "threads": s.threads, "auth": auth,
+                             "reps": []} for t in started}
+            events: dict[str, list[tuple[dict, int]]] = {t.name: [] for t in started}
+            for t in started:
+                self.log(f"  rush: warm-up {t.name}")
+                self.one_run(t, placeholder, s.warmup, s.connections,
+                             self.lua_args(placeholder, auth, users=s.users, views=10), -1)
+            for rep in range(s.reps):
+                for t in started:
+                    event = make_event(f"rush{rep + 1}", skus, now_ms() + 60_000)
+                    self.put_event(t, event)
+                    self.wait_visible(t, event["id"])
+                    # open the sale s.rush_lead seconds after wrk starts
+                    event["starts_at_ms"] = now_ms() + s.rush_lead * 1000 + 200
+                    event["ends_at_ms"] = event["starts_at_ms"] + DAY_MS
+                    self.put_event(t, event)
+                    lua = self.lua_args(event, auth, users=s.users, views=10, codes=1, track=1)
+                    rec = self.one_run(t, event, s.rush_lead + s.rush_run, s.connections, lua, rep)
+                    rec.update(self.sellout(t, event))
+                    cfgs[t.name]["reps"].append(rec)
+                    events[t.name].append((event, rec["orders_acked"]))
+                    so = rec["sold_out_ms"]
+                    so = "NOT sold out" if so is None else f"{so:.0f} ms"
+                    sales = rec["sales_latency_us"] or {}
+                    self.log(f"  rush: {t.name} rep {rep + 1}/{s.reps}: sold out in {so}, "
+                             f"sales p99 {(sales.get('p99') or 0) / 1000:.1f} ms, mix {rec['codes']}")
+            out = []
+            for t in started:
+                cfg = cfgs[t.name]
+                cfg["summary"] = self.summarize(cfg["reps"])
+                cfg["summary"].update(self.rush_summary(cfg["reps"]))
+                cfg["peak_rss_kib"] = self.peak_rss(t)
+                out.append(cfg)
+            self.configs.extend(out)
+            for t in started:
+                for event, acked in events[t.name]:
+                    self.audit("rush", t, event, acked, out)
+        finally:
+            for t in started:
+                self.stop_target(t)
+
+    def sellout(self, t: Target, event: dict) -> dict:
+        invariants.settle(t.client, event)
+        audits = [invariants.audit_sku(t.client, event["id"], s) for s in event["skus"]]
+        all_gone = all(a["sold"] >= a["stock"] for a in audits)
+        last = max((a["last_order_ms"] or 0) for a in audits)
+        return {
+            "sold_out_ms": last - event["starts_at_ms"] if all_gone and last else None,
+            "units_sold": sum(a["sold"] for a in audits),
+        }
+
+    def rush_summary(self, reps: list[dict]) -> dict:
+        mix: dict[str, int] = {}
+        for r in reps:
+            for k, v in r["codes"].items():
+                mix[k] = mix.get(k, 0) + v
+        sales = [r.get("sales_latency_us") or {} for r in reps]
+        gone = [r["sold_out_ms"] for r in reps]
+        return {
+            "sold_out_ms": median(gone) if None not in gone else None,
+            "sold_out_ms_min": min((g for g in gone if g is not None), default=None),
+            "sold_out_ms_max": max((g for g in gone if g is not None), default=None),
+            "sales_p50_us": median([x.get("p50") for x in sales]),
+            "sales_p99_us": median([x.get("p99") for x in sales]),
+            "rejection_mix": mix,
+        }
+
+    def scenario_scale(self, auth: str) -> None:
+        s = self.s
+        event = make_event("scale", [make_sku("last-one", 1)])
+        for workers in s.scale_workers:
+            t = self.start_target("flashgate", event, f"scale-w{workers}", auth, workers)
+            try:
+                status, body = self.buy(t, event["id"], "last-one", "early-bird", auth)
+                if status != 200:
+                    raise BenchError(f"flashgate: the pre-run buy answered {status}: {body[:200]!r}")
+                acked = 1
+                for conns in s.scale_connections:
+                    cfgs = self.measure("scale", [t], event, auth, conns, {"users": s.users})
+                    acked += self.acked(cfgs[0])
+                    self.configs.extend(cfgs)
+                self.audit("scale", t, event, acked, [c for c in self.configs if c["scenario"] == "scale"])
+            finally:
+                self.stop_target(t)
+            self.memory(event, auth, workers)
+
+    def memory(self, event: dict, auth: str, workers: int) -> None:
+        """RSS per worker before and after `distinct` new users (and IPs) hit it."""
+        s = self.s
+        flags = s.memory_flags + s.xff_flags
+        t = self.start_target("flashgate", event, f"memory-w{workers}", auth, workers,
+                              flashgate_flags=flags or None)
+        try:
+            self.buy(t, event["id"], "last-one", "early-bird", auth)
+            before = {p: status_kib(p, "VmRSS") for p in t.proc.workers()}
+            per_thread = -(-s.distinct // s.threads)
+            cap = max(10, int(s.distinct / 5_000) + 10)  # a fixed cap; ends when all are sent
+            lua = self.lua_args(event, auth, users=0, limit=per_thread,
+                                xff=1 if s.xff_flags else 0)
+            rec = self.one_run(t, event, cap, s.connections, lua, 0, flag_dir=self.procs.workdir)
+            after = {p: status_kib(p, "VmRSS") for p in t.proc.workers()}
+            hwm = {p: status_kib(p, "VmHWM") for p in t.proc.workers()}
+            grew = [(after[p] or 0) - (before.get(p) or 0) for p in after]
+            res = {
+                "scenario": "memory", "target": "flashgate", "workers": workers, "auth": auth,
+                "distinct_users": rec["requests"],
+                "distinct_ips": rec["requests"] if s.xff_flags else 0,
+                "flags": flags,
+                "rss_before_kib": list(before.values()), "rss_after_kib": list(after.values()),
+                "peak_rss_kib": list(hwm.values()), "rss_growth_kib": grew,
+                "bytes_per_user": (sum(grew) * 1024 / rec["requests"]) if rec["requests"] else None,
+                "run": rec,
+            }
+            self.configs.append(res)
+            self.log(f"  memory: {rec['requests']:,} distinct users, {workers} workers: RSS "
+                     f"{[round(x / 1024) for x in before.values()]} -> "
+                     f"{[round(x / 1024) for x in after.values()]} MiB")
+            note = ("memory: distinct users only; client IPs were not varied "
+                    "(the server was not started with a trusted proxy)")
+            if not s.xff_flags and note not in self.notes:
+                self.notes.append(note)
+        finally:
+            self.stop_target(t)
