@@ -34,6 +34,50 @@ def listen_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+class Acceptor:
+    """Accepts connections on the listening socket itself.
+
+    The event loop's own server takes one connection per loop pass; a busy worker
+    then accepts a few dozen a second while a sale's opening burst waits in the
+    backlog for seconds. This takes every waiting connection (at most ``batch``
+    per pass) each time the socket is readable."""
+
+    def __init__(self, loop, sock: socket.socket, factory, batch: int = 512):
+        self.loop = loop
+        self.sock = sock
+        self.factory = factory
+        self.batch = batch
+        self.fd = sock.fileno()
+
+    def start(self) -> None:
+        self.loop.add_reader(self.fd, self._on_readable)
+
+    def _on_readable(self) -> None:
+        for _ in range(self.batch):
+            try:
+                conn, _ = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:  # EMFILE, ENFILE, ENOBUFS: back off a little
+                log.error("accept failed: %s", e)
+                self.loop.remove_reader(self.fd)
+                self.loop.call_later(0.1, self.start)
+                return
+            conn.setblocking(False)
+            self.loop.create_task(self._attach(conn))
+
+    async def _attach(self, conn: socket.socket) -> None:
+        try:
+            await self.loop.connect_accepted_socket(self.factory, conn)
+        except OSError:
+            conn.close()
+
+    def close(self) -> None:
+        """Stop accepting; connections already accepted go on."""
+        self.loop.remove_reader(self.fd)
+        self.sock.close()
+
+
 async def _serve(cfg: Config, worker_id: int, ready, parent: int) -> int:
     loop = asyncio.get_running_loop()
     gateway = Gateway(cfg, worker_id)
@@ -46,10 +90,9 @@ async def _serve(cfg: Config, worker_id: int, ready, parent: int) -> int:
     )
     registry = ConnectionRegistry()
     registry.start(loop)
-    sock = listen_socket(cfg.host, cfg.port)
-    server = await loop.create_server(
-        lambda: HttpProtocol(gateway, limits, registry), sock=sock
-    )
+    acceptor = Acceptor(loop, listen_socket(cfg.host, cfg.port),
+                        lambda: HttpProtocol(gateway, limits, registry))
+    acceptor.start()
     stop = loop.create_future()
 
     def on_term():
@@ -76,7 +119,7 @@ async def _serve(cfg: Config, worker_id: int, ready, parent: int) -> int:
     gateway.draining = True
     if cfg.drain_delay > 0:
         await asyncio.sleep(cfg.drain_delay)
-    server.close()
+    acceptor.close()
     # requests already in the sockets' buffers but not read yet would look idle:
     # let the loop read them before idle connections are closed
     await asyncio.sleep(0.1)
