@@ -30,6 +30,7 @@ class Config:
     limiter_capacity: int = 1 << 20
     # purchase path
     commit_queue: int = 20000  # reservations waiting for Redis per worker; beyond: 503
+    commit_flights: int = 2  # group-commit writes in flight per worker (batches grow under load)
     wait_queue: int = 10000  # requests parked on units in flight, per worker; beyond: 503
     wait_timeout: float = 2.0  # seconds a parked request may wait; then 503
     refresh_interval: float = 0.1  # seconds between reads of every SKU's sold / stock

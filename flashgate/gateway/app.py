@@ -226,6 +226,7 @@ class Gateway:
         self.queued = 0  # reservations sent or about to be sent to Redis
         self.waiting = 0  # parked requests
         self._flush_scheduled = False
+        self._flights = 0  # flushes sent and not fully answered
         self._boot = os.urandom(6).hex()
         self._seq = 0
         self._tasks: list[asyncio.Task] = []
@@ -480,18 +481,37 @@ class Gateway:
         return p.fut
 
     def _flush(self) -> None:
-        """Group commit: one script call per SKU batch, all pipelined in one write."""
+        """Group commit: one script call per SKU batch, all pipelined in one write.
+
+        At most ``commit_flights`` flushes are in flight: under load the next batch
+        leaves when one comes back, so batches grow with the load instead of the
+        writes (a lone request on an idle worker still leaves at once)."""
         self._flush_scheduled = False
+        if self._flights >= self.cfg.commit_flights:
+            return  # _flight_done flushes again
         cmds = []
         cbs = []
-        for idx, items in self.ledger.take_batches():
+        batches = self.ledger.take_batches()
+        if not batches:
+            return
+        flight = [0]  # calls of this flush not answered yet
+        for idx, items in batches:
             srt = self.sku_rt[idx]
             for i in range(0, len(items), MAX_BATCH):
                 chunk = items[i:i + MAX_BATCH]
                 cmds.append(self._commit_args(srt, chunk))
-                cbs.append(self._commit_callback(srt, chunk))
-        if cmds:
-            self.conn.send_many(cmds, cbs)
+                cbs.append(self._commit_callback(srt, chunk, flight))
+        flight[0] = len(cmds)
+        self._flights += 1
+        self.conn.send_many(cmds, cbs)
+
+    def _flight_done(self, flight: list) -> None:
+        flight[0] -= 1
+        if flight[0] == 0:
+            self._flights -= 1
+            if not self._flush_scheduled:
+                self._flush_scheduled = True
+                self._loop.call_soon(self._flush)
 
     @staticmethod
     def _commit_args(srt: SkuRuntime, items) -> list:
@@ -500,8 +520,19 @@ class Gateway:
             argv += (p.order_id, p.user, p.qty, p.idem or "", p.fp)
         return store.COMMIT.args(srt.keys, argv)
 
-    def _commit_callback(self, srt, items):
-        return lambda reply: self._on_commit(srt, items, reply)
+    def _commit_callback(self, srt, items, flight):
+        def on_reply(reply):
+            if isinstance(reply, RedisError) and str(reply).startswith("NOSCRIPT"):
+                # the script did not run: send it whole (after a Redis restart)
+                args = self._commit_args(srt, items)
+                args[0:2] = ["EVAL", store.COMMIT.source]
+                self.conn.send(args, on_reply)
+                return
+            try:
+                self._on_commit(srt, items, reply)
+            finally:
+                self._flight_done(flight)
+        return on_reply
 
     def _on_commit(self, srt: SkuRuntime, items: list, reply) -> None:
         """Redis answered one batch: settle every reservation in the ledger exactly
@@ -509,12 +540,6 @@ class Gateway:
         ledger = self.ledger
         idx = srt.idx
         counts = srt.ert.counts
-        if isinstance(reply, RedisError) and str(reply).startswith("NOSCRIPT"):
-            # the script did not run: send it whole (this happens after a Redis restart)
-            args = self._commit_args(srt, items)
-            args[0:2] = ["EVAL", store.COMMIT.source]
-            self.conn.send(args, self._commit_callback(srt, items))
-            return
         self.queued -= len(items)
         if not isinstance(reply, list) or len(reply) != 2 + 6 * len(items):
             # a lost connection (indeterminate: 503), an error, or a reply we cannot read
