@@ -56,6 +56,7 @@ local function existing(code, oid, qty)
     emit(code, oid, tonumber(o[1]), tonumber(o[2]), tonumber(o[3]), tonumber(o[4]))
   end
 end
+local new_orders, revenue = 0, 0
 for i = 0, n - 1 do
   local b = 3 + i * 5
   local oid, user, qty, idem, fp = ARGV[b], ARGV[b + 1], tonumber(ARGV[b + 2]), ARGV[b + 3], ARGV[b + 4]
@@ -99,12 +100,17 @@ for i = 0, n - 1 do
                'created_ms', now, 'pay_by_ms', payby)
     redis.call('XADD', KEYS[5], '*', 'type', 'created', 'order_id', oid, 'user', user,
                'qty', qty, 'unit_price', up, 'ts', now)
-    redis.call('INCR', KEYS[6])
-    redis.call('INCRBY', P .. 'revenue', up * qty)
+    new_orders = new_orders + 1
+    revenue = revenue + up * qty
     if sold >= stock then redis.call('SET', P .. 'sold_out_ms', now, 'NX') end
     if ikey then redis.call('SET', ikey, oid .. '|' .. fp, 'EX', 86400) end
     emit(0, oid, up, qty, now, payby)
   end
+end
+-- per batch, not per order (counters for stats; the stream is the record)
+if new_orders > 0 then
+  redis.call('INCRBY', KEYS[6], new_orders)
+  redis.call('INCRBY', P .. 'revenue', revenue)
 end
 out[1] = sold
 return out
