@@ -78,6 +78,7 @@ from http import HTTPStatus
 import orjson
 from httptools import HttpParserError, parse_url
 
+from flashgate.gateway._http import _METHODS as _http_methods
 from flashgate.gateway._http import (
     E_CHUNKED,
     E_CONNECT,
@@ -90,7 +91,6 @@ from flashgate.gateway._http import (
     F_CONTENT_LENGTH,
     F_HTTP10,
     F_NOT_ORIGIN,
-    HEAD,
     RequestParser,
 )
 
@@ -283,6 +283,8 @@ _PARSE_ERRORS = {
 # Heads that need more than the hot path: not origin-form, HTTP/1.0, a Connection
 # header (the parser's flags), or (checked apart) a method other than GET/POST.
 _SLOW_FLAGS = ~F_CONTENT_LENGTH
+_GET = _http_methods[0]
+_POST = _http_methods[1]
 
 
 # --------------------------------------------------------------------------- registry
@@ -364,7 +366,7 @@ class HttpProtocol(asyncio.Protocol):
     __slots__ = (
         # wiring
         "_app_handle", "_limits", "_registry", "_transport", "_loop", "_time",
-        "_parser", "_feed", "_next_head", "_peer_ip",
+        "_parser", "_feed", "_pop_head", "_peer_ip",
         # limits copied out of HttpLimits for the hot path
         "_head_timeout", "_keepalive_timeout", "_max_pipeline",
         # message in progress
@@ -386,7 +388,7 @@ class HttpProtocol(asyncio.Protocol):
         parser = RequestParser(limits.max_head, limits.max_request_line, limits.max_headers)
         self._parser = parser
         self._feed = parser.feed
-        self._next_head = parser.next_head
+        self._pop_head = parser.pop_head
         self._peer_ip = ""
 
         self._head_timeout = limits.head_timeout
@@ -445,7 +447,7 @@ class HttpProtocol(asyncio.Protocol):
         self._state = 0
         self._deadline = 0.0
         self._req = None
-        self._parser = self._feed = self._next_head = None  # drop the buffered input
+        self._parser = self._feed = self._pop_head = None  # drop the buffered input
 
     def eof_received(self):
         self._peer_eof = True
@@ -497,12 +499,12 @@ class HttpProtocol(asyncio.Protocol):
         and its Content-Length body (if any) already here.
         """
         parser = self._parser
-        next_head = self._next_head
+        pop_head = self._pop_head
         while not self._closing:
-            r = next_head()
-            if r != HEAD:
-                if r:
-                    self._parse_failed(r)
+            head = pop_head()
+            if head is None:
+                if parser.error:
+                    self._parse_failed(parser.error)
                 elif not self._state and parser.started:
                     # A head has begun: it must be complete within head_timeout.
                     self._state = 1
@@ -512,43 +514,26 @@ class HttpProtocol(asyncio.Protocol):
             self._fix = self._conn_fix
             # Request() without its Python __init__: about half the cost per request.
             req = _new_request(Request)
-            req.method = method = parser.method
-            req.headers = parser.headers
-            req.keep_alive = parser.keep_alive
+            method, req.path, req.query, req.headers, keep_alive, flags, n = head
+            req.method = method
+            req.keep_alive = keep_alive
             req.peer_ip = self._peer_ip
             if (
-                parser.flags & _SLOW_FLAGS
-                or not req.keep_alive
-                or (method != b"GET" and method != b"POST")
+                flags & _SLOW_FLAGS
+                or not keep_alive
+                or (method is not _GET and method is not _POST)  # the parser's constants
             ):
                 if not self._head_slow(req):
                     return
-            else:
-                req.path = parser.path
-                req.query = parser.query
-            n = parser.content_length
-            if n <= 0:
-                req.body = b""
-            else:
+            if n > 0:
                 body = self._body_of(req, n)
                 if body is None:
                     return  # refused, or wait for the rest of the body
                 req.body = body
-            # Dispatch (as _dispatch does; inlined for the hot path).
-            try:
-                answer = self._app_handle(req)
-            except Exception:
-                log.exception("request handler failed: %r", req)
-                answer = _RESP_500
-            fix = self._fix
-            if fix:
-                self._answer_fixed(answer, fix)
-                if fix & _FIX_CLOSE:
-                    return  # the request ended the connection: ignore what follows
-            elif type(answer) is bytes and not self._queue:
-                self._out.append(answer)
             else:
-                self._enqueue(answer, 0)
+                req.body = b""
+            if self._dispatch(req):
+                return  # the request ended the connection: ignore what follows
 
     def _head_slow(self, req: Request) -> bool:
         """The unusual parts of a head; False when it is refused."""
@@ -561,20 +546,21 @@ class HttpProtocol(asyncio.Protocol):
         elif flags & F_HTTP10:  # an HTTP/1.0 client that asked for keep-alive
             self._fix |= _FIX_KEEP
         if not flags & F_NOT_ORIGIN:
-            req.path = parser.path
-            req.query = parser.query
-        elif parser.target == b"*":  # asterisk-form (OPTIONS *)
+            return True  # origin-form: path and query are the parser's
+        target = parser.target
+        if target == b"*":  # asterisk-form (OPTIONS *)
             req.path, req.query = "*", b""
-        else:  # absolute-form; authority-form is CONNECT only (the parser refuses it)
-            try:
-                parsed = parse_url(parser.target)
-            except HttpParserError:
-                parsed = None
-            if parsed is None or not parsed.schema:
-                self._reject(400, "bad_request", "invalid request target")
-                return False
-            req.path = (parsed.path or b"/").decode("latin-1")
-            req.query = parsed.query or b""
+            return True
+        # absolute-form; authority-form is CONNECT only (the parser refuses it)
+        try:
+            parsed = parse_url(target)
+        except HttpParserError:
+            parsed = None
+        if parsed is None or not parsed.schema:
+            self._reject(400, "bad_request", "invalid request target")
+            return False
+        req.path = (parsed.path or b"/").decode("latin-1")
+        req.query = parsed.query or b""
         return True
 
     def _body_of(self, req: Request, n: int) -> bytes | None:
