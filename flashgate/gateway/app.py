@@ -515,7 +515,7 @@ class Gateway:
 
     @staticmethod
     def _commit_args(srt: SkuRuntime, items) -> list:
-        argv = [srt.prefix, len(items)]
+        argv = [srt.prefix, len(items), 0]  # 0: first send (see commit.lua)
         for p in items:
             argv += (p.order_id, p.user, p.qty, p.idem or "", p.fp)
         return store.COMMIT.args(srt.keys, argv)

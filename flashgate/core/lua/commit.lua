@@ -3,7 +3,10 @@
 -- KEYS: 1 meta (hash), 2 stock, 3 sold, 4 buyers (hash user -> units),
 --       5 orders (stream), 6 orders_n (orders created)
 -- ARGV: 1 key prefix "fg:{<event>:<sku>}:" (order, idem and reg keys share the hash tag),
---       2 n, then n times: order_id, user, qty, idempotency key ("" = none), fingerprint
+--       2 n, 3 "1" when this batch was sent before (its reply was lost): then each
+--       order id is looked up first, so nothing is sold twice (ids are unique, so a
+--       first send needs no lookup), then n times: order_id, user, qty,
+--       idempotency key ("" = none), fingerprint
 -- Reply: {sold, stock, then per reservation: code, order_id, unit_price, qty, created_ms, pay_by_ms}
 --
 -- Codes: 0 sold (new order), 1 sold_out, 2 limit_exceeded, 3 not_started, 4 ended,
@@ -12,6 +15,7 @@
 --        order, 11 not_found (the SKU has no definition).
 local P = ARGV[1]
 local n = tonumber(ARGV[2])
+local resent = ARGV[3] == '1'
 local m = redis.call('HMGET', KEYS[1], 'starts', 'ends', 'paused', 'limit', 'price',
                      'tiers', 'pay_ms', 'reg', 'event', 'sku')
 local stock = tonumber(redis.call('GET', KEYS[2]) or '0')
@@ -19,7 +23,7 @@ local sold = tonumber(redis.call('GET', KEYS[3]) or '0')
 local out = {0, stock}
 if not m[1] then
   for i = 0, n - 1 do
-    local b = 3 + i * 5
+    local b = 4 + i * 5
     for _, v in ipairs({11, ARGV[b], 0, tonumber(ARGV[b + 2]), 0, 0}) do out[#out + 1] = v end
   end
   out[1] = sold
@@ -58,7 +62,7 @@ local function existing(code, oid, qty)
 end
 local new_orders, revenue = 0, 0
 for i = 0, n - 1 do
-  local b = 3 + i * 5
+  local b = 4 + i * 5
   local oid, user, qty, idem, fp = ARGV[b], ARGV[b + 1], tonumber(ARGV[b + 2]), ARGV[b + 3], ARGV[b + 4]
   local okey = P .. 'order:' .. oid
   local ikey = nil
@@ -67,7 +71,7 @@ for i = 0, n - 1 do
     ikey = P .. 'idem:' .. user .. ':' .. idem
     prior = redis.call('GET', ikey)
   end
-  if redis.call('EXISTS', okey) == 1 then
+  if resent and redis.call('EXISTS', okey) == 1 then
     existing(9, oid, qty)
   elseif prior then
     local sep = string.find(prior, '|', 1, true)
