@@ -1,4 +1,3 @@
-# cython: freethreading_compatible = False
 """Sans-IO HTTP/1.1 request-head parser (RFC 9112), strict, incremental.
 
 Theory of operation
@@ -37,7 +36,9 @@ Rules everything else follows:
    (``ScanState``) run by C loops over the buffer. When the buffer ends mid-head
    it records its state and how far it got (``_at``), and the next call resumes
    there: a head arriving one byte at a time costs O(length), not O(length^2).
-   Errors are found at the byte that makes the head invalid, not at its end.
+   Errors are found at the byte that makes the head invalid (a method at its
+   first byte no known method has there), not at the head's end; only the form
+   of the request-target is judged when the target ends.
 
 2. **Offsets, not objects.** While scanning, the parser records offsets from the
    head's first byte (``_mark``, ``_colon``, the ``field_span`` array): they stay

@@ -11,11 +11,20 @@ Run (from the repository root)::
 
     python tests/fuzz/fuzz_http_parser.py -max_total_time=600 -max_len=2048
 
-Results (atheris 3.0.0, CPython 3.11, one core):
+Results (atheris 3.0.0, CPython 3.11, one core; the Cython module is not
+coverage-instrumented, so the seeds and the dictionary below steer the mutations):
 
-* run 1 - 600 s: 1 undocumented difference found and fixed before the run proper
-  (a lone CR before the request line, which llhttp skips: now listed in STRICTER).
-* run 2 - see ``FUZZ_RESULTS`` below, filled in from the final run's log.
+* short runs while writing it: 2 undocumented differences found, both fixed by
+  refusing with a reason of their own, now listed in ``STRICTER``: a lone CR
+  before the request line (llhttp skips it) and an RTSP method in a request
+  line without a version (``FLUSH *.1`` - llhttp reads it as HTTP/0.9). One
+  harness bug (a lone ``F``: llhttp still waits, ours refuses) led to checking
+  completions of what llhttp has not decided yet.
+* 660 s run: 3,062,671 executions (x2 checks each: whole and in pieces),
+  542 corpus units added, 0 failures.
+* 150 s run on the final build: 747,546 executions, 0 failures.
+* plus 40,000 examples of the grammar-aware hypothesis strategy of
+  tests/unit/test_http_parser.py (4.5 min), 0 failures.
 """
 
 from __future__ import annotations
@@ -29,8 +38,6 @@ import atheris
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 with atheris.instrument_imports():
     from tests.fuzz.differential import check
-
-FUZZ_RESULTS = "final run: pending"
 
 SEEDS = [
     b"GET / HTTP/1.1\r\nHost: t\r\n\r\n",
