@@ -24,6 +24,7 @@ import asyncio
 import logging
 import os
 import time
+from bisect import bisect_left as _bisect_left
 from collections import deque
 from math import ceil
 
@@ -587,12 +588,7 @@ class Gateway:
             counts["orders"] += 1
             counts["units_sold"] += qty
             counts["revenue"] += unit_price * qty
-            lat = srt.ert.stats.lat
-            us = now_us - p.t0
-            b = 0
-            while b < len(LAT_BOUNDS) and us > LAT_BOUNDS[b]:
-                b += 1
-            lat[b] += 1
+            srt.ert.stats.lat[_bisect_left(LAT_BOUNDS, now_us - p.t0)] += 1
         return build_response(200, _dumps({
             "order_id": oid.decode() if type(oid) is bytes else oid,
             "event_id": srt.event_id, "sku": srt.sku.id, "user_id": p.user,
