@@ -172,6 +172,24 @@ class Outcome:
     sku: str = ""
 
 
+async def read_response(reader: asyncio.StreamReader, timeout: float = 30.0):
+    """One HTTP/1.1 response with a Content-Length body: ``(status, json or None)``,
+    or ``None`` when the server closed the connection instead."""
+    status_line = await asyncio.wait_for(reader.readline(), timeout)
+    if not status_line:
+        return None
+    status = int(status_line.split()[1])
+    length = 0
+    while True:
+        line = await reader.readline()
+        if line in (b"\r\n", b""):
+            break
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":")[1])
+    payload = await reader.readexactly(length) if length else b""
+    return status, (json.loads(payload) if payload else None)
+
+
 async def http_session(port: int, requests, results: list, *, timeout=30.0):
     """Send ``requests`` ([(method, path, headers, body_bytes, tag)]) one after the
     other on ONE keep-alive connection; append (tag, status, json) to ``results``."""
@@ -181,18 +199,8 @@ async def http_session(port: int, requests, results: list, *, timeout=30.0):
             head = f"{method} {path} HTTP/1.1\r\nHost: t\r\nContent-Length: {len(body)}\r\n"
             head += "".join(f"{k}: {v}\r\n" for k, v in headers.items())
             writer.write(head.encode() + b"\r\n" + body)
-            status_line = await asyncio.wait_for(reader.readline(), timeout)
-            status = int(status_line.split()[1])
-            length = 0
-            while True:
-                line = await reader.readline()
-                if line in (b"\r\n", b""):
-                    break
-                k, _, v = line.decode().partition(":")
-                if k.lower() == "content-length":
-                    length = int(v)
-            payload = await reader.readexactly(length) if length else b""
-            results.append((tag, status, json.loads(payload) if payload else None))
+            status, data = await read_response(reader, timeout)
+            results.append((tag, status, data))
     finally:
         writer.close()
 

@@ -13,7 +13,14 @@ import time
 import pytest
 
 from flashgate.auth import TokenVerifier
-from tests.support import Gateway, check_invariants, event_body, new_id, now_ms
+from tests.support import (
+    Gateway,
+    check_invariants,
+    event_body,
+    new_id,
+    now_ms,
+    read_response,
+)
 
 
 def test_price_ladder_is_decided_at_commit(gw, r):
@@ -132,16 +139,11 @@ def test_sigterm_drains_requests_in_flight(own_gw, r):
         await writer.drain()
         started.append(k)
         for _ in range(100):
-            line = await reader.readline()
-            if not line:
+            answer = await read_response(reader)
+            if answer is None:
                 results.append(("closed", None))
                 break
-            status = int(line.split()[1])
-            length = 0
-            while (h := await reader.readline()) != b"\r\n":
-                if h.lower().startswith(b"content-length:"):
-                    length = int(h.split(b":")[1])
-            results.append((status, json.loads(await reader.readexactly(length))))
+            results.append(answer)
         writer.close()
 
     async def main():

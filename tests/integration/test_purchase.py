@@ -17,6 +17,7 @@ from tests.support import (
     http_session,
     new_id,
     now_ms,
+    read_response,
 )
 
 
@@ -150,12 +151,7 @@ def test_window_boundaries_under_load(gw, r):
                 head = (f"POST /api/v1/events/{ev}/buy HTTP/1.1\r\nHost: t\r\n"
                         f"Content-Length: {len(payload)}\r\nX-User-Id: {headers['X-User-Id']}\r\n\r\n")
                 writer.write(head.encode() + payload)
-                status = int((await reader.readline()).split()[1])
-                length = 0
-                while (line := await reader.readline()) != b"\r\n":
-                    if line.lower().startswith(b"content-length:"):
-                        length = int(line.split(b":")[1])
-                data = json.loads(await reader.readexactly(length))
+                status, data = await read_response(reader)
                 results.append((sent, now_ms(), status, data))
         finally:
             writer.close()
@@ -237,12 +233,7 @@ def pipelined(port, requests, timeout=10.0):
         writer.write(data)
         out = []
         for _ in requests:
-            status = int((await asyncio.wait_for(reader.readline(), timeout)).split()[1])
-            length = 0
-            while (line := await reader.readline()) != b"\r\n":
-                if line.lower().startswith(b"content-length:"):
-                    length = int(line.split(b":")[1])
-            out.append((status, json.loads(await reader.readexactly(length))))
+            out.append(await read_response(reader, timeout))
         writer.close()
         return out
 
