@@ -77,6 +77,7 @@ R_METHOD = _err(405, "method_not_allowed", "method not allowed on this path")
 R_IDEM_MISMATCH = _err(422, "idempotency_mismatch",
                        "this Idempotency-Key was used with a different request")
 R_NOT_REGISTERED = _err(409, "not_registered", "registration is required for this sale")
+R_REGISTRATION_NOT_OPEN = _err(409, "not_started", "registration opens at preheat_at_ms")
 R_READY = build_response(200, b'{"ready":true}')
 R_NOT_READY = _err(503, "unavailable", "not ready", headers=[(b"Retry-After", b"1")])
 R_LIVE = build_response(200, b'{"live":true}')
@@ -847,6 +848,8 @@ class Gateway:
         ev = ert.event
         if now >= ev.ends_at_ms:
             return REJECT[ENDED][1]
+        if ev.preheat_at_ms is not None and now < ev.preheat_at_ms:
+            return R_REGISTRATION_NOT_OPEN  # open from preheat (or creation) to the end
         return self._register(ert, user)
 
     async def _get_order(self, order_id: str, user: str | None) -> bytes:

@@ -384,7 +384,8 @@ def _paths() -> dict:
             "post": _op(
                 "register", "Pre-register (remind me)", "events", BUYER,
                 {200: _json(_ref("Registration"), "Registered; repeating it is harmless."),
-                 409: (["ended"], "The event has ended.")},
+                 409: (["ended", "not_started"],
+                       "The event has ended, or registration has not opened yet.")},
                 ("Unauthenticated", "NotFound", "RateLimited", "Unavailable"),
                 description="Open from preheat_at_ms (or creation) until ends_at_ms. When "
                             "registration_required, only registered users can buy."),

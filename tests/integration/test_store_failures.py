@@ -144,3 +144,17 @@ def test_a_stalled_redis_is_answered_503_fast_and_selling_resumes(private):
     acked.append(order)
     check_invariants(r, gw, ev, body, acked, exact=False)
     r.close()
+
+
+def test_registration_opens_at_preheat(gw, r):
+    ev = new_id("pre")
+    t = now_ms()
+    body = event_body(stock=(5,), starts=t + 60_000, ends=t + 120_000,
+                      preheat_at_ms=t + 30_000, registration_required=True)
+    gw.put_event(ev, body)
+    status, data, _ = gw.request("POST", f"/api/v1/events/{ev}/register", None,
+                                 {"X-User-Id": "early"})
+    assert (status, data["error"]) == (409, "not_started")
+    assert r.smembers(sku_key(ev, "s0", "reg")) == set()
+    assert gw.request("GET", f"/api/v1/events/{ev}")[1]["state"] == "scheduled"
+    check_invariants(r, gw, ev, body, [])
