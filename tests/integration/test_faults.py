@@ -1,0 +1,136 @@
+"""Fault injection under buying load, checked Jepsen-style.
+
+Every client outcome is recorded as ok (200), fail (a definite 4xx) or
+indeterminate (5xx, reset, timeout). Afterwards: ok ⊆ orders in Redis ⊆ ok ∪
+indeterminate, plus the invariants of every test (sold <= stock, Σ buyers == sold ==
+orders in the stream, nobody over the limit)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+
+import pytest
+import redis
+
+from flashgate.embedded import EmbeddedRedis
+from tests.support import Gateway, check_invariants, event_body, new_id, read_response
+
+
+class History:
+    def __init__(self):
+        self.ok: dict[str, dict] = {}  # user -> order
+        self.fail: set[str] = set()
+        self.indeterminate: set[str] = set()
+
+    def check(self, r: redis.Redis, ev: str, body: dict) -> dict:
+        check_invariants(r, None, ev, body, list(self.ok.values()), exact=False)
+        stored: dict[str, int] = {}
+        for sku in body["skus"]:
+            key = "fg:{" + ev + ":" + sku["id"] + "}:buyers"
+            stored.update({k.decode(): int(v) for k, v in r.hgetall(key).items()})
+        lost = set(self.ok) - set(stored)
+        phantom = set(stored) - set(self.ok) - self.indeterminate
+        assert not lost, f"acknowledged orders lost: {sorted(lost)[:5]}"
+        assert not phantom, f"orders nobody may have asked for: {sorted(phantom)[:5]}"
+        assert not (set(stored) & self.fail), "a refused request left an order"
+        return {"acknowledged": len(self.ok), "failed": len(self.fail),
+                "indeterminate": len(self.indeterminate), "stored": len(stored),
+                "lost": len(lost), "indeterminate_committed": len(set(stored) & self.indeterminate)}
+
+
+async def buyer_loop(port: int, ev: str, history: History, users, until: float):
+    """One keep-alive client buying for fresh users until ``until``; reconnects when
+    the server closes or resets the connection."""
+    reader = writer = None
+    for user in users:
+        if time.monotonic() >= until:
+            break
+        try:
+            if writer is None:
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            payload = json.dumps({"sku": "s0"}).encode()
+            writer.write((f"POST /api/v1/events/{ev}/buy HTTP/1.1\r\nHost: t\r\n"
+                          f"X-User-Id: {user}\r\nContent-Length: {len(payload)}\r\n\r\n")
+                         .encode() + payload)
+            answer = await read_response(reader, timeout=5)
+        except (TimeoutError, OSError, asyncio.IncompleteReadError):
+            answer = None
+        if answer is None:
+            history.indeterminate.add(user)
+            if writer is not None:
+                writer.close()
+            reader = writer = None
+            continue
+        status, data = answer
+        if status == 200:
+            history.ok[user] = data
+        elif 400 <= status < 500:
+            history.fail.add(user)
+        else:
+            history.indeterminate.add(user)
+    if writer is not None:
+        writer.close()
+
+
+@pytest.mark.parametrize("fsync", ["always", "everysec"])
+def test_redis_killed_and_restarted_from_its_aof(tmp_path, fsync, capsys):
+    """kill -9 of Redis under load, restart from the AOF on the same port. While it
+    is away: purchases 503, reads served, /readyz 503. After: ready again within 5 s,
+    selling resumes; with appendfsync always no acknowledged order is lost (the
+    process crash loses nothing with everysec either: the kernel has the data)."""
+    data = tmp_path / "redis"
+    server = EmbeddedRedis(data, appendfsync=fsync).start()
+    gw = Gateway(server.url, tmp_path / "gw", workers=2).start()
+    r = redis.Redis.from_url(server.url)
+    ev = new_id("crash")
+    body = event_body(stock=(100_000,))
+    gw.put_event(ev, body)
+    history = History()
+    kill_at = time.monotonic() + 1.0
+    stop_at = kill_at + 3.0
+    away: dict = {}
+
+    async def fault():
+        await asyncio.sleep(max(0.0, kill_at - time.monotonic()))
+        server.kill()
+        await asyncio.sleep(0.3)
+        loop = asyncio.get_running_loop()
+        away["buy"] = (await loop.run_in_executor(None, gw.buy, ev, "s0", "while-away"))[0]
+        away["view"] = (await loop.run_in_executor(
+            None, gw.request, "GET", f"/api/v1/events/{ev}"))[0]
+        away["ready"] = (await loop.run_in_executor(None, gw.request, "GET", "/readyz"))[0]
+        await asyncio.sleep(0.2)
+        EmbeddedRedis(data, appendfsync=fsync, port=server.port).start()
+        away["restarted"] = time.monotonic()
+
+    async def main():
+        users = [[f"c{k}-{i}" for i in range(100_000)] for k in range(8)]
+        await asyncio.gather(fault(), *(buyer_loop(gw.port, ev, history, u, stop_at)
+                                       for u in users))
+
+    try:
+        asyncio.run(main())
+        gw.wait_ready(timeout=5)
+        recovery = time.monotonic() - away["restarted"]
+        status, order, _ = gw.buy(ev, "s0", "after-restart")
+        assert status == 200, order
+        history.ok["after-restart"] = order
+        history.indeterminate.add("while-away")
+        assert away["buy"] == 503 and away["view"] == 200 and away["ready"] == 503, away
+        r = redis.Redis.from_url(server.url)
+        figures = history.check(r, ev, body)
+        assert history.ok and figures["lost"] == 0
+        with capsys.disabled():
+            print(f"\n[redis kill -9, appendfsync {fsync}] kills=1 {figures} "
+                  f"recovery_s={recovery:.2f}")
+    finally:
+        gw.stop(signal.SIGKILL)
+        r.close()
+        stopper = redis.Redis(port=server.port)
+        try:
+            stopper.shutdown(nosave=True)
+        except (redis.ConnectionError, redis.ResponseError):
+            pass
