@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import time
 
@@ -134,3 +135,52 @@ def test_redis_killed_and_restarted_from_its_aof(tmp_path, fsync, capsys):
             stopper.shutdown(nosave=True)
         except (redis.ConnectionError, redis.ResponseError):
             pass
+
+
+def test_workers_killed_three_times_during_a_sale(tmp_path, capsys):
+    """kill -9 of a worker three times while buyers hammer: the supervisor restarts
+    it, what it had in flight was never acknowledged, the other worker goes on
+    selling, and every unit is sold in the end."""
+    from tests.integration.test_operations import worker_pids
+
+    server = EmbeddedRedis(tmp_path / "redis", persist=False).start()
+    gw = Gateway(server.url, tmp_path / "gw", workers=2).start()
+    r = redis.Redis.from_url(server.url)
+    ev = new_id("wkill")
+    body = event_body(stock=(3000,))
+    gw.put_event(ev, body)
+    history = History()
+    start = time.monotonic()
+    kills = []
+
+    async def killer():
+        loop = asyncio.get_running_loop()
+        for at in (0.5, 1.3, 2.1):
+            await asyncio.sleep(max(0.0, start + at - time.monotonic()))
+            pids = await loop.run_in_executor(None, worker_pids, gw)
+            if pids:
+                os.kill(pids[len(kills) % len(pids)], signal.SIGKILL)
+                kills.append(pids[len(kills) % len(pids)])
+
+    async def main(until, prefix):
+        users = [[f"{prefix}{k}-{i}" for i in range(100_000)] for k in range(8)]
+        jobs = [buyer_loop(gw.port, ev, history, u, until) for u in users]
+        if prefix == "w":
+            jobs.append(killer())
+        await asyncio.gather(*jobs)
+
+    try:
+        asyncio.run(main(start + 3.0, "w"))
+        gw.wait_ready(timeout=10)
+        # whatever is left sells to late buyers: no unit is stranded
+        asyncio.run(main(time.monotonic() + 5.0, "late"))
+        figures = history.check(r, ev, body)
+        sold = int(r.get("fg:{" + ev + ":s0}:sold"))
+        assert len(kills) == 3
+        assert sold == 3000, f"units left unsold: {3000 - sold}"
+        with capsys.disabled():
+            print(f"\n[worker kill -9 x{len(kills)}] {figures} sold={sold}")
+    finally:
+        gw.stop(signal.SIGKILL)
+        r.close()
+        server.stop()
