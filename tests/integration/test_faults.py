@@ -184,3 +184,52 @@ def test_workers_killed_three_times_during_a_sale(tmp_path, capsys):
         gw.stop(signal.SIGKILL)
         r.close()
         server.stop()
+
+
+def test_the_whole_gateway_restarts_during_a_sale(tmp_path, capsys):
+    """SIGTERM the gateway mid-sale, start a new one on the same Redis: it recovers
+    the event and every counter from Redis, goes on selling, and the totals add up."""
+    server = EmbeddedRedis(tmp_path / "redis", persist=False).start()
+    r = redis.Redis.from_url(server.url)
+    ev = new_id("restart")
+    body = event_body(stock=(10_000,))
+    history = History()
+    try:
+        first = Gateway(server.url, tmp_path / "gw1", workers=2).start()
+        first.put_event(ev, body)
+
+        async def load(port, prefix, seconds):
+            until = time.monotonic() + seconds
+            users = [[f"{prefix}{k}-{i}" for i in range(100_000)] for k in range(8)]
+            await asyncio.gather(*(buyer_loop(port, ev, history, u, until) for u in users))
+
+        asyncio.run(load(first.port, "a", 0.3))
+        sold_before = int(r.get("fg:{" + ev + ":s0}:sold"))
+        assert 0 < sold_before < 10_000, sold_before  # the restart comes mid-sale
+        assert first.stop() == 0
+        second = Gateway(server.url, tmp_path / "gw2", workers=2).start()
+        try:
+            second.wait_event(ev)
+            view = second.request("GET", f"/api/v1/events/{ev}")[1]
+            assert view["skus"][0]["sold"] == sold_before  # recovered from Redis
+            asyncio.run(load(second.port, "b", 8.0))
+            figures = history.check(r, ev, body)
+            sold = int(r.get("fg:{" + ev + ":s0}:sold"))
+            assert sold == 10_000
+            deadline = time.monotonic() + 3
+            while time.monotonic() < deadline:
+                stats = second.admin("GET", f"/api/v1/admin/events/{ev}/stats")[1]
+                attempts = len(history.ok) + len(history.fail) + len(history.indeterminate)
+                if stats["attempts"] == attempts:
+                    break
+                time.sleep(0.1)
+            assert stats["attempts"] == attempts, (stats["attempts"], attempts)
+            assert stats["units_sold"] == sold and stats["orders"] == len(history.ok)
+            with capsys.disabled():
+                print(f"\n[gateway restart] sold before={sold_before} {figures} "
+                      f"attempts counted={stats['attempts']}")
+        finally:
+            second.stop()
+    finally:
+        r.close()
+        server.stop()
