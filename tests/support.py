@@ -62,7 +62,7 @@ class Gateway:
         self.port = 0
         self.output: list[str] = []
 
-    def start(self, timeout: float = 30.0) -> Gateway:
+    def start(self, timeout: float = 30.0, wait_ready: bool = True) -> Gateway:
         self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      text=True, start_new_session=True)
         found = threading.Event()
@@ -79,7 +79,8 @@ class Gateway:
         if not found.wait(timeout):
             self.stop()
             raise RuntimeError("gateway did not start:\n" + "".join(self.output))
-        self.wait_ready()
+        if wait_ready:
+            self.wait_ready()
         return self
 
     def wait_ready(self, timeout: float = 15.0) -> None:

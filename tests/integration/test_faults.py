@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import time
 
@@ -231,5 +232,37 @@ def test_the_whole_gateway_restarts_during_a_sale(tmp_path, capsys):
         finally:
             second.stop()
     finally:
+        r.close()
+        server.stop()
+
+
+@pytest.mark.skipif(shutil.which("faketime") is None, reason="needs faketime (libfaketime)")
+def test_a_worker_whose_clock_is_off_refuses_to_sell(tmp_path, monkeypatch):
+    """A gateway whose wall clock is 5 s ahead of Redis TIME (bound: 2 s) says so in
+    /readyz and its log, answers purchases 503 and sells nothing."""
+    server = EmbeddedRedis(tmp_path / "redis", persist=False).start()
+    r = redis.Redis.from_url(server.url)
+    monkeypatch.setenv("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+    gw = Gateway(server.url, tmp_path / "gw", workers=1)
+    gw.args = ["faketime", "-f", "+5s", *gw.args]
+    gw.args[gw.args.index("--log-level") + 1] = "info"
+    try:
+        gw.start(wait_ready=False)
+        ev = new_id("skew")
+        body = event_body(stock=(10,))
+        status, _, _ = gw.admin("PUT", f"/api/v1/admin/events/{ev}", body)
+        assert status == 201
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and gw.request("GET", "/readyz")[0] != 503:
+            time.sleep(0.05)
+        assert gw.request("GET", "/readyz")[0] == 503
+        for i in range(5):
+            status, data, _ = gw.buy(ev, "s0", f"u{i}")
+            assert (status, data["error"]) == (503, "unavailable"), data
+        assert any("clock differs from Redis TIME" in line for line in gw.output)
+        check_invariants(r, None, ev, body, [])
+        assert int(r.get("fg:{" + ev + ":s0}:sold")) == 0
+    finally:
+        gw.stop(signal.SIGKILL)
         r.close()
         server.stop()
