@@ -100,7 +100,9 @@ def test_redis_killed_and_restarted_from_its_aof(tmp_path, fsync, capsys):
         server.kill()
         await asyncio.sleep(0.3)
         loop = asyncio.get_running_loop()
-        away["buy"] = (await loop.run_in_executor(None, gw.buy, ev, "s0", "while-away"))[0]
+        status, _, headers = await loop.run_in_executor(None, gw.buy, ev, "s0", "while-away")
+        away["buy"] = status
+        away["retry_after"] = headers.get("Retry-After")
         away["view"] = (await loop.run_in_executor(
             None, gw.request, "GET", f"/api/v1/events/{ev}"))[0]
         away["ready"] = (await loop.run_in_executor(None, gw.request, "GET", "/readyz"))[0]
@@ -121,7 +123,8 @@ def test_redis_killed_and_restarted_from_its_aof(tmp_path, fsync, capsys):
         assert status == 200, order
         history.ok["after-restart"] = order
         history.indeterminate.add("while-away")
-        assert away["buy"] == 503 and away["view"] == 200 and away["ready"] == 503, away
+        assert away["buy"] == 503 and away["retry_after"] and away["view"] == 200, away
+        assert away["ready"] == 503, away
         r = redis.Redis.from_url(server.url)
         figures = history.check(r, ev, body)
         assert history.ok and figures["lost"] == 0
@@ -264,5 +267,58 @@ def test_a_worker_whose_clock_is_off_refuses_to_sell(tmp_path, monkeypatch):
         assert int(r.get("fg:{" + ev + ":s0}:sold")) == 0
     finally:
         gw.stop(signal.SIGKILL)
+        r.close()
+        server.stop()
+
+
+def test_redis_slow_then_cut_off_then_healed(tmp_path, capsys):
+    """Between gateway and Redis: 30 ms of latency (the commit queue stays bounded:
+    503 beyond it), then the link goes silent in the middle of commits (the
+    watchdog gives up on the lost replies: 503, never sold twice), then it heals and
+    selling resumes."""
+    from tests.faultproxy import FaultProxy
+
+    server = EmbeddedRedis(tmp_path / "redis", persist=False).start()
+    r = redis.Redis.from_url(server.url)
+    proxy = FaultProxy(server.port).start()
+    gw = Gateway(f"redis://127.0.0.1:{proxy.port}/0", tmp_path / "gw", workers=2,
+                 extra=["--commit-queue", "64"]).start()
+    ev = new_id("proxy")
+    body = event_body(stock=(50_000,))
+    history = History()
+    phases: dict = {}
+    try:
+        gw.put_event(ev, body)
+
+        async def faults():
+            await asyncio.sleep(0.5)
+            proxy.delay = 0.03
+            await asyncio.sleep(1.0)
+            phases["slow_ok"] = len(history.ok)
+            proxy.blackhole = True  # replies in flight are lost from here
+            await asyncio.sleep(3.0)  # the watchdog (2 s) closes the silent link
+            proxy.blackhole = False
+            proxy.delay = 0.0
+            proxy.cut()
+            phases["healed_at"] = time.monotonic()
+
+        async def main():
+            until = time.monotonic() + 7.0
+            users = [[f"p{k}-{i}" for i in range(100_000)] for k in range(32)]
+            await asyncio.gather(faults(), *(buyer_loop(gw.port, ev, history, u, until)
+                                             for u in users))
+
+        asyncio.run(main())
+        gw.wait_ready(timeout=10)
+        status, order, _ = gw.buy(ev, "s0", "after-heal")
+        assert status == 200, order
+        history.ok["after-heal"] = order
+        figures = history.check(r, ev, body)
+        assert figures["indeterminate"] > 0, "the faults did not bite"
+        with capsys.disabled():
+            print(f"\n[redis slow, cut, healed] {figures} ok_before_cut={phases['slow_ok']}")
+    finally:
+        gw.stop(signal.SIGKILL)
+        proxy.stop()
         r.close()
         server.stop()
