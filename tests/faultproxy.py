@@ -62,7 +62,15 @@ class FaultProxy:
         self._loop.call_soon_threadsafe(go)
 
     def stop(self) -> None:
-        self.cut()
-        self._loop.call_soon_threadsafe(self._server.close)
+        async def shutdown():
+            for w in list(self._conns):
+                w.transport.abort()
+            self._server.close()
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(5)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
