@@ -273,8 +273,8 @@ class Gateway:
         return self.queued > 0 or self.waiting > 0
 
     async def stop(self) -> None:
-        try:
-            await self._flush_stats()
+        try:  # the last counts, if Redis answers quickly: never hold the exit up
+            await asyncio.wait_for(self._flush_stats(), 0.5)
         except Exception:
             pass
         for t in self._tasks:

@@ -20,6 +20,9 @@ import redis
 from flashgate.embedded import EmbeddedRedis
 from tests.support import Gateway, check_invariants, event_body, new_id, read_response
 
+# FLASHGATE_SOAK=10 makes every load phase 10 times longer (soak runs, by hand)
+SOAK = float(os.environ.get("FLASHGATE_SOAK", "1"))
+
 
 class History:
     def __init__(self):
@@ -91,8 +94,8 @@ def test_redis_killed_and_restarted_from_its_aof(tmp_path, fsync, capsys):
     body = event_body(stock=(100_000,))
     gw.put_event(ev, body)
     history = History()
-    kill_at = time.monotonic() + 1.0
-    stop_at = kill_at + 3.0
+    kill_at = time.monotonic() + 1.0 * SOAK
+    stop_at = kill_at + 3.0 * SOAK
     away: dict = {}
 
     async def fault():
@@ -174,7 +177,7 @@ def test_workers_killed_three_times_during_a_sale(tmp_path, capsys):
         await asyncio.gather(*jobs)
 
     try:
-        asyncio.run(main(start + 3.0, "w"))
+        asyncio.run(main(start + 3.0 * SOAK, "w"))
         gw.wait_ready(timeout=10)
         # whatever is left sells to late buyers: no unit is stranded
         asyncio.run(main(time.monotonic() + 5.0, "late"))
@@ -303,7 +306,7 @@ def test_redis_slow_then_cut_off_then_healed(tmp_path, capsys):
             phases["healed_at"] = time.monotonic()
 
         async def main():
-            until = time.monotonic() + 7.0
+            until = time.monotonic() + 7.0 * SOAK
             users = [[f"p{k}-{i}" for i in range(100_000)] for k in range(32)]
             await asyncio.gather(faults(), *(buyer_loop(gw.port, ev, history, u, until)
                                              for u in users))
@@ -321,4 +324,37 @@ def test_redis_slow_then_cut_off_then_healed(tmp_path, capsys):
         gw.stop(signal.SIGKILL)
         proxy.stop()
         r.close()
+        server.stop()
+
+
+def test_the_drain_ends_within_its_grace_period(tmp_path):
+    """SIGTERM while a purchase is stuck on a stalled Redis: the gateway still exits 0
+    within the configured grace period (plus the watchdog's bound)."""
+    server = EmbeddedRedis(tmp_path / "redis", persist=False).start()
+    gw = Gateway(server.url, tmp_path / "gw", workers=1, extra=["--drain-grace", "0.5"]).start()
+    ev = new_id("grace")
+    try:
+        gw.put_event(ev, event_body(stock=(10,)))
+        os.kill(server.proc.pid, signal.SIGSTOP)
+
+        async def stuck_then_term():
+            reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+            payload = b'{"sku":"s0"}'
+            writer.write((f"POST /api/v1/events/{ev}/buy HTTP/1.1\r\nHost: t\r\n"
+                          f"X-User-Id: u1\r\nContent-Length: {len(payload)}\r\n\r\n")
+                         .encode() + payload)
+            await writer.drain()
+            await asyncio.sleep(0.2)
+            t0 = time.monotonic()
+            gw.proc.send_signal(signal.SIGTERM)
+            code = await asyncio.get_running_loop().run_in_executor(None, gw.proc.wait, 10)
+            writer.close()
+            return code, time.monotonic() - t0
+
+        code, took = asyncio.run(stuck_then_term())
+        assert code == 0
+        assert took < 0.5 + 2.0 + 1.0, f"the drain took {took:.1f} s"
+    finally:
+        os.kill(server.proc.pid, signal.SIGCONT)
+        gw.stop(signal.SIGKILL)
         server.stop()
