@@ -13,6 +13,7 @@ EXTENSIONS = [
     ("flashgate.core._stock", "flashgate/core/_stock.pyx"),
     ("flashgate.limiter._gcra", "flashgate/limiter/_gcra.pyx"),
     ("flashgate.gateway._http", "flashgate/gateway/_http.pyx"),
+    ("flashgate.gateway._protocol", "flashgate/gateway/_protocol.pyx"),
 ]
 
 
