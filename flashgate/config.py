@@ -28,6 +28,7 @@ class Config:
     global_rate: float = 0.0
     global_burst: float = 1000.0
     limiter_capacity: int = 1 << 20
+    trusted_proxies: str = ""  # CIDRs whose X-Forwarded-For is believed, comma-separated
     # purchase path
     commit_queue: int = 20000  # reservations waiting for Redis per worker; beyond: 503
     commit_flights: int = 2  # group-commit writes in flight per worker (batches grow under load)
@@ -61,6 +62,8 @@ _HELP = {
     "user_secret": "HMAC secret of buyer tokens (none: dev mode, X-User-Id accepted)",
     "appendfsync": "embedded Redis AOF fsync policy: everysec or always",
     "demo": "load a demo event when Redis holds no event",
+    "trusted_proxies": "comma-separated CIDRs of load balancers whose X-Forwarded-For is "
+                       "believed (the right-most untrusted hop is the client)",
 }
 
 
@@ -102,4 +105,10 @@ def from_args(argv: list[str] | None = None) -> Config:
         cfg.workers = os.cpu_count() or 1
     if cfg.appendfsync not in ("everysec", "always"):
         raise SystemExit("flashgate: --appendfsync must be everysec or always")
+    from flashgate.gateway.clientip import ClientIP
+
+    try:
+        ClientIP(cfg.trusted_proxies)
+    except ValueError as e:
+        raise SystemExit(f"flashgate: --trusted-proxies: {e}") from None
     return cfg

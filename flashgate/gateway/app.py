@@ -46,6 +46,7 @@ from flashgate.core._stock import (
 )
 from flashgate.core.events import EventError, parse_event
 from flashgate.core.redisconn import RedisConnection, RedisError, RedisUnavailable
+from flashgate.gateway.clientip import ClientIP
 from flashgate.gateway.protocol import build_response, error_response
 from flashgate.limiter import Limiter
 
@@ -217,6 +218,7 @@ class Gateway:
         self.sku_rt: list[SkuRuntime] = []  # by ledger index
         self._users: dict[bytes, str] = {}  # X-User-Id values already validated
         self._bodies: dict[bytes, tuple | bytes] = {}  # buy bodies already parsed
+        self.client_ip = ClientIP(cfg.trusted_proxies)
         self._ip_limited = cfg.ip_rate > 0
         self._user_limited = cfg.user_rate > 0
         self._global_limited = cfg.global_rate > 0
@@ -329,6 +331,10 @@ class Gateway:
             return build_response(200, document_bytes())
         return R_NOT_FOUND
 
+    def ip_of(self, req) -> str:
+        """The client IP: the peer, or the X-Forwarded-For hop a trusted proxy vouches for."""
+        return self.client_ip.of(req.peer_ip, req.headers.get(b"x-forwarded-for"))
+
     # -- identity ------------------------------------------------------------------
 
     def user_of(self, req) -> str | None:
@@ -366,7 +372,8 @@ class Gateway:
         limiter = self.limiter
         if self._ip_limited or self._user_limited:
             now_us = _mono_ns() // 1000
-            wait = limiter.check_ip(req.peer_ip, now_us) or limiter.check_user(user, now_us)
+            wait = (self._ip_limited and limiter.check_ip(self.ip_of(req), now_us)) \
+                or limiter.check_user(user, now_us)
             if wait:
                 counts["rate_limited"] += 1
                 return _rate_limited(wait)
@@ -841,7 +848,7 @@ class Gateway:
         user = self.user_of(req)
         if user is None:
             return R_UNAUTH
-        wait = self.limiter.check_ip(req.peer_ip, _mono_ns() // 1000)
+        wait = self.limiter.check_ip(self.ip_of(req), _mono_ns() // 1000)
         if wait:
             return _rate_limited(wait)
         now = self.now_ms()

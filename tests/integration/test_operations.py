@@ -173,3 +173,39 @@ def test_token_command_mints_a_valid_token():
                              env={k: v for k, v in os.environ.items()
                                   if k != "FLASHGATE_USER_SECRET"})
     assert missing.returncode == 2 and "secret" in missing.stderr
+
+
+def test_rate_limits_follow_the_client_behind_a_trusted_proxy(redis_server, tmp_path, r):
+    """With 127.0.0.1 as a trusted proxy, the per-IP limit applies to the
+    X-Forwarded-For client; without that setting the header changes nothing."""
+    trusting = Gateway(redis_server.url, tmp_path / "t", workers=1,
+                       extra=["--ip-rate", "1", "--ip-burst", "1",
+                              "--trusted-proxies", "127.0.0.0/8"]).start()
+    plain = Gateway(redis_server.url, tmp_path / "p", workers=1,
+                    extra=["--ip-rate", "1", "--ip-burst", "1"]).start()
+    ev = new_id("xff")
+    body = event_body(stock=(100,), limits=(1,))
+    try:
+        trusting.put_event(ev, body)
+        plain.wait_event(ev)
+        acked = []
+
+        def buy(gw, user, client):
+            return gw.buy(ev, "s0", user, headers={"X-Forwarded-For": client})
+
+        status, order, _ = buy(trusting, "a1", "198.51.100.1")
+        assert status == 200
+        acked.append(order)
+        assert buy(trusting, "a2", "198.51.100.1")[0] == 429  # same client, over its rate
+        status, order, _ = buy(trusting, "a3", "198.51.100.2")  # another client
+        assert status == 200
+        acked.append(order)
+        status, order, _ = buy(plain, "b1", "198.51.100.3")
+        assert status == 200
+        acked.append(order)
+        # not trusted: every request is 127.0.0.1's, whatever the header says
+        assert buy(plain, "b2", "198.51.100.4")[0] == 429
+        check_invariants(r, trusting, ev, body, acked)
+    finally:
+        trusting.stop()
+        plain.stop()
