@@ -80,9 +80,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="flashgate limiter flags for the memory run; the default turns the "
                         "per-IP and per-user limiters on with rates no client reaches, so their "
                         f"state is counted (default: {MEMORY_FLAGS!r}; 'off' = every limiter off)")
-    p.add_argument("--xff-flags", default="",
-                   help="flashgate flags that make it trust X-Forwarded-For from 127.0.0.1; "
-                        "when given, the memory run also varies the client IP per request")
+    p.add_argument("--xff-flags", default="--trusted-proxies 127.0.0.0/8",
+                   help="flashgate flags that make it trust X-Forwarded-For from 127.0.0.1, so "
+                        "the memory run varies the client IP per request "
+                        "(default: '--trusted-proxies 127.0.0.0/8'; '' = one client IP)")
     p.add_argument("--flashgate", default="",
                    help="command that runs flashgate (default: the `flashgate` script, else "
                         "`python -m flashgate`)")
