@@ -33,9 +33,11 @@ class History:
     def check(self, r: redis.Redis, ev: str, body: dict) -> dict:
         check_invariants(r, None, ev, body, list(self.ok.values()), exact=False)
         stored: dict[str, int] = {}
+        oversold = 0
         for sku in body["skus"]:
-            key = "fg:{" + ev + ":" + sku["id"] + "}:buyers"
-            stored.update({k.decode(): int(v) for k, v in r.hgetall(key).items()})
+            p = "fg:{" + ev + ":" + sku["id"] + "}:"
+            stored.update({k.decode(): int(v) for k, v in r.hgetall(p + "buyers").items()})
+            oversold += max(0, int(r.get(p + "sold") or 0) - int(r.get(p + "stock") or 0))
         lost = set(self.ok) - set(stored)
         phantom = set(stored) - set(self.ok) - self.indeterminate
         assert not lost, f"acknowledged orders lost: {sorted(lost)[:5]}"
@@ -43,7 +45,8 @@ class History:
         assert not (set(stored) & self.fail), "a refused request left an order"
         return {"acknowledged": len(self.ok), "failed": len(self.fail),
                 "indeterminate": len(self.indeterminate), "stored": len(stored),
-                "lost": len(lost), "indeterminate_committed": len(set(stored) & self.indeterminate)}
+                "lost": len(lost), "oversold": oversold,
+                "indeterminate_committed": len(set(stored) & self.indeterminate)}
 
 
 async def buyer_loop(port: int, ev: str, history: History, users, until: float):

@@ -119,7 +119,7 @@ def test_a_killed_worker_is_restarted(own_gw, r):
     check_invariants(r, gw, ev, body, orders)
 
 
-def test_sigterm_drains_requests_in_flight(own_gw, r):
+def test_sigterm_drains_requests_in_flight(own_gw, r, capsys):
     """Pipelined buys are in flight when SIGTERM arrives: every one is answered, the
     commits finish, and the gateway exits 0."""
     gw = own_gw.start()
@@ -159,7 +159,9 @@ def test_sigterm_drains_requests_in_flight(own_gw, r):
     statuses = [s for s, _ in results]
     assert "closed" not in statuses, "a pipelined request lost its answer"
     assert statuses == [200] * 2000, {s: statuses.count(s) for s in set(statuses)}
-    check_invariants(r, None, ev, body, [b for _, b in results])
+    figures = check_invariants(r, None, ev, body, [b for _, b in results])
+    with capsys.disabled():
+        print(f"\n[SIGTERM under load] in flight=2000 answered=2000 failed=0 {figures}")
 
 
 def test_token_command_mints_a_valid_token():
