@@ -29,6 +29,7 @@ class History:
         self.ok: dict[str, dict] = {}  # user -> order
         self.fail: set[str] = set()
         self.indeterminate: set[str] = set()
+        self.other_5xx: dict[int, int] = {}  # anything but 503 is a defect
 
     def check(self, r: redis.Redis, ev: str, body: dict) -> dict:
         check_invariants(r, None, ev, body, list(self.ok.values()), exact=False)
@@ -43,6 +44,7 @@ class History:
         assert not lost, f"acknowledged orders lost: {sorted(lost)[:5]}"
         assert not phantom, f"orders nobody may have asked for: {sorted(phantom)[:5]}"
         assert not (set(stored) & self.fail), "a refused request left an order"
+        assert not self.other_5xx, f"answers other than 503 from the server: {self.other_5xx}"
         return {"acknowledged": len(self.ok), "failed": len(self.fail),
                 "indeterminate": len(self.indeterminate), "stored": len(stored),
                 "lost": len(lost), "oversold": oversold,
@@ -79,6 +81,8 @@ async def buyer_loop(port: int, ev: str, history: History, users, until: float):
             history.fail.add(user)
         else:
             history.indeterminate.add(user)
+            if status != 503:
+                history.other_5xx[status] = history.other_5xx.get(status, 0) + 1
     if writer is not None:
         writer.close()
 
