@@ -142,11 +142,6 @@ class RedisConnection:
     def connected(self) -> bool:
         return self._proto is not None and self._proto.transport is not None
 
-    @property
-    def pending(self) -> int:
-        """Commands written and not answered yet."""
-        return len(self._proto.waiters) if self._proto is not None else 0
-
     async def connect(self) -> None:
         loop = asyncio.get_running_loop()
         proto = _Protocol(self._lost)

@@ -26,7 +26,6 @@ Order ids are ``<event>.<sku>.<unique>``: the ids need no index to find their ke
 from __future__ import annotations
 
 import hashlib
-import time
 from importlib import resources
 
 import orjson
@@ -244,6 +243,3 @@ async def sku_totals(conn: RedisConnection, event: Event) -> list[dict]:
                     "orders": int(n or 0), "revenue": int(rev or 0)})
     return out
 
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000

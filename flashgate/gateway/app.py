@@ -52,7 +52,6 @@ from flashgate.limiter import Limiter
 
 log = logging.getLogger("flashgate.app")
 
-JSON = b"application/json"
 MAX_BATCH = 256  # reservations per commit script call
 
 _now_ns = time.time_ns
