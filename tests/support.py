@@ -99,7 +99,12 @@ class Gateway:
         if self.proc is None:
             return None
         if self.proc.poll() is None:
-            self.proc.send_signal(sig)
+            if sig == signal.SIGKILL:
+                # the whole session: the supervisor, its workers, and any wrapper
+                # (faketime) between the test and the supervisor
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            else:
+                self.proc.send_signal(sig)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
