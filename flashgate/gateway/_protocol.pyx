@@ -1,11 +1,11 @@
-"""``HttpProtocol`` compiled: the same connection state machine as
-``flashgate.gateway.protocol.HttpProtocol``, with typed state and ``cdef`` methods.
+"""``HttpProtocol``: the HTTP/1.1 connection state machine, compiled, with typed state
+and ``cdef`` methods. Import it from ``flashgate.gateway.protocol``.
 
-``protocol.py`` stays the reference: its module docstring (the theory of operation)
-holds for this class rule by rule, and the helpers that are not on the hot path
-(``Request``, ``ConnectionRegistry``, ``HttpLimits``, the response builders, the
-answer rewriting and the table of parse errors) are imported from it, not copied.
-What differs is only how the work is done:
+``protocol.py`` holds the theory of operation (its module docstring, which this class
+follows rule by rule) and the helpers that are not on the hot path (``Request``,
+``ConnectionRegistry``, ``HttpLimits``, the response builders, the answer rewriting
+and the table of parse errors); they are imported from there, not copied. How the
+work is done here:
 
 * the parser is ``cimport``-ed: the next head is pulled with its C ``_next()`` and
   its parts are read as C attributes, not as a tuple built per request;
@@ -276,18 +276,9 @@ cdef class HttpProtocolCore:
         except Exception:
             log.exception("unexpected error while parsing a request")
             self._reject(500, "internal", "internal error")
-        cdef list out = self._out
-        if out:
-            # Everything that became ready while parsing this chunk, in one write
-            # (a single answer is written as the app's own bytes object).
-            if len(out) == 1:
-                data = out[0]
-            else:
-                data = b"".join(out)
-            out.clear()
-            self._transport.write(data)
-            if self._closing and not self._queue:
-                self._finish()
+        if self._out:
+            # everything that became ready while parsing this chunk, in one write
+            self._write_out()
 
     # ---------------------------------------------------------------- parsing
 
@@ -510,6 +501,7 @@ cdef class HttpProtocolCore:
         return 0
 
     cdef int _write_out(self) except -1:
+        # a single answer is written as the app's own bytes object, several joined
         cdef list out = self._out
         if len(out) == 1:
             data = out[0]

@@ -3,7 +3,9 @@
 Theory of operation
 ===================
 
-One ``HttpProtocol`` per TCP (or unix) connection. It knows nothing of routing: it
+One ``HttpProtocol`` per TCP (or unix) connection; the class is compiled Cython
+(``_protocol.pyx``, typed state and ``cdef`` methods) and is imported from here, with
+the helpers below that it shares. It knows nothing of routing: it
 turns bytes into ``Request`` objects, hands each to ``app.handle(request)`` and
 writes back the complete response bytes the app returns. Everything follows from a
 handful of rules:
@@ -71,12 +73,11 @@ to the same answers as before through ``_PARSE_ERRORS``.
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 from http import HTTPStatus
+from typing import TYPE_CHECKING
 
 import orjson
-from httptools import HttpParserError, parse_url
 
 from flashgate.gateway._http import _METHODS as _http_methods
 from flashgate.gateway._http import (
@@ -89,9 +90,6 @@ from flashgate.gateway._http import (
     E_URI_TOO_LONG,
     E_VERSION,
     F_CONTENT_LENGTH,
-    F_HTTP10,
-    F_NOT_ORIGIN,
-    RequestParser,
 )
 
 __all__ = [
@@ -104,6 +102,9 @@ __all__ = [
 ]
 
 log = logging.getLogger("flashgate.http")
+
+if TYPE_CHECKING:
+    from flashgate.gateway._protocol import HttpProtocol
 
 ADMIN_PREFIX = "/api/v1/admin/"
 
@@ -360,462 +361,12 @@ class ConnectionRegistry:
 # --------------------------------------------------------------------------- protocol
 
 
-class HttpProtocol(asyncio.Protocol):
-    """HTTP/1.1 server side of one connection. Factory: ``lambda: HttpProtocol(app, limits, registry)``."""
+def __getattr__(name: str):
+    # ``HttpProtocol`` is the compiled state machine of _protocol.pyx, which imports
+    # this module's helpers: resolving it on first use keeps the import acyclic.
+    if name == "HttpProtocol":
+        from flashgate.gateway._protocol import HttpProtocol
 
-    __slots__ = (
-        # wiring
-        "_app_handle", "_limits", "_registry", "_transport", "_loop", "_time",
-        "_parser", "_feed", "_pop_head", "_peer_ip",
-        # limits copied out of HttpLimits for the hot path
-        "_head_timeout", "_keepalive_timeout", "_max_pipeline",
-        # message in progress
-        "_state", "_req", "_body_need", "_body_size", "_body_limit", "_fix", "_conn_fix",
-        # answers
-        "_out", "_queue",
-        # timing and connection state
-        "_last_rx", "_deadline", "_closing", "_lingering", "_closed", "_peer_eof",
-        "_rpaused", "_wpaused", "_wpaused_at",
-    )  # fmt: skip
-
-    def __init__(self, app, limits: HttpLimits, registry: ConnectionRegistry) -> None:
-        self._app_handle = app.handle
-        self._limits = limits
-        self._registry = registry
-        self._transport = None
-        self._loop = None
-        self._time = None
-        parser = RequestParser(limits.max_head, limits.max_request_line, limits.max_headers)
-        self._parser = parser
-        self._feed = parser.feed
-        self._pop_head = parser.pop_head
-        self._peer_ip = ""
-
-        self._head_timeout = limits.head_timeout
-        self._keepalive_timeout = limits.keepalive_timeout
-        self._max_pipeline = limits.max_pipeline
-
-        self._state = 0
-        self._req: Request | None = None  # the request whose body is awaited (state 2)
-        self._body_need = 0  # its Content-Length
-        self._body_size = 0  # body bytes received so far
-        self._body_limit = limits.max_body
-        self._fix = 0
-        self._conn_fix = 0  # _FIX_CLOSE once a graceful drain asked this connection to end
-
-        self._out: list[bytes] = []
-        self._queue: collections.deque = collections.deque()
-
-        self._last_rx = 0.0
-        self._deadline = 0.0  # 0.0 = no deadline running
-        self._closing = False  # no more requests: close once the owed answers are out
-        self._lingering = False  # FIN sent, discarding input until EOF or the deadline
-        self._closed = False  # connection_lost seen (or never registered)
-        self._peer_eof = False
-        self._rpaused = False
-        self._wpaused = False
-        self._wpaused_at = 0.0
-
-    # ---------------------------------------------------------------- asyncio callbacks
-
-    def connection_made(self, transport) -> None:
-        self._transport = transport
-        loop = self._loop = asyncio.get_running_loop()
-        self._time = loop.time
-        self._last_rx = loop.time()
-        peer = transport.get_extra_info("peername")
-        self._peer_ip = peer[0] if isinstance(peer, tuple) and peer else ""
-        registry = self._registry
-        if not registry.now:  # registry not started yet: give its clock a sane origin
-            registry.now = self._last_rx
-        if len(registry) >= self._limits.max_connections:
-            # Over the per-worker cap: say so and go. Never registered, never swept.
-            self._closing = self._closed = True
-            transport.write(_RESP_503)
-            transport.close()
-            return
-        transport.set_write_buffer_limits(high=self._limits.write_buffer_high)
-        registry._conns.add(self)
-
-    def connection_lost(self, exc) -> None:
-        # Owed answers are dropped; the app's awaitables keep running to completion
-        # (their done callback sees _closed and only logs failures).
-        self._closed = self._closing = True
-        self._registry._conns.discard(self)
-        self._queue.clear()
-        self._out.clear()
-        self._state = 0
-        self._deadline = 0.0
-        self._req = None
-        self._parser = self._feed = self._pop_head = None  # drop the buffered input
-
-    def eof_received(self):
-        self._peer_eof = True
-        if self._lingering or self._closing and not self._queue:
-            return False  # close now
-        if self._queue:
-            # The client half-closed after its requests: still send what is owed.
-            self._closing = True
-            self._state = 0
-            self._deadline = 0.0
-            return True
-        return False  # nothing owed (a partial request is abandoned): close
-
-    def pause_writing(self) -> None:
-        self._wpaused = True
-        self._wpaused_at = self._time()
-        self._update_reading()
-
-    def resume_writing(self) -> None:
-        self._wpaused = False
-        self._update_reading()
-
-    def data_received(self, data: bytes) -> None:
-        if self._closing:
-            return  # closing or lingering: input is ignored
-        self._last_rx = self._registry.now
-        self._feed(data)
-        try:
-            if self._state != 2 or self._read_body():
-                self._read_requests()
-        except Exception:
-            log.exception("unexpected error while parsing a request")
-            self._reject(500, "internal", "internal error")
-        out = self._out
-        if out:
-            # Everything that became ready while parsing this chunk, in one write
-            # (b"".join of a single answer is that answer, not a copy).
-            self._transport.write(b"".join(out))
-            out.clear()
-            if self._closing and not self._queue:
-                self._finish()
-
-    # ---------------------------------------------------------------- parsing
-
-    def _read_requests(self) -> None:
-        """Dispatch every complete request buffered, in order; stop at an incomplete one.
-
-        The hot path: a GET/POST in origin-form, HTTP/1.1, no Connection header,
-        and its Content-Length body (if any) already here.
-        """
-        parser = self._parser
-        pop_head = self._pop_head
-        while not self._closing:
-            head = pop_head()
-            if head is None:
-                if parser.error:
-                    self._parse_failed(parser.error)
-                elif not self._state and parser.started:
-                    # A head has begun: it must be complete within head_timeout.
-                    self._state = 1
-                    self._deadline = self._last_rx + self._head_timeout
-                return
-            self._state = 0
-            self._fix = self._conn_fix
-            # Request() without its Python __init__: about half the cost per request.
-            req = _new_request(Request)
-            method, req.path, req.query, req.headers, keep_alive, flags, n = head
-            req.method = method
-            req.keep_alive = keep_alive
-            req.peer_ip = self._peer_ip
-            if (
-                flags & _SLOW_FLAGS
-                or not keep_alive
-                or (method is not _GET and method is not _POST)  # the parser's constants
-            ):
-                if not self._head_slow(req):
-                    return
-            if n > 0:
-                body = self._body_of(req, n)
-                if body is None:
-                    return  # refused, or wait for the rest of the body
-                req.body = body
-            else:
-                req.body = b""
-            if self._dispatch(req):
-                return  # the request ended the connection: ignore what follows
-
-    def _head_slow(self, req: Request) -> bool:
-        """The unusual parts of a head; False when it is refused."""
-        parser = self._parser
-        flags = parser.flags
-        if req.method == b"HEAD":
-            self._fix |= _FIX_HEAD
-        if not req.keep_alive:
-            self._fix |= _FIX_CLOSE
-        elif flags & F_HTTP10:  # an HTTP/1.0 client that asked for keep-alive
-            self._fix |= _FIX_KEEP
-        if not flags & F_NOT_ORIGIN:
-            return True  # origin-form: path and query are the parser's
-        target = parser.target
-        if target == b"*":  # asterisk-form (OPTIONS *)
-            req.path, req.query = "*", b""
-            return True
-        # absolute-form; authority-form is CONNECT only (the parser refuses it)
-        try:
-            parsed = parse_url(target)
-        except HttpParserError:
-            parsed = None
-        if parsed is None or not parsed.schema:
-            self._reject(400, "bad_request", "invalid request target")
-            return False
-        req.path = (parsed.path or b"/").decode("latin-1")
-        req.query = parsed.query or b""
-        return True
-
-    def _body_of(self, req: Request, n: int) -> bytes | None:
-        """The body of ``req`` (Content-Length ``n`` > 0) if it is all buffered; else
-        None, with the request refused (413) or waiting in state 2."""
-        limits = self._limits
-        limit = limits.max_body_admin if req.path.startswith(ADMIN_PREFIX) else limits.max_body
-        if n > limit:
-            self._reject(413, "payload_too_large", "request body too large")
-            return None
-        expect = req.headers.get(b"expect")
-        if expect is not None and expect.lower() == b"100-continue":
-            self._push(_CONTINUE)
-        body = self._parser.take(n)
-        if body is None:
-            self._state = 2
-            self._req = req
-            self._body_need = n
-            self._body_limit = limit
-            self._deadline = self._last_rx + limits.body_timeout
-            self._body_size = self._parser.buffered  # (< n)
-        return body
-
-    def _read_body(self) -> bool:
-        """State 2: True once the body is complete and its request dispatched."""
-        parser = self._parser
-        n = self._body_need
-        size = parser.buffered
-        if size > n:
-            size = n
-        self._body_size = size
-        if size > self._body_limit:
-            self._reject(413, "payload_too_large", "request body too large")
-            return False
-        if size < n:
-            return False
-        self._state = 0  # (_deadline is only looked at while _state or _lingering)
-        req = self._req
-        self._req = None
-        req.body = parser.take(n)
-        return not self._dispatch(req)
-
-    def _dispatch(self, req: Request) -> bool:
-        """Hand ``req`` to the app and queue its answer; True if it ends the connection."""
-        try:
-            answer = self._app_handle(req)
-        except Exception:
-            log.exception("request handler failed: %r", req)
-            answer = _RESP_500
-        fix = self._fix
-        if fix:
-            self._answer_fixed(answer, fix)
-            return fix & _FIX_CLOSE != 0
-        if type(answer) is bytes and not self._queue:
-            self._out.append(answer)
-        else:
-            self._enqueue(answer, 0)
-        return False
-
-    def _parse_failed(self, code: int) -> None:
-        status, error, message = _PARSE_ERRORS.get(code) or (
-            400,
-            "bad_request",
-            "malformed request: " + self._parser.reason,
-        )
-        self._reject(status, error, message)
-
-    # ---------------------------------------------------------------- answers
-
-    def _answer_fixed(self, answer, fix: int) -> None:
-        """Queue the answer of a request whose response needs rewriting."""
-        if fix & _FIX_CLOSE:
-            self._closing = True
-            self._update_reading()
-        if type(answer) is bytes:
-            self._push(_apply_fix(answer, fix))
-        else:
-            self._enqueue(answer, fix)
-
-    def _push(self, data: bytes) -> None:
-        """Append ready bytes behind everything owed so far."""
-        if self._queue:
-            self._queue.append(data)
-        else:
-            self._out.append(data)
-
-    def _enqueue(self, answer, fix: int) -> None:
-        if type(answer) is bytes or isinstance(answer, (bytearray, memoryview)):
-            entry = _apply_fix(bytes(answer), fix) if fix else bytes(answer)
-        else:
-            try:
-                fut = asyncio.ensure_future(answer)
-            except TypeError:
-                log.error("request handler returned %r, not bytes or an awaitable", type(answer))
-                entry = _apply_fix(_RESP_500, fix) if fix else _RESP_500
-            else:
-                fut.add_done_callback(self._on_answer_done)
-                entry = (fut, fix)
-        if not self._queue and type(entry) is bytes:
-            self._out.append(entry)
-            return
-        self._queue.append(entry)
-        if len(self._queue) > self._max_pipeline and not self._rpaused:
-            self._update_reading()
-
-    def _on_answer_done(self, fut: asyncio.Future) -> None:
-        # Always look at the outcome, so a failure is logged once even when the
-        # client has gone (and asyncio does not complain about it later).
-        if not fut.cancelled():
-            exc = fut.exception()
-            if exc is not None:
-                log.error("request handler failed", exc_info=exc)
-        if self._closed:
-            return
-        self._drain()
-
-    def _drain(self) -> None:
-        """Move answers from the head of the queue to the wire, in order."""
-        queue = self._queue
-        out = self._out
-        while queue:
-            entry = queue[0]
-            if type(entry) is not bytes:
-                fut, fix = entry
-                if not fut.done():
-                    break
-                entry = self._result_of(fut)
-                if fix:
-                    entry = _apply_fix(entry, fix)
-            out.append(entry)
-            queue.popleft()
-        if self._rpaused:
-            self._update_reading()
-        if out:
-            self._last_rx = self._time()  # keep-alive idle time starts now
-            self._write_out()
-
-    @staticmethod
-    def _result_of(fut: asyncio.Future) -> bytes:
-        if fut.cancelled() or fut.exception() is not None:
-            return _RESP_500
-        res = fut.result()
-        if type(res) is bytes:
-            return res
-        if isinstance(res, (bytearray, memoryview)):
-            return bytes(res)
-        log.error("request handler resolved to %r, not bytes", type(res))
-        return _RESP_500
-
-    def _write_out(self) -> None:
-        out = self._out
-        data = b"".join(out)  # the element itself when there is only one
-        out.clear()
-        self._transport.write(data)
-        if self._closing and not self._queue:
-            self._finish()
-
-    # ---------------------------------------------------------------- closing
-
-    def _reject(self, status: int, code: str, message: str) -> None:
-        """Owe a final error answer, then close. Parsing stops (``_closing``)."""
-        if self._closing:
-            return
-        self._closing = True
-        self._state = 0
-        self._deadline = 0.0
-        self._push(error_response(status, code, message, close=True))
-        self._update_reading()
-
-    def _finish(self) -> None:
-        """Everything owed is written: half-close, then linger briefly discarding input."""
-        if self._lingering or self._closed:
-            return
-        transport = self._transport
-        self._deadline = 0.0
-        if self._peer_eof or not transport.can_write_eof():
-            transport.close()
-            return
-        self._lingering = True
-        transport.write_eof()
-        self._deadline = self._time() + LINGER_SECONDS
-        self._update_reading()
-
-    def _update_reading(self) -> None:
-        """Pause or resume reading to match the three reasons for pausing."""
-        if self._closed:
-            return
-        n = len(self._queue)
-        if self._lingering:
-            want = False  # read (and discard) so the peer's close is seen
-        elif self._wpaused or self._closing:
-            want = True
-        elif n > self._max_pipeline:
-            want = True
-        elif n < self._max_pipeline:
-            want = False
-        else:
-            want = self._rpaused
-        if want == self._rpaused:
-            return
-        self._rpaused = want
-        try:
-            if want:
-                self._transport.pause_reading()
-            else:
-                self._transport.resume_reading()
-        except (RuntimeError, AttributeError):  # transport closing
-            pass
-
-    # ---------------------------------------------------------------- registry hooks
-
-    def _check_timeouts(self, now: float) -> None:
-        if self._closed:
-            return
-        if self._lingering:
-            if now >= self._deadline:
-                self._transport.close()
-        elif self._state:
-            if now >= self._deadline:
-                self._reject(408, "request_timeout", "request not received in time")
-                if self._out:
-                    self._write_out()
-        elif self._wpaused:
-            if now - self._wpaused_at >= self._keepalive_timeout:
-                self._transport.abort()  # the client stopped reading long ago
-        elif (
-            not self._queue and not self._closing and now - self._last_rx >= self._keepalive_timeout
-        ):
-            self._transport.close()
-
-    def _close_when_idle(self) -> None:
-        if self._closed or self._lingering:
-            return
-        if self._state:
-            # Mid-request: its answer will carry Connection: close and end it.
-            self._conn_fix |= _FIX_CLOSE
-            self._fix |= _FIX_CLOSE
-        elif self._queue:
-            # Answers still owed, no request being read: the last one says
-            # Connection: close, and the connection ends once it is written.
-            queue = self._queue
-            tail = queue[-1]
-            if type(tail) is bytes:
-                queue[-1] = _apply_fix(tail, _FIX_CLOSE)
-            else:
-                queue[-1] = (tail[0], tail[1] | _FIX_CLOSE)
-            self._closing = True
-            self._update_reading()
-        elif not self._closing:
-            self._closing = True
-            self._transport.close()
-
-    def _is_busy(self) -> bool:
-        if self._closed:
-            return False
-        if self._state or self._queue:
-            return True
-        return bool(self._transport.get_write_buffer_size())
+        globals()["HttpProtocol"] = HttpProtocol
+        return HttpProtocol
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

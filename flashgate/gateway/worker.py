@@ -17,8 +17,8 @@ import socket
 import sys
 
 from flashgate.config import Config
-from flashgate.gateway._protocol import ConnectionRegistry, HttpLimits, HttpProtocol
 from flashgate.gateway.app import Gateway
+from flashgate.gateway.protocol import ConnectionRegistry, HttpLimits, HttpProtocol
 
 log = logging.getLogger("flashgate.worker")
 

@@ -815,3 +815,11 @@ def test_registry_counts_and_start_stop():
         assert len(registry) == 0
 
     run(main())
+
+
+def test_the_protocol_is_the_compiled_class():
+    from flashgate.gateway import _protocol
+    from flashgate.gateway import protocol as module
+
+    assert module.HttpProtocol is _protocol.HttpProtocol
+    assert issubclass(module.HttpProtocol, asyncio.Protocol)
