@@ -17,6 +17,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -210,24 +211,16 @@ def _stop_group(popen: subprocess.Popen, grace: float) -> None:
         pgid = os.getpgid(popen.pid)
     except ProcessLookupError:
         pgid = None
-    if popen.poll() is None and pgid is not None:
-        try:
-            os.killpg(pgid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
-            popen.wait(grace)
-        except subprocess.TimeoutExpired:
-            pass
     if pgid is not None:
-        try:  # the group leader may be gone while workers linger
+        if popen.poll() is None:
+            with suppress(ProcessLookupError):
+                os.killpg(pgid, signal.SIGTERM)
+            with suppress(subprocess.TimeoutExpired):
+                popen.wait(grace)
+        with suppress(ProcessLookupError):  # the group leader may be gone, workers not
             os.killpg(pgid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    try:
+    with suppress(subprocess.TimeoutExpired):
         popen.wait(grace)
-    except subprocess.TimeoutExpired:
-        pass
 
 
 def wait_until(what: str, probe, timeout: float, proc: Proc | None = None) -> None:

@@ -12,7 +12,6 @@ import sys
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
 from http.client import HTTPConnection
 
 import redis
@@ -170,14 +169,6 @@ class Gateway:
 # -- a small asyncio keep-alive client for concurrent load -------------------------
 
 
-@dataclass
-class Outcome:
-    status: int
-    body: dict | None
-    user: str = ""
-    sku: str = ""
-
-
 async def read_response(reader: asyncio.StreamReader, timeout: float = 30.0):
     """One HTTP/1.1 response with a Content-Length body: ``(status, json or None)``,
     or ``None`` when the server closed the connection instead."""
@@ -212,16 +203,6 @@ async def http_session(port: int, requests, results: list, *, timeout=30.0):
 
 
 # -- invariants -----------------------------------------------------------------------
-
-
-@dataclass
-class Ledger:
-    """What the clients were told: every 200 order, per SKU."""
-
-    acked: dict[str, list[dict]] = field(default_factory=dict)
-
-    def add(self, order: dict) -> None:
-        self.acked.setdefault(order["sku"], []).append(order)
 
 
 def check_invariants(r: redis.Redis, gw: Gateway | None, event_id: str, event: dict,
