@@ -18,6 +18,7 @@ cdef struct SkuState:
     long long starts_ms    # window start (inclusive), epoch ms
     long long ends_ms      # window end (exclusive), epoch ms
     int limit              # per-user limit
+    int limit_max          # the highest limit since the buyer table began (see I3)
     bint paused
 
 

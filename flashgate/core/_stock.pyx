@@ -39,7 +39,10 @@ Invariants (checked after every mutation when built with FLASHGATE_DEBUG=1):
   Redis for more units than it last said were open (a stale ``sold`` makes Redis
   refuse some; it can never make Redis oversell, Redis checks again).
 * I2 ``inflight == sum(holding.values())`` and ``sum(pending qty) <= inflight``.
-* I3 ``buyers[u] <= limit`` for every user; SOLD_OUT only when ``sold >= stock``
+* I3 ``buyers[u] <= limit_max`` for every user, the highest limit since the buyer
+  table began (a definition may lower the limit when Redis holds no sale of the
+  event, e.g. after it lost its data: a buyer over the new limit is simply at it);
+  SOLD_OUT only when ``sold >= stock``
   per Redis, or nothing is in flight and Redis said fewer than ``qty`` are left.
 
 A rejection touches only C fields and (for the user check) one dict lookup: it
@@ -117,6 +120,7 @@ cdef class Ledger:
         s.starts_ms = starts_ms
         s.ends_ms = ends_ms
         s.limit = per_user_limit
+        s.limit_max = per_user_limit
         s.paused = paused
         self.buyers.append({})
         self.holding.append({})
@@ -134,10 +138,13 @@ cdef class Ledger:
             raise ValueError("stock must be >= 0")
         s.stock = stock
         s.limit = per_user_limit
+        if per_user_limit > s.limit_max:
+            s.limit_max = per_user_limit
         s.starts_ms = starts_ms
         s.ends_ms = ends_ms
         s.paused = paused
-        self._check(sku)
+        if FLASHGATE_DEBUG:
+            self._check(sku)
 
     def set_paused(self, int sku, bint paused):
         self._sku(sku).paused = paused
@@ -242,7 +249,9 @@ cdef class Ledger:
     def forget_buyers(self, int sku):
         """Units were given back (cancel / expire) somewhere: the local buyer table
         may now be too strict, so drop it; Redis still enforces the limit."""
+        cdef SkuState *s = self._sku(sku)
         self.buyers[sku] = {}
+        s.limit_max = s.limit
 
     # -- reading -----------------------------------------------------------
 
@@ -281,6 +290,6 @@ cdef class Ledger:
         if s.inflight < 0:
             raise AssertionError(f"sku {sku}: inflight {s.inflight} < 0")
         for u, v in (<dict>self.buyers[sku]).items():
-            if v > s.limit:
-                raise AssertionError(f"sku {sku}: buyer {u!r} holds {v} > limit {s.limit}")
+            if v > s.limit_max:
+                raise AssertionError(f"sku {sku}: buyer {u!r} holds {v} > limit {s.limit_max}")
         return 0

@@ -82,6 +82,22 @@ def test_user_limit_known_locally():
     lg.verify()
 
 
+def test_a_lowered_limit_leaves_earlier_buyers_at_it():
+    # e.g. the event re-created after Redis lost its data, before a refresh tick
+    lg, s = ledger(stock=10, limit=2)
+    assert lg.reserve(s, "a", 2, T0, False) == OK
+    lg.settle(s, "a", 2, 2)
+    lg.configure(s, 10, 1, T0, T1, False)  # no error, in any build
+    lg.verify()  # I3 holds against the highest limit the buyer table has seen
+    assert lg.reserve(s, "a", 1, T0, False) == LIMIT_EXCEEDED
+    assert lg.reserve(s, "b", 1, T0, False) == OK
+    lg.settle(s, "b", 1, 1)
+    lg.forget_buyers(s)  # from here on the new limit is the only one
+    assert lg.reserve(s, "a", 1, T0, False) == OK
+    lg.settle(s, "a", 1, 1)
+    lg.verify()
+
+
 def test_idempotent_requests_probe_where_others_are_refused():
     lg, s = ledger(stock=1, limit=1)
     assert lg.reserve(s, "a", 1, T0 - 1, True) == PROBE  # not started
