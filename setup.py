@@ -11,6 +11,7 @@ from setuptools import setup
 
 EXTENSIONS = [
     ("flashgate.core._stock", "flashgate/core/_stock.pyx"),
+    ("flashgate.core._hll", "flashgate/core/_hll.pyx"),
     ("flashgate.limiter._gcra", "flashgate/limiter/_gcra.pyx"),
     ("flashgate.gateway._http", "flashgate/gateway/_http.pyx"),
     ("flashgate.gateway._protocol", "flashgate/gateway/_protocol.pyx"),
