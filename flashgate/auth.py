@@ -13,6 +13,17 @@ import time
 
 USER_RE = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
 IDEM_RE = re.compile(r"[\x21-\x7e]{1,255}\Z")
+# the bytes of user, event and SKU ids (and so of order ids, with "."): none needs
+# escaping in JSON
+ID_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-"
+
+
+def user_from_header(raw: bytes) -> str | None:
+    """The user id of an ``X-User-Id`` value if it matches ``USER_RE``, else None.
+    (Deleting the allowed bytes leaves nothing: one C pass, no decode or regex first.)"""
+    if not 0 < len(raw) <= 64 or raw.translate(None, ID_CHARS):
+        return None
+    return raw.decode("ascii")
 
 
 def sign(secret: bytes, user_id: str, expires_ms: int) -> str:

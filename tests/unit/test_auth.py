@@ -1,0 +1,54 @@
+"""Identity helpers without I/O."""
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from flashgate.auth import USER_RE, TokenVerifier, mint, user_from_header
+
+
+def regex_user(raw: bytes):
+    try:
+        text = raw.decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    return text if USER_RE.match(text) else None
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.one_of(
+    st.binary(max_size=80),
+    st.text(alphabet="abcXYZ019_-.:é\n ", max_size=70).map(str.encode),
+    st.from_regex(r"[A-Za-z0-9_-]{1,70}", fullmatch=True).map(str.encode),
+))
+def test_user_from_header_is_the_regex(raw):
+    assert user_from_header(raw) == regex_user(raw)
+
+
+def test_user_from_header_edges():
+    assert user_from_header(b"u" * 64) == "u" * 64
+    assert user_from_header(b"u" * 65) is None
+    assert user_from_header(b"") is None
+    assert user_from_header(b"a\n") is None
+    assert user_from_header(b"Ab-9_") == "Ab-9_"
+
+
+def test_tokens_round_trip():
+    token = mint(b"k", "u42", 60).encode()
+    assert TokenVerifier(b"k").user(token, 0) == "u42"
+    assert TokenVerifier(b"x").user(token, 0) is None
+
+
+def test_the_order_template_writes_what_orjson_writes():
+    import orjson
+
+    from flashgate.core.events import parse_event
+    from flashgate.gateway.app import SkuRuntime
+    from tests.support import event_body
+
+    event = parse_event("ev-1_x", event_body(stock=(5,)))
+    srt = SkuRuntime(0, event.skus[0], event.id, None)
+    values = (b"ev-1_x.s0.abc12f", b"user_Z-9", 2, 1999, 3998, 1795496850531, 1795497750531)
+    doc = {"order_id": values[0].decode(), "event_id": "ev-1_x", "sku": "s0",
+           "user_id": values[1].decode(), "qty": 2, "unit_price": 1999, "amount": 3998,
+           "status": "reserved", "created_ms": values[5], "pay_by_ms": values[6]}
+    assert srt.order_json % values == orjson.dumps(doc)
