@@ -29,6 +29,7 @@ class Config:
     global_burst: float = 1000.0
     limiter_capacity: int = 1 << 20
     trusted_proxies: str = ""  # CIDRs whose X-Forwarded-For is believed, comma-separated
+    proxy_protocol_from: str = ""  # CIDRs of L4 balancers that must send a PROXY header
     # purchase path
     commit_queue: int = 20000  # reservations waiting for Redis per worker; beyond: 503
     commit_flights: int = 2  # group-commit writes in flight per worker (batches grow under load)
@@ -64,6 +65,9 @@ _HELP = {
     "demo": "load a demo event when Redis holds no event",
     "trusted_proxies": "comma-separated CIDRs of load balancers whose X-Forwarded-For is "
                        "believed (the right-most untrusted hop is the client)",
+    "proxy_protocol_from": "comma-separated CIDRs of load balancers whose connections must "
+                           "open with a PROXY protocol v1/v2 header (its source address is "
+                           "the client; v2 LOCAL health checks accepted)",
 }
 
 
@@ -105,10 +109,14 @@ def from_args(argv: list[str] | None = None) -> Config:
         cfg.workers = os.cpu_count() or 1
     if cfg.appendfsync not in ("everysec", "always"):
         raise SystemExit("flashgate: --appendfsync must be everysec or always")
-    from flashgate.gateway.clientip import ClientIP
+    from flashgate.gateway.clientip import ClientIP, Networks
 
     try:
         ClientIP(cfg.trusted_proxies)
     except ValueError as e:
         raise SystemExit(f"flashgate: --trusted-proxies: {e}") from None
+    try:
+        Networks(cfg.proxy_protocol_from)
+    except ValueError as e:
+        raise SystemExit(f"flashgate: --proxy-protocol-from: {e}") from None
     return cfg

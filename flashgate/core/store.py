@@ -185,25 +185,37 @@ async def register(conn: RedisConnection, event: Event, user: str) -> None:
             raise r
 
 
-_ORDER_INT_FIELDS = ("qty", "unit_price", "amount", "created_ms", "pay_by_ms")
+_ORDER_INT_FIELDS = ("qty", "unit_price", "created_ms", "pay_by_ms")
 
 
-def _order_from_hash(flat) -> dict | None:
+def order_from_hash(order_id: str, flat) -> dict | None:
+    """The API's order object from its hash (HGETALL reply): the hash holds user_id,
+    qty, unit_price, status, created_ms and pay_by_ms; the id names the event and the
+    sku, and amount is unit_price * qty."""
     if not flat:
         return None
+    where = split_order_id(order_id)
     it = iter(flat)
     d = {k.decode(): v.decode() for k, v in zip(it, it, strict=True)}
     for f in _ORDER_INT_FIELDS:
         if f in d:
             d[f] = int(d[f])
-    return d
+    qty, unit_price = d.pop("qty", 0), d.pop("unit_price", 0)
+    for derived in ("order_id", "event_id", "sku", "amount"):
+        d.pop(derived, None)  # (hashes written before the key said them hold them too)
+    order = {"order_id": order_id, "event_id": where[0] if where else "",
+             "sku": where[1] if where else "", "user_id": d.pop("user_id", ""),
+             "qty": qty, "unit_price": unit_price, "amount": unit_price * qty}
+    order.update(d)  # status, created_ms, pay_by_ms (and whatever later states add)
+    return order
 
 
 async def get_order(conn: RedisConnection, order_id: str) -> dict | None:
     where = split_order_id(order_id)
     if where is None:
         return None
-    return _order_from_hash(await conn.execute("HGETALL", sku_prefix(*where) + "order:" + order_id))
+    return order_from_hash(order_id,
+                           await conn.execute("HGETALL", sku_prefix(*where) + "order:" + order_id))
 
 
 async def export_orders(conn: RedisConnection, event: Event) -> list[dict]:
@@ -225,8 +237,9 @@ async def export_orders(conn: RedisConnection, event: Event) -> list[dict]:
             start = "(" + entries[-1][0].decode()
         for i in range(0, len(ids), 500):
             chunk = ids[i:i + 500]
-            for h in await conn.pipeline([["HGETALL", p + "order:" + o] for o in chunk]):
-                order = _order_from_hash(h)
+            replies = await conn.pipeline([["HGETALL", p + "order:" + o] for o in chunk])
+            for order_id, h in zip(chunk, replies, strict=True):
+                order = order_from_hash(order_id, h)
                 if order is not None:
                     out.append(order)
     return out

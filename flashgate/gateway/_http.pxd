@@ -75,6 +75,8 @@ cdef class RequestParser:
     cdef bytes _target                 # raw target of a head not in origin-form
     cdef bint _has_query               # origin-form target with a "?"
 
+    cpdef feed(self, object data)
+    cpdef object take(self, Py_ssize_t n)
     cdef int _next(self) except -100
     cdef int _scan(self, const unsigned char *head, Py_ssize_t avail) noexcept
     cdef int _check_target(self, const unsigned char *t, Py_ssize_t n) noexcept

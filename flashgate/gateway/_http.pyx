@@ -325,7 +325,7 @@ cdef class RequestParser:
 
     # ---------------------------------------------------------------- buffer
 
-    def feed(self, data):
+    cpdef feed(self, object data):
         """Append ``data`` (bytes-like) to the buffer."""
         if type(data) is not bytes:
             data = bytes(data)
@@ -358,7 +358,7 @@ cdef class RequestParser:
         """True while a head is in progress (some of it is buffered, not complete)."""
         return self._state != S_START and self._state != S_FAILED
 
-    def take(self, Py_ssize_t n):
+    cpdef object take(self, Py_ssize_t n):
         """Consume and return the next ``n`` bytes, or None while fewer are buffered."""
         cdef object buf = self._data
         cdef Py_ssize_t pos = self._pos, size = len(buf)

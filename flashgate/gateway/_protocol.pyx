@@ -9,9 +9,8 @@ work is done here:
 
 * the parser is ``cimport``-ed: the next head is pulled with its C ``_next()`` and
   its parts are read as C attributes, not as a tuple built per request;
-* ``feed`` of a chunk that follows fully consumed input, and ``take`` of a body,
-  are done inline on the parser's buffer (same code as ``RequestParser.feed`` /
-  ``RequestParser.take``: keep them in step);
+* ``feed`` of a chunk and ``take`` of a body are the parser's ``cpdef`` methods,
+  direct C calls on its final class;
 * the per-connection flags and counters are C fields.
 
 ``HttpProtocol`` (bottom of the file) is a Python subclass of the compiled
@@ -23,14 +22,13 @@ import asyncio
 import collections
 import logging
 
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from cpython.bytearray cimport PyByteArray_AS_STRING
 
 from httptools import HttpParserError, parse_url
 
 from flashgate.gateway._http cimport RequestParser, S_FAILED, S_START
 
 from flashgate.gateway import _http
+from flashgate.gateway.proxyproto import ProxyHeaderError, parse as parse_proxy_header
 from flashgate.gateway.protocol import (
     _CONTINUE,
     _FIX_CLOSE as _PY_FIX_CLOSE,
@@ -50,7 +48,7 @@ from flashgate.gateway.protocol import (
 
 # ConnectionRegistry and HttpLimits are re-exported, so that a worker switches with
 # one import line: from flashgate.gateway._protocol import ConnectionRegistry, ...
-__all__ = ["ConnectionRegistry", "HttpLimits", "HttpProtocol", "HttpProtocolCore"]
+__all__ = ["ConnectionRegistry", "HttpLimits", "HttpProtocol", "HttpProtocolCore", "Pending"]
 
 log = logging.getLogger("flashgate.http")
 
@@ -88,38 +86,8 @@ cdef object deque = collections.deque
 # ------------------------------------------------------------------- parser buffer
 
 
-cdef inline int _feed(RequestParser parser, object data) except -1:
-    """``parser.feed(data)``; a bytes chunk after fully consumed input is held as is."""
-    if type(data) is bytes and parser._pos >= len(parser._data):
-        parser._data = data
-        parser._pos = 0
-    else:
-        parser.feed(data)
-    return 0
-
-
 cdef inline Py_ssize_t _buffered(RequestParser parser):
     return len(parser._data) - parser._pos
-
-
-cdef object _take(RequestParser parser, Py_ssize_t n):
-    """``parser.take(n)``: the next ``n`` bytes consumed, or None while fewer are buffered."""
-    cdef object buf = parser._data
-    cdef Py_ssize_t pos = parser._pos
-    cdef Py_ssize_t size = len(buf)
-    if size - pos < n or n < 0:
-        return None
-    if pos == 0 and n == size and type(buf) is bytes:
-        out = buf
-    elif type(buf) is bytes:
-        out = PyBytes_FromStringAndSize(PyBytes_AS_STRING(buf) + pos, n)
-    else:
-        out = PyBytes_FromStringAndSize(PyByteArray_AS_STRING(buf) + pos, n)
-    parser._pos = pos + n
-    if parser._pos == size:
-        parser._data = b""
-        parser._pos = 0
-    return out
 
 
 cdef bytes _result_of(object fut):
@@ -132,6 +100,57 @@ cdef bytes _result_of(object fut):
         return bytes(res)
     log.error("request handler resolved to %r, not bytes", type(res))
     return RESP_500
+
+
+# ------------------------------------------------------------------- pending answers
+
+
+cdef class Pending:
+    """An answer the app gives later: ``set_result(bytes)`` once. The purchase path's
+    light stand-in for an ``asyncio.Future``: the connection that owes it is told at
+    once, in the call (no loop callback per answer); ``done()`` / ``result()`` as a
+    Future's, and ``await pending`` works too (for app coroutines)."""
+
+    cdef object _value  # the answer's bytes once resolved, else None
+    cdef object _proto  # the connection waiting for it (a HttpProtocolCore), or None
+    cdef int _fix  # the connection's rewrites for this answer
+    cdef object _waiter  # a Future for ``await``, made on demand
+
+    def done(self):
+        return self._value is not None
+
+    def result(self):
+        if self._value is None:
+            raise asyncio.InvalidStateError("answer not given yet")
+        return self._value
+
+    def set_result(self, value):
+        if self._value is not None:
+            raise asyncio.InvalidStateError("answer given twice")
+        if type(value) is not bytes:
+            if isinstance(value, (bytearray, memoryview)):
+                value = bytes(value)
+            else:
+                log.error("request handler resolved to %r, not bytes", type(value))
+                value = RESP_500
+        self._value = value
+        proto = self._proto
+        if proto is not None:
+            self._proto = None
+            try:
+                proto._answer_ready()
+            except Exception:  # the connection's trouble, never the caller's
+                log.exception("writing an answer failed")
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(value)
+
+    def __await__(self):
+        if self._waiter is None:
+            self._waiter = asyncio.get_running_loop().create_future()
+            if self._value is not None:
+                self._waiter.set_result(self._value)
+        return self._waiter.__await__()
 
 
 # ------------------------------------------------------------------- protocol
@@ -149,6 +168,7 @@ cdef class HttpProtocolCore:
     cdef object _time
     cdef readonly RequestParser _parser
     cdef readonly str _peer_ip
+    cdef readonly object _proxy_buf  # bytes so far while a PROXY header is owed, else None
     # limits copied out of HttpLimits for the hot path
     cdef readonly double _head_timeout
     cdef readonly double _keepalive_timeout
@@ -185,6 +205,7 @@ cdef class HttpProtocolCore:
         self._parser = RequestParser(limits.max_head, limits.max_request_line,
                                      limits.max_headers)
         self._peer_ip = ""
+        self._proxy_buf = None
 
         self._head_timeout = limits.head_timeout
         self._keepalive_timeout = limits.keepalive_timeout
@@ -219,7 +240,10 @@ cdef class HttpProtocolCore:
         self._time = loop.time
         self._last_rx = loop.time()
         peer = transport.get_extra_info("peername")
-        self._peer_ip = peer[0] if isinstance(peer, tuple) and peer else ""
+        ip = peer[0] if isinstance(peer, tuple) and peer else ""
+        if ip.startswith("::ffff:") and "." in ip:
+            ip = ip[7:]  # an IPv4 peer on a dual-stack socket: one address, one form
+        self._peer_ip = ip
         registry = self._registry
         if not registry.now:  # registry not started yet: give its clock a sane origin
             registry.now = self._last_rx
@@ -231,6 +255,12 @@ cdef class HttpProtocolCore:
             return
         transport.set_write_buffer_limits(high=self._limits.write_buffer_high)
         registry._conns.add(self)
+        proxies = self._limits.proxy_protocol_from
+        if proxies and self._peer_ip in proxies:
+            # A load balancer's connection: it owes a PROXY header before any HTTP
+            # byte (see proxyproto.py). Until its first byte the connection is idle
+            # like any other (balancers open connections ahead of their clients).
+            self._proxy_buf = b""
 
     def connection_lost(self, exc):
         # Owed answers are dropped; the app's awaitables keep running to completion
@@ -269,7 +299,13 @@ cdef class HttpProtocolCore:
         if self._closing:
             return  # closing or lingering: input is ignored
         self._last_rx = self._registry.now
-        _feed(self._parser, data)
+        if self._proxy_buf is not None:
+            data = self._proxy_header(data)
+            if not data:  # header incomplete or refused, or nothing after it yet
+                if self._out:
+                    self._write_out()
+                return
+        self._parser.feed(data)
         try:
             if self._state != 2 or self._read_body():
                 self._read_requests()
@@ -281,6 +317,30 @@ cdef class HttpProtocolCore:
             self._write_out()
 
     # ---------------------------------------------------------------- parsing
+
+    cdef object _proxy_header(self, data):
+        """Consume the PROXY header owed at the start of the connection: the bytes
+        that follow it, or None while it is incomplete or once it was refused."""
+        buf = self._proxy_buf + bytes(data)
+        try:
+            found = parse_proxy_header(buf)
+        except ProxyHeaderError as exc:
+            self._proxy_buf = None
+            self._reject(400, "bad_request", str(exc))
+            return None
+        if found is None:
+            self._proxy_buf = buf
+            if not self._state:  # begun: it must be complete within head_timeout
+                self._state = 1
+                self._deadline = self._last_rx + self._head_timeout
+            return None
+        size, address = found
+        self._proxy_buf = None
+        if address is not None:
+            self._peer_ip = address
+        self._state = 0
+        self._deadline = 0.0
+        return buf[size:]
 
     cdef int _read_requests(self) except -1:
         """Dispatch every complete request buffered, in order; stop at an incomplete one."""
@@ -368,7 +428,7 @@ cdef class HttpProtocolCore:
         expect = headers.get(b"expect")
         if expect is not None and expect.lower() == b"100-continue":
             self._push(CONTINUE)
-        body = _take(self._parser, n)
+        body = self._parser.take(n)
         if body is None:
             self._state = 2
             self._req = req
@@ -394,7 +454,7 @@ cdef class HttpProtocolCore:
         self._state = 0  # (_deadline is only looked at while _state or _lingering)
         req = self._req
         self._req = None
-        req.body = _take(parser, n)
+        req.body = parser.take(n)
         return not self._dispatch(req)
 
     cdef int _dispatch(self, req) except -1:
@@ -445,7 +505,16 @@ cdef class HttpProtocolCore:
         return 0
 
     cdef int _enqueue(self, answer, int fix) except -1:
-        if type(answer) is bytes or isinstance(answer, (bytearray, memoryview)):
+        cdef Pending pending
+        if type(answer) is Pending:
+            pending = <Pending>answer
+            if pending._value is None:
+                pending._proto = self
+                pending._fix = fix
+                entry = pending
+            else:
+                entry = _apply_fix(pending._value, fix) if fix else pending._value
+        elif type(answer) is bytes or isinstance(answer, (bytearray, memoryview)):
             entry = _apply_fix(bytes(answer), fix) if fix else bytes(answer)
         else:
             try:
@@ -465,6 +534,11 @@ cdef class HttpProtocolCore:
             self._update_reading()
         return 0
 
+    def _answer_ready(self):
+        # a Pending this connection owes was resolved
+        if not self._closed:
+            self._drain()
+
     def _on_answer_done(self, fut):
         # Always look at the outcome, so a failure is logged once even when the
         # client has gone (and asyncio does not complain about it later).
@@ -483,7 +557,14 @@ cdef class HttpProtocolCore:
         cdef int fix
         while queue:
             entry = queue[0]
-            if type(entry) is not bytes:
+            if type(entry) is Pending:
+                if (<Pending>entry)._value is None:
+                    break
+                fix = (<Pending>entry)._fix
+                entry = (<Pending>entry)._value
+                if fix:
+                    entry = _apply_fix(entry, fix)
+            elif type(entry) is not bytes:
                 fut = (<tuple>entry)[0]
                 fix = (<tuple>entry)[1]
                 if not fut.done():
@@ -496,7 +577,7 @@ cdef class HttpProtocolCore:
         if self._rpaused:
             self._update_reading()
         if out:
-            self._last_rx = self._time()  # keep-alive idle time starts now
+            self._last_rx = self._registry.now  # keep-alive idle time starts now
             self._write_out()
         return 0
 
@@ -606,6 +687,8 @@ cdef class HttpProtocolCore:
             tail = queue[last]
             if type(tail) is bytes:
                 queue[last] = _apply_fix(tail, FIX_CLOSE)
+            elif type(tail) is Pending:
+                (<Pending>tail)._fix |= FIX_CLOSE
             else:
                 queue[last] = (tail[0], tail[1] | FIX_CLOSE)
             self._closing = True

@@ -30,9 +30,10 @@ from math import ceil
 
 import orjson
 
-from flashgate.auth import IDEM_RE, USER_RE, TokenVerifier, admin_ok
+from flashgate.auth import ID_CHARS, IDEM_RE, TokenVerifier, admin_ok, user_from_header
 from flashgate.config import Config
 from flashgate.core import store
+from flashgate.core._hll import HyperLogLog
 from flashgate.core._stock import (
     ENDED,
     LIMIT_EXCEEDED,
@@ -46,6 +47,7 @@ from flashgate.core._stock import (
 )
 from flashgate.core.events import EventError, parse_event
 from flashgate.core.redisconn import RedisConnection, RedisError, RedisUnavailable
+from flashgate.gateway._protocol import Pending
 from flashgate.gateway.clientip import ClientIP
 from flashgate.gateway.protocol import build_response, error_response
 from flashgate.limiter import Limiter
@@ -79,6 +81,8 @@ R_IDEM_MISMATCH = _err(422, "idempotency_mismatch",
 R_NOT_REGISTERED = _err(409, "not_registered", "registration is required for this sale")
 R_REGISTRATION_NOT_OPEN = _err(409, "not_started", "registration opens at preheat_at_ms")
 R_READY = build_response(200, b'{"ready":true}')
+# the head build_response(200, body) writes, as a template: for the commit answers
+_OK_JSON_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
 R_NOT_READY = _err(503, "unavailable", "not ready", headers=[(b"Retry-After", b"1")])
 R_LIVE = build_response(200, b'{"live":true}')
 
@@ -137,12 +141,35 @@ def _parse_buy_body(body: bytes) -> tuple[str, int] | bytes:
     return sku_id, qty
 
 
+def _reply_offsets(reply, n: int) -> list[int] | None:
+    """Where each of ``n`` reservations' part starts in a commit reply, or None if the
+    reply has not the shape commit.lua gives: four figures, then per reservation 2
+    values (sold), 6 (an existing order) or 1 (a refusal)."""
+    if type(reply) is not list or len(reply) < 4:
+        return None
+    offsets = []
+    at = 4
+    size = len(reply)
+    for _ in range(n):
+        if at >= size:
+            return None
+        code = reply[at]
+        if type(code) is not int:
+            return None
+        offsets.append(at)
+        at += 2 if code == 0 else 6 if code == 9 or code == 10 else 1
+    return offsets if at == size else None
+
+
 def _rate_limited(wait_us: int) -> bytes:
     return _RATE_LIMITED[min(60, max(1, ceil(wait_us / 1e6)))]
 
 
+_ORDER_ID_CHARS = ID_CHARS + b"."
+
+
 class SkuRuntime:
-    __slots__ = ("idx", "sku", "event_id", "prefix", "keys", "waiters", "ert")
+    __slots__ = ("idx", "sku", "event_id", "prefix", "keys", "waiters", "ert", "order_json")
 
     def __init__(self, idx, sku, event_id, ert):
         self.idx = idx
@@ -152,6 +179,13 @@ class SkuRuntime:
         self.keys = store.commit_keys(self.prefix)
         self.waiters: deque = deque()
         self.ert = ert
+        # a committed order's JSON, as orjson writes it, with the ids that need no
+        # escaping (checked per answer) formatted in: order id, user, then the numbers
+        self.order_json = (
+            b'{"order_id":"%s","event_id":"' + event_id.encode() + b'","sku":"'
+            + sku.id.encode() + b'","user_id":"%s","qty":%d,"unit_price":%d,"amount":%d,'
+            b'"status":"reserved","created_ms":%d,"pay_by_ms":%d}'
+        )
 
 
 class EventStats:
@@ -162,19 +196,20 @@ class EventStats:
     def __init__(self):
         self.counts = dict.fromkeys(COUNTERS, 0)
         self.flushed = dict.fromkeys(COUNTERS, 0)  # what Redis has of ``counts``
-        self.uv: set[str] = set()  # users seen since the last flush
+        self.uv = HyperLogLog()  # every user seen (merged into Redis's, never reset)
         self.lat = [0] * (len(LAT_BOUNDS) + 1)  # committed-buy latency, since the last flush
 
 
 class EventRuntime:
-    __slots__ = ("event", "skus", "by_id", "stats", "counts")
+    __slots__ = ("event", "skus", "by_id", "stats", "counts", "uv")
 
     def __init__(self, event, stats: EventStats):
         self.event = event
         self.skus: list[SkuRuntime] = []
         self.by_id: dict[str, SkuRuntime] = {}
         self.stats = stats
-        self.counts = stats.counts  # the hot path's shortcut
+        self.counts = stats.counts  # the hot path's shortcuts
+        self.uv = stats.uv
 
 
 class Purchase:
@@ -217,7 +252,7 @@ class Gateway:
         self.sku_rt: list[SkuRuntime] = []  # by ledger index
         self._users: dict[bytes, str] = {}  # X-User-Id values already validated
         self._bodies: dict[bytes, tuple | bytes] = {}  # buy bodies already parsed
-        self.client_ip = ClientIP(cfg.trusted_proxies)
+        self.client_ip = ClientIP(cfg.trusted_proxies, cfg.proxy_protocol_from)
         self._ip_limited = cfg.ip_rate > 0
         self._user_limited = cfg.user_rate > 0
         self._global_limited = cfg.global_rate > 0
@@ -233,6 +268,7 @@ class Gateway:
         self._boot = os.urandom(6).hex()
         self._seq = 0
         self._tasks: list[asyncio.Task] = []
+        self._expiry: asyncio.TimerHandle | None = None  # the parked requests' timer
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- life cycle ----------------------------------------------------------
@@ -249,7 +285,7 @@ class Gateway:
         await self._reload_events()
         self._tasks.append(self._loop.create_task(self._refresher()))
         self._tasks.append(self._loop.create_task(self._stats_flusher()))
-        self._loop.call_later(0.05, self._expire_tick)
+        self._expiry = self._loop.call_later(0.05, self._expire_tick)
 
     async def _on_connect(self, execute) -> None:
         await store.load_scripts(execute)
@@ -280,6 +316,9 @@ class Gateway:
             pass
         for t in self._tasks:
             t.cancel()
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
         self.conn.close()
 
     # -- HTTP entry ------------------------------------------------------------
@@ -348,11 +387,8 @@ class Gateway:
         user = self._users.get(uid)
         if user is not None:
             return user
-        try:
-            user = uid.decode("ascii")
-        except UnicodeDecodeError:
-            return None
-        if not USER_RE.match(user):
+        user = user_from_header(uid)
+        if user is None:
             return None
         if len(self._users) >= 65536:
             self._users.clear()
@@ -401,9 +437,7 @@ class Gateway:
             if not IDEM_RE.match(idem):
                 counts["bad_request"] += 1
                 return R_BAD_IDEM
-        uv = ert.stats.uv
-        if len(uv) < 100_000:
-            uv.add(user)
+        ert.uv.add(user)
         if self._global_limited:
             wait = limiter.check_global(_mono_ns() // 1000)
             if wait:
@@ -423,7 +457,7 @@ class Gateway:
             return REJECT[LIMIT_EXCEEDED][1]
         code = self.ledger.reserve(srt.idx, user, qty, self.now_ms(), idem is not None)
         if code == OK or code == PROBE:
-            p = Purchase(srt, user, qty, idem, fp, self._loop.create_future(), _mono_ns() // 1000)
+            p = Purchase(srt, user, qty, idem, fp, Pending(), _mono_ns() // 1000)
             if code == PROBE:
                 p.held = 0
             return self._enqueue(p)
@@ -431,7 +465,7 @@ class Gateway:
             if self.waiting >= self.cfg.wait_queue:
                 srt.ert.counts["unavailable"] += 1
                 return R_UNAVAILABLE
-            p = Purchase(srt, user, qty, idem, fp, self._loop.create_future(), _mono_ns() // 1000)
+            p = Purchase(srt, user, qty, idem, fp, Pending(), _mono_ns() // 1000)
             p.deadline = p.t0 + int(self.cfg.wait_timeout * 1e6)
             srt.waiters.append(p)
             self.waiting += 1
@@ -549,7 +583,8 @@ class Gateway:
         idx = srt.idx
         counts = srt.ert.counts
         self.queued -= len(items)
-        if not isinstance(reply, list) or len(reply) != 2 + 6 * len(items):
+        offsets = _reply_offsets(reply, len(items))
+        if offsets is None:
             # a lost connection (indeterminate: 503), an error, or a reply we cannot read
             if not isinstance(reply, RedisUnavailable):
                 log.error("commit of %d reservations failed: %.200r", len(items), reply)
@@ -561,48 +596,58 @@ class Gateway:
             self._retry_waiters(srt)
             return
         now_us = _mono_ns() // 1000
-        base = 2
-        for p in items:
-            code = reply[base]
+        for p, at in zip(items, offsets, strict=True):
+            code = reply[at]
             new_sale = code == 0 or code == 9  # 9: this very order, from a re-sent batch
             ledger.settle(idx, p.user, p.held, p.qty if new_sale else 0)
             try:
-                answer = self._answer(srt, p, code, reply, base, now_us)
+                answer = self._answer(srt, p, code, reply, at, now_us)
             except Exception:
                 log.exception("cannot answer a committed reservation")
                 answer = R_UNAVAILABLE
             if not p.fut.done():
                 p.fut.set_result(answer)
-            base += 6
         try:
             ledger.observe(idx, int(reply[0]), int(reply[1]))
         except (TypeError, ValueError):
             log.error("commit reply without sold/stock: %.200r", reply[:2])
         self._retry_waiters(srt)
 
-    def _answer(self, srt: SkuRuntime, p: Purchase, code: int, reply: list, base: int,
+    def _answer(self, srt: SkuRuntime, p: Purchase, code: int, reply: list, at: int,
                 now_us: int) -> bytes:
-        """The HTTP answer to one reservation from its slice of a commit reply."""
+        """The HTTP answer to one reservation from its part of a commit reply (at
+        ``reply[at]``, see commit.lua)."""
         counts = srt.ert.counts
-        if code != 0 and code != 9 and code != 10:
+        if code == 0:  # sold: this reservation's order, made now
+            oid = p.order_id.encode()
+            unit_price = reply[at + 1]
+            qty = p.qty
+            created, pay_by = reply[2], reply[3]
+        elif code == 9 or code == 10:  # an order that exists: its own figures
+            oid, unit_price, qty, created, pay_by = reply[at + 1:at + 6]
+            if type(oid) is not bytes or oid.translate(None, _ORDER_ID_CHARS):
+                oid = None  # (never: ids are ours) not for the template
+        else:
             name, answer = _REJECT_BY_SCRIPT.get(code, ("unavailable", R_UNAVAILABLE))
             counts[name] += 1
             return answer
-        oid = reply[base + 1]
-        unit_price = reply[base + 2]
-        qty = reply[base + 3]
         if code != 10:  # 10 replays an order counted when it was made
             counts["orders"] += 1
             counts["units_sold"] += qty
             counts["revenue"] += unit_price * qty
             srt.ert.stats.lat[_bisect_left(LAT_BOUNDS, now_us - p.t0)] += 1
-        return build_response(200, _dumps({
-            "order_id": oid.decode() if type(oid) is bytes else oid,
-            "event_id": srt.event_id, "sku": srt.sku.id, "user_id": p.user,
-            "qty": qty, "unit_price": unit_price, "amount": unit_price * qty,
-            "status": "reserved", "created_ms": reply[base + 4],
-            "pay_by_ms": reply[base + 5],
-        }))
+        if oid is not None:  # ids and users are [A-Za-z0-9_.-]: checked where they enter
+            body = srt.order_json % (oid, p.user.encode(), qty, unit_price, unit_price * qty,
+                                     created, pay_by)
+        else:
+            oid = reply[at + 1]
+            body = _dumps({
+                "order_id": oid.decode() if type(oid) is bytes else oid,
+                "event_id": srt.event_id, "sku": srt.sku.id, "user_id": p.user,
+                "qty": qty, "unit_price": unit_price, "amount": unit_price * qty,
+                "status": "reserved", "created_ms": created, "pay_by_ms": pay_by,
+            })
+        return _OK_JSON_HEAD % len(body) + body  # build_response(200, body), inline
 
     def _retry_waiters(self, srt: SkuRuntime) -> None:
         """Requests parked on this SKU's units in flight try again, in arrival order."""
@@ -631,7 +676,7 @@ class Gateway:
             self._expire_waiters()
         except Exception:
             log.exception("expiring parked requests failed")
-        self._loop.call_later(0.05, self._expire_tick)
+        self._expiry = self._loop.call_later(0.05, self._expire_tick)
 
     def _expire_waiters(self) -> None:
         """Parked requests past their deadline are answered 503."""
@@ -780,6 +825,7 @@ class Gateway:
         Counted as flushed before the write: a lost write loses a few counts, never
         doubles them."""
         cmds = []
+        merged = []  # the visitor registers sent: dirty again if the write fails
         for event_id, st in self.stats.items():
             key = store.stats_key(event_id)
             counts, flushed = st.counts, st.flushed
@@ -791,11 +837,22 @@ class Gateway:
                 cmds += [["HINCRBY", key, k, v] for k, v in delta.items()]
                 st.flushed = dict(counts)
                 st.lat = [0] * len(st.lat)
-            if st.uv:
-                cmds.append(["PFADD", key + ":uv", *st.uv])
-                st.uv = set()
+            if st.uv.dirty:
+                # the registers go through a key of this worker's, merged then dropped
+                tmp = f"{{{key}:uv}}:{self._boot}"  # hash tag: the merged key's slot
+                cmds += [["SET", tmp, st.uv.dump(), "PX", 60000],
+                         ["PFMERGE", key + ":uv", tmp], ["DEL", tmp]]
+                merged.append(st.uv)
         if cmds:
-            await self.conn.pipeline(cmds)
+            try:
+                replies = await self.conn.pipeline(cmds)
+            except BaseException:
+                for uv in merged:
+                    uv.dirty = True
+                raise
+            if any(isinstance(x, Exception) for x in replies):
+                for uv in merged:
+                    uv.dirty = True
 
     # -- public views -------------------------------------------------------------
 

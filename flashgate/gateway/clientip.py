@@ -12,28 +12,57 @@ from __future__ import annotations
 import ipaddress
 
 
-class ClientIP:
-    def __init__(self, trusted: str | list[str] = ""):
-        if isinstance(trusted, str):
-            trusted = [t for t in (p.strip() for p in trusted.split(",")) if t]
-        try:
-            self.nets = [ipaddress.ip_network(t, strict=False) for t in trusted]
-        except ValueError as e:
-            raise ValueError(f"trusted proxies: {e}") from None
-        self._known: dict[str, bool] = {}  # address -> trusted, bounded
+class Networks:
+    """A set of IP networks given as comma-separated CIDRs; ``address in networks``.
 
-    def trusted(self, address: str) -> bool:
+    Membership answers are cached per address text (bounded), since the same few
+    load balancer addresses ask again and again.
+    """
+
+    def __init__(self, spec: str | list[str] = ""):
+        if isinstance(spec, str):
+            spec = [t for t in (p.strip() for p in spec.split(",")) if t]
+        self.nets = [ipaddress.ip_network(t, strict=False) for t in spec]  # ValueError
+        self._known: dict[str, bool] = {}  # address -> member, bounded
+
+    def __bool__(self) -> bool:
+        return bool(self.nets)
+
+    def __contains__(self, address: str) -> bool:
         hit = self._known.get(address)
         if hit is None:
             try:
                 ip = ipaddress.ip_address(address)
             except ValueError:
                 return False
+            if ip.version == 6 and ip.ipv4_mapped:  # an IPv4 peer on a dual-stack socket
+                ip = ip.ipv4_mapped
             hit = any(ip in net for net in self.nets)
             if len(self._known) >= 4096:
                 self._known.clear()
             self._known[address] = hit
         return hit
+
+    def __repr__(self) -> str:
+        return f"Networks({','.join(map(str, self.nets))!r})"
+
+
+class ClientIP:
+    """``of(peer, x_forwarded_for)``: the client IP. ``balancers`` (the PROXY protocol
+    sources) are never trusted with X-Forwarded-For: a connection from one still has
+    the balancer as its peer only when its PROXY header named no client (LOCAL,
+    UNKNOWN, a non-IP family), and then nobody vouches for the header."""
+
+    def __init__(self, trusted: str | list[str] = "", balancers: str | list[str] = ""):
+        try:
+            self.proxies = Networks(trusted)
+        except ValueError as e:
+            raise ValueError(f"trusted proxies: {e}") from None
+        self.balancers = Networks(balancers)
+        self.nets = self.proxies.nets
+
+    def trusted(self, address: str) -> bool:
+        return address in self.proxies and address not in self.balancers
 
     def of(self, peer: str, forwarded_for: bytes | None) -> str:
         """The client IP of a request from ``peer`` carrying that X-Forwarded-For."""

@@ -19,10 +19,12 @@ handful of rules:
    (pipelining); an incomplete head or body waits for the next chunk.
 
 2. **Answers leave in request order.** An answer is either ready (``bytes``) or
-   pending (an awaitable, wrapped in a future). Ready answers go to ``_out`` while
-   ``_queue`` is empty; once one pending answer sits in ``_queue`` every later
-   answer, ready or not, queues behind it. A future completing drains ``_queue``
-   from the head up to the first answer still pending.
+   pending: a ``Pending`` (the purchase path's: resolved with ``set_result``, which
+   tells the connection in the call) or any other awaitable (wrapped in a future,
+   whose done callback runs on a later loop turn). Ready answers go to ``_out``
+   while ``_queue`` is empty; once one pending answer sits in ``_queue`` every later
+   answer, ready or not, queues behind it. A pending answer resolving drains
+   ``_queue`` from the head up to the first answer still pending.
 
 3. **One write per wake-up.** ``_out`` is joined and written once at the end of
    ``data_received`` (or of a drain after a future completed), so N pipelined
@@ -56,6 +58,14 @@ handful of rules:
    request in ``_fix``: ``Connection: close`` is added when the request ends the
    connection, ``Connection: keep-alive`` for an HTTP/1.0 client that asked for
    it, and the body is cut off for HEAD.
+
+8. **A load balancer's PROXY header comes first.** On a connection whose socket
+   peer is in ``limits.proxy_protocol_from``, the bytes before the first request
+   must be one PROXY protocol v1 or v2 header (``proxyproto.py``). They collect in
+   ``_proxy_buf``, under the head deadline from the first byte (state 1; before it,
+   the connection is idle like any other); the header's client address
+   replaces ``peer_ip`` (a v2 LOCAL health check keeps the socket's); what follows
+   goes to the parser. A missing or invalid header is refused like malformed input.
 
 States of the message in progress (``_state``): 0 = between requests, 1 = head
 (request line and headers), 2 = body. ``connection_lost`` drops owed answers but
@@ -114,7 +124,7 @@ LINGER_SECONDS = 2.0
 
 
 class HttpLimits:
-    """Per-connection limits and timeouts.
+    """Per-connection limits and timeouts, and the listener's PROXY protocol sources.
 
     The class attributes are the defaults; any of them can be overridden by keyword
     (``HttpLimits(head_timeout=0.5)``). Unknown names are a TypeError.
@@ -131,6 +141,9 @@ class HttpLimits:
     body_timeout = 30.0  # end of head -> end of body, else 408 + close
     keepalive_timeout = 75.0  # idle between requests -> close
     write_buffer_high = 256 * 1024  # transport write buffer high-water mark
+    # Peers that must open with a PROXY protocol header (a clientip.Networks, or any
+    # container of address strings); None or empty: no header is ever parsed.
+    proxy_protocol_from = None
 
     _FIELDS = (
         "max_head",
@@ -144,6 +157,7 @@ class HttpLimits:
         "body_timeout",
         "keepalive_timeout",
         "write_buffer_high",
+        "proxy_protocol_from",
     )
 
     def __init__(self, **overrides) -> None:

@@ -18,6 +18,7 @@ import sys
 
 from flashgate.config import Config
 from flashgate.gateway.app import Gateway
+from flashgate.gateway.clientip import Networks
 from flashgate.gateway.protocol import ConnectionRegistry, HttpLimits, HttpProtocol
 
 log = logging.getLogger("flashgate.worker")
@@ -89,11 +90,16 @@ async def _serve(cfg: Config, worker_id: int, ready, parent: int) -> int:
     # a pause of milliseconds in the latency tail).
     gc.collect()
     gc.freeze()
+    # A young collection scans the young objects still alive (the requests in
+    # flight), however many were allocated since the last one: collecting every
+    # 10,000 allocations instead of 700 does about the same work 14x less often.
+    gc.set_threshold(10_000, 10, 10)
     limits = HttpLimits(
         max_body=cfg.max_body,
         keepalive_timeout=cfg.keepalive_timeout,
         head_timeout=cfg.head_timeout,
         max_connections=cfg.max_connections,
+        proxy_protocol_from=Networks(cfg.proxy_protocol_from),
     )
     registry = ConnectionRegistry()
     registry.start(loop)

@@ -387,7 +387,8 @@ def test_order_is_visible_to_its_owner_and_the_operator_only(gw, r):
         for headers in ({"X-User-Id": "owner"}, admin_headers()):
             status, data, _ = gw.request("GET", path, headers=headers)
             assert status == 200, (status, data)
-            assert (data["order_id"], data["user_id"]) == (order["order_id"], "owner")
+            assert data == order  # the very object the buy answered, field for field
+    assert [o for o in gw.orders_export(event_id) if o["order_id"] == order["order_id"]] == [order]
     check_invariants(r, gw, event_id, body, [order])
 
 

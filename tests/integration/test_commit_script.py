@@ -25,19 +25,104 @@ def commit(r, ev, sku, orders, resent):
     return r.eval(store.COMMIT.source, 6, *store.commit_keys(p), *argv)
 
 
+def items(reply, orders):
+    """Per reservation: (code, order_id, unit_price, qty, created_ms, pay_by_ms), read as
+    the worker reads them (codes other than 0, 9, 10 carry nothing else)."""
+    out, at = [], 4
+    for oid, _user in orders:
+        code = reply[at]
+        if code == 0:
+            out.append((0, oid.encode(), reply[at + 1], 1, reply[2], reply[3]))
+            at += 2
+        elif code in (9, 10):
+            out.append(tuple(reply[at:at + 6]))
+            at += 6
+        else:
+            out.append((code, None, None, None, None, None))
+            at += 1
+    assert at == len(reply), "the reply has another shape than commit.lua says"
+    return out
+
+
 def test_a_resent_batch_sells_nothing_twice(r):
     ev = new_id("resend")
     body = event_body(stock=(3,))
     configure(r, ev, body)
     batch = [(f"{ev}.s0.a1", "u1"), (f"{ev}.s0.a2", "u2")]
-    first = commit(r, ev, "s0", batch, resent=False)
-    assert first[0] == 2 and [first[2], first[8]] == [0, 0]
+    reply = commit(r, ev, "s0", batch, resent=False)
+    first = items(reply, batch)
+    assert reply[0] == 2 and [i[0] for i in first] == [0, 0]
     time.sleep(0.01)
-    again = commit(r, ev, "s0", batch, resent=True)
-    assert again[0] == 2, "the re-sent batch sold again"
-    assert [again[2], again[8]] == [9, 9]  # "this order exists": the same orders
-    assert [again[3], again[9]] == [first[3], first[9]]
-    assert again[6] == first[6]  # created_ms of the original
-    orders = [{"order_id": oid.decode(), "sku": "s0", "user_id": u, "qty": 1}
-              for oid, u in ((first[3], "u1"), (first[9], "u2"))]
+    reply = commit(r, ev, "s0", batch, resent=True)
+    again = items(reply, batch)
+    assert reply[0] == 2, "the re-sent batch sold again"
+    assert [i[0] for i in again] == [9, 9]  # "this order exists": the same orders
+    assert [i[1:] for i in again] == [i[1:] for i in first]  # id, price, qty, times
+    orders = [{"order_id": i[1].decode(), "sku": "s0", "user_id": u, "qty": 1}
+              for i, u in zip(first, ("u1", "u2"), strict=True)]
     check_invariants(r, None, ev, body, orders)
+
+
+def test_one_user_twice_in_a_batch_is_held_to_the_limit(r):
+    """The buyers of a batch are read once (HMGET): what the batch itself sells to a
+    user counts against the limit of that user's later items in the same batch."""
+    ev = new_id("twice")
+    body = event_body(stock=(10,), limits=(2,))
+    configure(r, ev, body)
+    p = store.sku_prefix(ev, "s0")
+    r.hset(p + "buyers", "old", 1)  # bought 1 before (a unit sold earlier)
+    r.incrby(p + "sold", 1)
+    r.incrby(p + "orders_n", 1)
+    r.xadd(p + "orders", {"type": "created", "order_id": f"{ev}.s0.z0", "user": "old", "qty": 1})
+    r.hset(p + "order:" + f"{ev}.s0.z0", mapping={"user_id": "old", "qty": 1, "unit_price": 100})
+    batch = [(f"{ev}.s0.b{i}", u) for i, u in enumerate(["a", "a", "a", "old", "old", "b"])]
+    reply = commit(r, ev, "s0", batch, resent=False)
+    codes = [i[0] for i in items(reply, batch)]
+    assert codes == [0, 0, 2, 0, 2, 0]  # a: 2 then limit; old: 1 more then limit
+    assert reply[0] == 1 + 4
+    assert r.hgetall(p + "buyers") == {b"old": b"2", b"a": b"2", b"b": b"1"}
+    acked = [{"order_id": f"{ev}.s0.z0", "sku": "s0", "user_id": "old", "qty": 1}]
+    acked += [{"order_id": oid, "sku": "s0", "user_id": u, "qty": 1}
+              for (oid, u), code in zip(batch, codes, strict=True) if code == 0]
+    check_invariants(r, None, ev, body, acked)
+
+
+def test_an_empty_batch_sells_nothing(r):
+    ev = new_id("empty")
+    body = event_body(stock=(3,))
+    configure(r, ev, body)
+    assert commit(r, ev, "s0", [], resent=False) == [0, 3, 0, 0]
+    check_invariants(r, None, ev, body, [])
+
+
+def test_an_idempotent_replay_answers_the_first_order(r):
+    ev = new_id("replay")
+    body = event_body(stock=(5,), limits=(2,))
+    configure(r, ev, body)
+    p = store.sku_prefix(ev, "s0")
+
+    def call(oid, fp):
+        return r.eval(store.COMMIT.source, 6, *store.commit_keys(p),
+                      p, 1, 0, oid, "u1", 1, "key-1", fp)
+
+    first = items(call(f"{ev}.s0.a1", "s0:1"), [(f"{ev}.s0.a1", "u1")])[0]
+    replay = items(call(f"{ev}.s0.a2", "s0:1"), [(f"{ev}.s0.a2", "u1")])[0]
+    other = items(call(f"{ev}.s0.a3", "s0:2"), [(f"{ev}.s0.a3", "u1")])[0]
+    assert first[0] == 0 and replay[0] == 10 and other[0] == 8
+    assert replay[1:] == first[1:]  # the first order's id, price, qty and times
+    check_invariants(r, None, ev, body,
+                     [{"order_id": f"{ev}.s0.a1", "sku": "s0", "user_id": "u1", "qty": 1}])
+
+
+def test_the_worker_reads_only_replies_of_the_right_shape():
+    from flashgate.gateway.app import _reply_offsets
+
+    def _reply_fits(reply, n):
+        return _reply_offsets(reply, n) is not None
+
+    assert _reply_fits([5, 10, 1, 2, 0, 100, 9, b"o", 100, 1, 1, 2, 1], 3)
+    assert not _reply_fits([5, 10, 1, 2, 0, 100, 9, b"o", 100, 1, 1, 2, 1], 2)  # too long
+    assert not _reply_fits([5, 10, 1, 2, 0], 1)  # cut short
+    assert not _reply_fits([5, 10, 1, 2, b"0", 100], 1)  # not a code
+    assert not _reply_fits(RuntimeError("x"), 1)
+    assert _reply_fits([0, 3, 0, 0], 0)

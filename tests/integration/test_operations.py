@@ -14,6 +14,7 @@ import pytest
 
 from flashgate.auth import TokenVerifier
 from tests.support import (
+    ADMIN,
     Gateway,
     check_invariants,
     event_body,
@@ -175,6 +176,66 @@ def test_token_command_mints_a_valid_token():
                              env={k: v for k, v in os.environ.items()
                                   if k != "FLASHGATE_USER_SECRET"})
     assert missing.returncode == 2 and "secret" in missing.stderr
+
+
+def test_rate_limits_follow_the_proxy_protocol_client(redis_server, tmp_path, r):
+    """Behind an L4 balancer speaking the PROXY protocol (v1 or v2) the per-IP limit
+    applies to the header's client; the balancer's own health checks (v2 LOCAL)
+    pass; a connection from it without a header is refused and sells nothing."""
+    gw = Gateway(redis_server.url, tmp_path, workers=1,
+                 extra=["--ip-rate", "1", "--ip-burst", "1",
+                        "--proxy-protocol-from", "127.0.0.0/8"]).start(wait_ready=False)
+    ev = new_id("pp")
+    body = event_body(stock=(100,), limits=(1,))
+    v2_local = b"\r\n\r\n\x00\r\nQUIT\n\x20\x00\x00\x00"
+
+    def v1(client: str) -> bytes:
+        family, dst = ("TCP6", "::1") if ":" in client else ("TCP4", "127.0.0.1")
+        return f"PROXY {family} {client} {dst} 40000 80\r\n".encode()
+
+    def call(header: bytes, method: str, path: str, doc=None, headers=()):
+        payload = json.dumps(doc).encode() if doc is not None else b""
+        head = f"{method} {path} HTTP/1.1\r\nHost: t\r\nContent-Length: {len(payload)}\r\n"
+        head += "".join(f"{k}: {v}\r\n" for k, v in headers)
+
+        async def go():
+            reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+            try:
+                writer.write(header + head.encode() + b"\r\n" + payload)
+                return await read_response(reader, 10)
+            finally:
+                writer.close()
+
+        return asyncio.run(go())
+
+    def buy(header: bytes, user: str):
+        return call(header, "POST", f"/api/v1/events/{ev}/buy", {"sku": "s0", "qty": 1},
+                    [("X-User-Id", user)])
+
+    try:
+        deadline = time.monotonic() + 15
+        while call(v2_local, "GET", "/readyz")[0] != 200:
+            assert time.monotonic() < deadline, "never ready through a LOCAL health check"
+            time.sleep(0.1)
+        status, data = call(b"", "GET", "/readyz")
+        assert (status, data["error"]) == (400, "bad_request")  # no header: refused
+        status, _ = call(v1("198.51.100.9"), "PUT", f"/api/v1/admin/events/{ev}", body,
+                         [("Authorization", f"Bearer {ADMIN}")])
+        assert status in (200, 201)
+        acked = []
+        status, order = buy(v1("198.51.100.1"), "a1")
+        assert status == 200, order
+        acked.append(order)
+        assert buy(v1("198.51.100.1"), "a2")[0] == 429  # same client, over its rate
+        status, order = buy(v1("2001:db8::1"), "a3")  # another client
+        assert status == 200, order
+        acked.append(order)
+        assert buy(b"", "a4")[0] == 400  # no header: refused, nothing sold
+        # (the API is behind the balancer too: the checks read Redis only)
+        figures = check_invariants(r, None, ev, body, acked)
+        assert figures["s0"]["sold"] == 2
+    finally:
+        gw.stop()
 
 
 def test_rate_limits_follow_the_client_behind_a_trusted_proxy(redis_server, tmp_path, r):

@@ -98,6 +98,13 @@ def test_rush_sells_exactly_the_stock(gw, r):
     assert rej["sold_out"] == statuses.get((409, "sold_out"), 0)
     assert rej["limit_exceeded"] == statuses.get((409, "limit_exceeded"), 0)
     assert stats["sold_out_ms"] is not None
+    # unique visitors: both workers' HyperLogLogs merged, within the sketch's error
+    visitors = {req[2]["X-User-Id"] for session in sessions for req in session}
+    deadline = time.monotonic() + 3
+    while abs(stats["uv"] - len(visitors)) > 0.03 * len(visitors) and time.monotonic() < deadline:
+        time.sleep(0.1)
+        stats = gw.admin("GET", f"/api/v1/admin/events/{ev}/stats")[1]
+    assert abs(stats["uv"] - len(visitors)) <= 0.03 * len(visitors), (stats["uv"], len(visitors))
 
 
 def test_one_user_many_connections_gets_exactly_the_limit(gw, r):

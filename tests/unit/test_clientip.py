@@ -29,3 +29,18 @@ def test_no_trusted_proxies_means_the_peer():
 def test_bad_configuration_is_refused():
     with pytest.raises(ValueError):
         ClientIP("10.0.0.0/33")
+
+
+def test_a_proxy_protocol_balancer_never_vouches_for_x_forwarded_for():
+    # its connections keep its address only when the PROXY header named no client
+    ip = ClientIP("10.1.0.0/16", "10.1.0.5/32")
+    assert ip.of(LB, b"198.51.100.1") == LB
+    assert ip.of("10.1.0.6", b"198.51.100.1") == "198.51.100.1"  # another, plain proxy
+
+
+def test_ipv4_mapped_peers_are_their_ipv4_address_for_membership():
+    from flashgate.gateway.clientip import Networks
+
+    nets = Networks("10.0.0.0/8")
+    assert "::ffff:10.1.2.3" in nets and "10.1.2.3" in nets
+    assert "::ffff:11.1.2.3" not in nets

@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import ipaddress
 import logging
 import select
 import socket
+import struct
 import threading
 import time
 
 import orjson
 import pytest
 import uvloop
+from flashgate.gateway._protocol import Pending
 
+from flashgate.gateway.clientip import Networks
 from flashgate.gateway.protocol import (
     ConnectionRegistry,
     HttpLimits,
@@ -23,6 +27,7 @@ from flashgate.gateway.protocol import (
     build_response,
     error_response,
 )
+from flashgate.gateway.proxyproto import V2_SIGNATURE
 
 # --------------------------------------------------------------------------- test app
 
@@ -59,11 +64,32 @@ class EchoApp:
             fut = asyncio.get_running_loop().create_future()
             asyncio.get_running_loop().call_later(0.02, fut.set_result, self.echo(req))
             return fut
+        if req.path == "/pending":  # a Pending resolved after MS ms (0: before it is returned)
+            pending = Pending()
+            ms = int(req.query or b"0")
+            if ms:
+                asyncio.get_running_loop().call_later(ms / 1000, self._resolve, pending, req)
+            else:
+                pending.set_result(self.echo(req))
+            return pending
+        if req.path == "/awaits-pending":
+            return self._awaits_pending(req)
         return self.echo(req)
 
     async def _slow(self, req: Request) -> bytes:
         await asyncio.sleep(int(req.query or b"0") / 1000)
         self.completed.append(req.path + "?" + req.query.decode())
+        return self.echo(req)
+
+    def _resolve(self, pending, req) -> None:
+        self.completed.append(req.path + "?" + req.query.decode())
+        pending.set_result(self.echo(req))
+
+    async def _awaits_pending(self, req) -> bytes:
+        pending = Pending()
+        asyncio.get_running_loop().call_later(0.01, pending.set_result, b"unused")
+        await pending
+        assert pending.done() and pending.result() == b"unused"
         return self.echo(req)
 
     async def _araise(self) -> bytes:
@@ -273,6 +299,54 @@ def test_pipelining_keeps_request_order_with_async_and_sync_answers(serve):
     assert srv.app.completed == ["/slow?30", "/slow?150"]
 
 
+def test_pending_answers_keep_request_order(serve):
+    srv = serve()
+    c = Client(srv.port)
+    c.send(req("/pending?120") + req("/echo?n=1") + req("/pending?20") + req("/pending")
+           + req("/slow?10") + req("/awaits-pending") + req("/pending?5"))
+    got = [c.json()[2] for _ in range(7)]
+    assert [(d["path"], d["query"]) for d in got] == [
+        ("/pending", "120"), ("/echo", "n=1"), ("/pending", "20"), ("/pending", ""),
+        ("/slow", "10"), ("/awaits-pending", ""), ("/pending", "5"),
+    ]
+    assert srv.app.completed[:2] == ["/pending?5", "/slow?10"]  # resolved out of order
+
+
+def test_pending_resolved_after_the_client_left_is_harmless(serve):
+    srv = serve()
+    c = Client(srv.port)
+    c.send(req("/pending?80"))
+    time.sleep(0.02)
+    c.close()
+    assert wait_until(lambda: srv.app.completed == ["/pending?80"])
+    assert wait_until(lambda: srv.call(lambda: len(srv.registry)) == 0)
+
+
+def test_pending_answers_once_and_only_bytes(caplog):
+    p = Pending()
+    assert not p.done()
+    with pytest.raises(asyncio.InvalidStateError):
+        p.result()
+    p.set_result(b"x")
+    assert p.done() and p.result() == b"x"
+    with pytest.raises(asyncio.InvalidStateError):
+        p.set_result(b"y")
+    q = Pending()
+    with caplog.at_level(logging.ERROR, logger="flashgate.http"):
+        q.set_result("not bytes")
+    assert q.result().startswith(b"HTTP/1.1 500 ") and "not bytes" in caplog.text
+    r = Pending()
+    r.set_result(bytearray(b"HTTP/1.1 204 No Content\r\n\r\n"))
+    assert r.result() == b"HTTP/1.1 204 No Content\r\n\r\n"
+
+
+def test_commit_answer_template_is_build_response():
+    from flashgate.gateway.app import _OK_JSON_HEAD
+
+    body = b'{"order_id":"e.s.1"}'
+    assert _OK_JSON_HEAD % len(body) + body == build_response(200, body)
+
+
 def test_one_byte_at_a_time_over_a_socket(serve):
     c = Client(serve().port)
     for byte in req("/frag?x=1", "X-A: b\r\n", method="POST", body=b"hello"):
@@ -339,17 +413,18 @@ def test_keepalive_timeout_closes_idle_connection(serve):
     assert wait_until(lambda: srv.call(lambda: len(srv.registry)) == 0)
 
 
-def test_close_idle_and_busy_count(serve):
+@pytest.mark.parametrize("slow", ["/slow", "/pending"])
+def test_close_idle_and_busy_count(serve, slow):
     srv = serve()
     idle = Client(srv.port)
     assert idle.get()[0] == 200
     busy = Client(srv.port)
-    busy.send(req("/slow?300"))
+    busy.send(req(slow + "?300"))
     assert wait_until(lambda: srv.call(srv.registry.busy_count) == 1)
     srv.call(srv.registry.close_idle)
     assert idle.is_closed()
     status, headers, doc = busy.json()  # the request in progress is still answered...
-    assert status == 200 and doc["path"] == "/slow" and headers["connection"] == "close"
+    assert status == 200 and doc["path"] == slow and headers["connection"] == "close"
     assert busy.is_closed()  # ...and then that connection ends too
     assert wait_until(lambda: srv.call(lambda: len(srv.registry)) == 0)
 
@@ -587,6 +662,99 @@ def test_body_timeout(serve):
     assert c.is_closed()
 
 
+# --------------------------------------------------------------------------- PROXY protocol
+
+LB = Networks("127.0.0.0/8")  # the test client's address is a configured balancer
+V1 = b"PROXY TCP4 198.51.100.7 127.0.0.1 51000 80\r\n"
+
+
+def proxy_v2(command: int = 0x21, src: str = "2001:db8::7") -> bytes:
+    block = ipaddress.ip_address(src).packed + ipaddress.ip_address("::1").packed
+    block += struct.pack("!HH", 51000, 443) + b"\x03\x00\x04abcd"  # a TLV, skipped
+    return V2_SIGNATURE + bytes([command, 0x21]) + struct.pack("!H", len(block)) + block
+
+
+def test_proxy_v1_header_names_the_client_for_every_request(serve):
+    c = Client(serve(proxy_protocol_from=LB).port)
+    c.send(V1 + req("/echo?1"))
+    assert c.json()[2]["peer_ip"] == "198.51.100.7"
+    c.send(req("/echo?2"))
+    assert c.json()[2]["peer_ip"] == "198.51.100.7"
+
+
+def test_proxy_v2_in_fragments_then_pipelined_requests(serve):
+    c = Client(serve(proxy_protocol_from=LB).port)
+    stream = proxy_v2() + req("/echo?1") + req("/echo?2")
+    for i in range(0, len(stream), 7):
+        c.send(stream[i:i + 7])
+        time.sleep(0.001)
+    assert [c.json()[2]["peer_ip"] for _ in range(2)] == ["2001:db8::7"] * 2
+
+
+def test_proxy_v2_local_health_check_keeps_the_socket_address(serve):
+    c = Client(serve(proxy_protocol_from=LB).port)
+    c.send(proxy_v2(command=0x20) + req("/livez"))
+    assert c.json()[2]["peer_ip"] == "127.0.0.1"
+
+
+@pytest.mark.parametrize("first", [
+    req("/echo"),  # the balancer forgot the header
+    b"PROXY TCP4 198.51.100.7 127.0.0.1 51000\r\n" + req("/echo"),
+    b"PROXY TCP4 198.51.100.7 127.0.0.1 51000 80\n" + req("/echo"),
+    proxy_v2(command=0x22) + req("/echo"),
+    b"\x16\x03\x01\x02\x00\x01",  # TLS
+])
+def test_connection_from_a_balancer_without_a_valid_header_is_refused(serve, first):
+    srv = serve(proxy_protocol_from=LB)
+    c = Client(srv.port)
+    c.send(first)
+    status, headers, doc = c.json()
+    assert status == 400 and doc["error"] == "bad_request" and "PROXY" in doc["message"]
+    assert headers["connection"] == "close"
+    assert c.is_closed()
+    ok = Client(srv.port)  # the next connection is not affected
+    ok.send(V1 + req())
+    assert ok.json()[0] == 200
+
+
+def test_the_header_comes_once_only(serve):
+    c = Client(serve(proxy_protocol_from=LB).port)
+    c.send(V1 + req() + V1)
+    assert c.json()[2]["peer_ip"] == "198.51.100.7"
+    assert c.response()[0] == 400
+    assert c.is_closed()
+
+
+def test_a_header_never_finished_times_out(serve):
+    c = Client(serve(proxy_protocol_from=LB, head_timeout=0.3).port)
+    c.send(V1[:10])
+    status, headers, _ = c.json()
+    assert status == 408 and headers["connection"] == "close"
+    assert c.is_closed()
+
+
+def test_a_balancer_connection_idle_before_its_header_is_not_cut_by_the_head_deadline(serve):
+    srv = serve(proxy_protocol_from=LB, head_timeout=0.2, keepalive_timeout=0.6)
+    c = Client(srv.port)
+    time.sleep(0.4)  # opened ahead of its client: idle, not a request in progress
+    c.send(V1 + req())
+    assert c.json()[2]["peer_ip"] == "198.51.100.7"
+    silent = Client(srv.port)  # ... but idle connections still end at keepalive_timeout
+    assert silent.is_closed(timeout=3.0)
+    assert srv.call(srv.registry.busy_count) == 0
+
+
+def test_peers_that_are_not_balancers_cannot_send_a_header(serve):
+    srv = serve(proxy_protocol_from=Networks("192.0.2.0/24"))
+    c = Client(srv.port)
+    c.send(V1 + req())
+    assert c.response()[0] == 400  # a malformed request line, nothing more
+    assert c.is_closed()
+    c = Client(srv.port)
+    c.send(req())
+    assert c.json()[2]["peer_ip"] == "127.0.0.1"
+
+
 # --------------------------------------------------------------------------- responses
 
 
@@ -696,6 +864,19 @@ def test_fragments_fed_one_byte_at_a_time_match_one_chunk():
         assert b'"peer_ip":"10.1.2.3"' in t_whole.writes[0]
 
     run(main())
+
+
+def test_an_ipv4_peer_on_a_dual_stack_socket_is_its_ipv4_address():
+    proto = HttpProtocol(EchoApp(), HttpLimits(), ConnectionRegistry())
+    transport = FakeTransport()
+    transport.get_extra_info = lambda name, default=None: (
+        ("::ffff:10.1.2.3", 40000, 0, 0) if name == "peername" else default)
+
+    async def connect():
+        proto.connection_made(transport)
+
+    run(connect())
+    assert proto._peer_ip == "10.1.2.3"
 
 
 def test_many_pipelined_sync_requests_one_write():

@@ -7,25 +7,31 @@
 --       order id is looked up first, so nothing is sold twice (ids are unique, so a
 --       first send needs no lookup), then n times: order_id, user, qty,
 --       idempotency key ("" = none), fingerprint
--- Reply: {sold, stock, then per reservation: code, order_id, unit_price, qty, created_ms, pay_by_ms}
+-- Reply: {sold, stock, created_ms, pay_by_ms (of this batch's new orders), then per
+--        reservation, by its code: 0 (sold): code, unit_price; 9 and 10 (an order that
+--        exists): code, order_id, unit_price, qty, created_ms, pay_by_ms; any other
+--        code: the code alone}
 --
 -- Codes: 0 sold (new order), 1 sold_out, 2 limit_exceeded, 3 not_started, 4 ended,
 --        5 paused, 7 not_registered, 8 idempotency_mismatch, 9 this order id exists
 --        already (a re-sent batch: nothing sold twice), 10 idempotent replay of another
 --        order, 11 not_found (the SKU has no definition).
+-- n is at most a few thousand (the worker sends at most 256): the buyers are read
+-- with one HMGET of unpack()-ed names.
 local P = ARGV[1]
 local n = tonumber(ARGV[2])
 local resent = ARGV[3] == '1'
 local m = redis.call('HMGET', KEYS[1], 'starts', 'ends', 'paused', 'limit', 'price',
-                     'tiers', 'pay_ms', 'reg', 'event', 'sku')
+                     'tiers', 'pay_ms', 'reg')
 local stock = tonumber(redis.call('GET', KEYS[2]) or '0')
 local sold = tonumber(redis.call('GET', KEYS[3]) or '0')
-local out = {0, stock}
+local out = {0, stock, 0, 0}
+if n == 0 then
+  out[1] = sold
+  return out
+end
 if not m[1] then
-  for i = 0, n - 1 do
-    local b = 4 + i * 5
-    for _, v in ipairs({11, ARGV[b], 0, tonumber(ARGV[b + 2]), 0, 0}) do out[#out + 1] = v end
-  end
+  for i = 1, n do out[#out + 1] = 11 end
   out[1] = sold
   return out
 end
@@ -33,7 +39,9 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local starts, ends = tonumber(m[1]), tonumber(m[2])
 local paused, limit, price = m[3] == '1', tonumber(m[4]), tonumber(m[5])
-local pay_ms, reg, event, sku = tonumber(m[7]), m[8] == '1', m[9], m[10]
+local pay_ms, reg = tonumber(m[7]), m[8] == '1'
+out[3] = now
+out[4] = now + pay_ms
 -- the price ladder: "units,price,units,price,..."; tier k covers the next units_k units
 local tiers = {}
 if m[6] and m[6] ~= '' then
@@ -47,19 +55,25 @@ local function unit_price(before)
   end
   return price
 end
-local function emit(code, oid, up, q, created, payby)
-  out[#out + 1] = code; out[#out + 1] = oid; out[#out + 1] = up
-  out[#out + 1] = q; out[#out + 1] = created; out[#out + 1] = payby
+local function refuse(code)
+  out[#out + 1] = code
 end
 local function existing(code, oid, qty)
   local o = redis.call('HMGET', P .. 'order:' .. oid, 'unit_price', 'qty', 'created_ms', 'pay_by_ms')
   if not o[2] then
     -- the order is gone (evicted or deleted by hand): say so, keep the reply aligned
-    emit(11, oid, 0, qty, 0, 0)
+    refuse(11)
   else
-    emit(code, oid, tonumber(o[1]), tonumber(o[2]), tonumber(o[3]), tonumber(o[4]))
+    out[#out + 1] = code; out[#out + 1] = oid; out[#out + 1] = tonumber(o[1])
+    out[#out + 1] = tonumber(o[2]); out[#out + 1] = tonumber(o[3]); out[#out + 1] = tonumber(o[4])
   end
 end
+-- what each buyer of the batch already holds: one HMGET for the whole batch; units
+-- sold in this batch are added in `extra` (a user may appear twice)
+local names = {}
+for i = 0, n - 1 do names[i + 1] = ARGV[5 + i * 5] end
+local held = redis.call('HMGET', KEYS[4], unpack(names))
+local extra = {}
 local new_orders, revenue = 0, 0
 for i = 0, n - 1 do
   local b = 4 + i * 5
@@ -78,37 +92,39 @@ for i = 0, n - 1 do
     if string.sub(prior, sep + 1) == fp then
       existing(10, string.sub(prior, 1, sep - 1), qty)
     else
-      emit(8, oid, 0, qty, 0, 0)
+      refuse(8)
     end
   elseif now < starts then
-    emit(3, oid, 0, qty, 0, 0)
+    refuse(3)
   elseif now >= ends then
-    emit(4, oid, 0, qty, 0, 0)
+    refuse(4)
   elseif paused then
-    emit(5, oid, 0, qty, 0, 0)
+    refuse(5)
   elseif reg and redis.call('SISMEMBER', P .. 'reg', user) == 0 then
-    emit(7, oid, 0, qty, 0, 0)
-  elseif tonumber(redis.call('HGET', KEYS[4], user) or '0') + qty > limit then
-    emit(2, oid, 0, qty, 0, 0)
+    refuse(7)
+  elseif (tonumber(held[i + 1]) or 0) + (extra[user] or 0) + qty > limit then
+    refuse(2)
   elseif sold + qty > stock then
-    emit(1, oid, 0, qty, 0, 0)
+    refuse(1)
   else
     local up = unit_price(sold)
-    local payby = now + pay_ms
+    local payby = out[4]
     -- sold first: scripts do not roll back, so a failure below can only undersell
     redis.call('INCRBY', KEYS[3], qty)
     sold = sold + qty
     redis.call('HINCRBY', KEYS[4], user, qty)
-    redis.call('HSET', okey, 'order_id', oid, 'event_id', event, 'sku', sku, 'user_id', user,
-               'qty', qty, 'unit_price', up, 'amount', up * qty, 'status', 'reserved',
-               'created_ms', now, 'pay_by_ms', payby)
+    extra[user] = (extra[user] or 0) + qty
+    -- order_id, event_id and sku are in the key, amount is unit_price * qty: readers
+    -- add them (store.order_from_hash)
+    redis.call('HSET', okey, 'user_id', user, 'qty', qty, 'unit_price', up,
+               'status', 'reserved', 'created_ms', now, 'pay_by_ms', payby)
     redis.call('XADD', KEYS[5], '*', 'type', 'created', 'order_id', oid, 'user', user,
                'qty', qty, 'unit_price', up, 'ts', now)
     new_orders = new_orders + 1
     revenue = revenue + up * qty
     if sold >= stock then redis.call('SET', P .. 'sold_out_ms', now, 'NX') end
     if ikey then redis.call('SET', ikey, oid .. '|' .. fp, 'EX', 86400) end
-    emit(0, oid, up, qty, now, payby)
+    out[#out + 1] = 0; out[#out + 1] = up
   end
 end
 -- per batch, not per order (counters for stats; the stream is the record)

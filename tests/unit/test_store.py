@@ -1,0 +1,29 @@
+"""Reading stored records without I/O."""
+
+from flashgate.core.store import order_from_hash
+
+
+def flat(d: dict) -> list[bytes]:
+    return [str(x).encode() for kv in d.items() for x in kv]
+
+
+def test_an_order_hash_reads_as_the_api_object():
+    h = {"user_id": "u1", "qty": 2, "unit_price": 1999, "status": "reserved",
+         "created_ms": 1000, "pay_by_ms": 61000}
+    assert order_from_hash("ev.s0.ab1", flat(h)) == {
+        "order_id": "ev.s0.ab1", "event_id": "ev", "sku": "s0", "user_id": "u1", "qty": 2,
+        "unit_price": 1999, "amount": 3998, "status": "reserved", "created_ms": 1000,
+        "pay_by_ms": 61000}
+
+
+def test_a_hash_written_with_all_ten_fields_reads_the_same():
+    legacy = {"order_id": "ev.s0.ab1", "event_id": "ev", "sku": "s0", "user_id": "u1",
+              "qty": 2, "unit_price": 1999, "amount": 3998, "status": "reserved",
+              "created_ms": 1000, "pay_by_ms": 61000}
+    new = {k: v for k, v in legacy.items() if k not in ("order_id", "event_id", "sku", "amount")}
+    assert order_from_hash("ev.s0.ab1", flat(legacy)) == order_from_hash("ev.s0.ab1", flat(new))
+    assert order_from_hash("ev.s0.ab1", flat(legacy))["amount"] == 3998
+
+
+def test_no_hash_is_no_order():
+    assert order_from_hash("ev.s0.ab1", []) is None
