@@ -7,8 +7,10 @@ with the process that started it.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -44,13 +46,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _die_with_parent() -> None:
+    # Linux: SIGTERM when the process that started it ends, however it ends (even by
+    # an exit after which no Python clean-up runs)
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 class EmbeddedRedis:
+    """``die_with_parent``: the server is sent SIGTERM when the starting process ends
+    without stopping it (for harnesses that leave by ``os._exit``)."""
+
     def __init__(self, data_dir: str | os.PathLike, *, appendfsync: str = "everysec",
-                 port: int = 0, persist: bool = True):
+                 port: int = 0, persist: bool = True, die_with_parent: bool = False):
         self.data_dir = Path(data_dir).resolve()
         self.appendfsync = appendfsync
         self.port = port or free_port()
         self.persist = persist
+        self.die_with_parent = die_with_parent
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -71,8 +86,9 @@ class EmbeddedRedis:
                      "--appendfilename", "flashgate.aof"]
         else:
             args += ["--appendonly", "no"]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+            preexec_fn=_die_with_parent if self.die_with_parent else None)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
