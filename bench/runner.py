@@ -255,10 +255,18 @@ class Redis:
     def url(self) -> str:
         return f"redis://{HOST}:{self.port}/0"
 
-    def client(self):
+    def client(self, audit: bool = False):
         import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
 
-        return redis.Redis(host=HOST, port=self.port, db=0, decode_responses=True)
+        if not audit:
+            return redis.Redis(host=HOST, port=self.port, db=0, decode_responses=True)
+        # The audit walks millions of orders in one script call (seconds): no retries
+        # and a long timeout, since a client that gave up and retried would only get
+        # BUSY while the first call is still running.
+        return redis.Redis(host=HOST, port=self.port, db=0, decode_responses=True,
+                           socket_timeout=600, retry=Retry(NoBackoff(), 0))
 
 
 def start_redis(procs: Processes, name: str, aof: bool = False) -> Redis:

@@ -330,7 +330,8 @@ class Bench:
         return sum(r["orders_acked"] for r in cfg["reps"])
 
     def audit(self, scenario: str, t: Target, event: dict, acked: int, cfgs: list[dict]) -> dict:
-        res = invariants.check_event(t.client, event, acked, t.port, self.admin_token)
+        res = invariants.check_event(t.redis.client(audit=True), event, acked, t.port,
+                                     self.admin_token)
         res.update({"scenario": scenario, "target": t.name})
         self.audits.append(res)
         for cfg in cfgs:
