@@ -20,18 +20,21 @@ cdef struct SkuState:
     int limit              # per-user limit
     int limit_max          # the highest limit since the buyer table began (see I3)
     bint paused
+    Py_ssize_t buyer_mask  # the buyer table's shards - 1 (a power of two - 1)
 
 
 cdef class Ledger:
     cdef SkuState *skus
     cdef Py_ssize_t n
     cdef Py_ssize_t cap
-    cdef list buyers       # per sku: dict user -> units bought through this worker
+    cdef list buyers       # per sku: list of dicts user -> units bought through this
+                           # worker, the shard picked by the user's hash
     cdef list holding      # per sku: dict user -> units in flight
     cdef list pending      # per sku: list of reservations waiting for the next commit
     cdef list dirty        # skus with pending reservations, in arrival order
 
     cdef inline SkuState *_sku(self, int sku) except NULL
+    cdef inline dict _buyers(self, int sku, SkuState *s, str user)
     cpdef int check(self, int sku, str user, int qty, long long now_ms) except -1
     cpdef int reserve(self, int sku, str user, int qty, long long now_ms, bint idem) except -1
     cpdef void push(self, int sku, object item) except *

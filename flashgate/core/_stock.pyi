@@ -10,6 +10,7 @@ ENDED: int
 PAUSED: int
 WAIT: int
 PROBE: int
+BUYER_SHARD: int  # users per shard of a buyer table (while the stock does not grow)
 
 class Ledger:
     def __len__(self) -> int: ...
@@ -53,6 +54,8 @@ class Ledger:
     def state(self, sku: int) -> tuple[int, int, int, bool]:
         """``(stock, sold, inflight, paused)``."""
     def buyers_of(self, sku: int) -> dict[str, int]: ...
+    def buyer_shards(self, sku: int) -> int:
+        """How many dicts the SKU's buyer table is split in (about stock / BUYER_SHARD)."""
     def pending_count(self, sku: int) -> int: ...
     def verify(self) -> None:
         """Verify the invariants of every SKU (AssertionError)."""

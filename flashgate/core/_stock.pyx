@@ -15,6 +15,12 @@ worker (``buyers``, at most ``stock`` entries) or have units in flight
 (``holding``, at most ``inflight`` entries). Tables are sized by stock, never by the
 number of requests.
 
+The buyer table of a SKU is split in ``2**k`` dicts by the user's hash, ``k`` chosen
+from the stock so that each holds at most about ``BUYER_SHARD`` users. One dict of a
+million buyers would double its table in one go on the purchase path (tens of ms,
+a stall every worker's latency tail would show); shards grow one at a time, each in
+well under a millisecond.
+
 ``reserve(sku, user, qty, now_ms, idem)`` decides, in this order:
 
 1. outside the window -> NOT_STARTED / ENDED; paused -> PAUSED;
@@ -51,6 +57,7 @@ allocates no Python object.
 
 from cpython.mem cimport PyMem_Malloc, PyMem_Realloc, PyMem_Free
 from cpython.dict cimport PyDict_GetItem
+from cpython.object cimport PyObject_Hash
 from cpython.object cimport PyObject
 
 cimport cython
@@ -73,6 +80,16 @@ ENDED = C_ENDED
 PAUSED = C_PAUSED
 WAIT = C_WAIT
 PROBE = C_PROBE
+
+# Users per shard of a buyer table (at most, while the stock does not grow), and the
+# most shards a SKU gets.
+cdef long long _BUYER_SHARD = 4096
+cdef long long _MAX_SHARDS = 4096
+BUYER_SHARD = _BUYER_SHARD
+
+
+cdef list _buyer_shards(Py_ssize_t mask):
+    return [{} for _ in range(mask + 1)]
 
 
 @cython.final
@@ -122,7 +139,10 @@ cdef class Ledger:
         s.limit = per_user_limit
         s.limit_max = per_user_limit
         s.paused = paused
-        self.buyers.append({})
+        s.buyer_mask = 0
+        while s.buyer_mask + 1 < _MAX_SHARDS and (s.buyer_mask + 1) * _BUYER_SHARD < stock:
+            s.buyer_mask = s.buyer_mask * 2 + 1
+        self.buyers.append(_buyer_shards(s.buyer_mask))
         self.holding.append({})
         self.pending.append([])
         self.n += 1
@@ -154,6 +174,10 @@ cdef class Ledger:
             raise IndexError(f"no sku {sku}")
         return &self.skus[sku]
 
+    cdef inline dict _buyers(self, int sku, SkuState *s, str user):
+        # the shard of the SKU's buyer table that holds `user` (str caches its hash)
+        return <dict>(<list>self.buyers[sku])[PyObject_Hash(user) & s.buyer_mask]
+
     # -- the hot path --------------------------------------------------------
 
     cpdef int check(self, int sku, str user, int qty, long long now_ms) except -1:
@@ -173,7 +197,7 @@ cdef class Ledger:
         if left <= 0:
             return C_SOLD_OUT
         held = 0
-        v = PyDict_GetItem(<dict>self.buyers[sku], user)
+        v = PyDict_GetItem(self._buyers(sku, s, user), user)
         if v != NULL:
             held = <object>v
         if held + qty > s.limit:
@@ -234,7 +258,7 @@ cdef class Ledger:
             else:
                 h.pop(user, None)
         if sold_qty:
-            b = <dict>self.buyers[sku]
+            b = self._buyers(sku, s, user)
             b[user] = b.get(user, 0) + sold_qty
         if FLASHGATE_DEBUG:
             self._check(sku)
@@ -250,7 +274,7 @@ cdef class Ledger:
         """Units were given back (cancel / expire) somewhere: the local buyer table
         may now be too strict, so drop it; Redis still enforces the limit."""
         cdef SkuState *s = self._sku(sku)
-        self.buyers[sku] = {}
+        self.buyers[sku] = _buyer_shards(s.buyer_mask)
         s.limit_max = s.limit
 
     # -- reading -----------------------------------------------------------
@@ -266,7 +290,15 @@ cdef class Ledger:
         return (s.stock, s.sold, s.inflight, bool(s.paused))
 
     def buyers_of(self, int sku):
-        return dict(self.buyers[sku])
+        self._sku(sku)
+        cdef dict out = {}
+        for shard in self.buyers[sku]:
+            out.update(shard)
+        return out
+
+    def buyer_shards(self, int sku):
+        """How many dicts the SKU's buyer table is split in."""
+        return self._sku(sku).buyer_mask + 1
 
     def pending_count(self, int sku):
         return len(self.pending[sku])
@@ -289,7 +321,11 @@ cdef class Ledger:
             raise AssertionError(f"sku {sku}: inflight {s.inflight} != sum(holding) {total}")
         if s.inflight < 0:
             raise AssertionError(f"sku {sku}: inflight {s.inflight} < 0")
-        for u, v in (<dict>self.buyers[sku]).items():
-            if v > s.limit_max:
-                raise AssertionError(f"sku {sku}: buyer {u!r} holds {v} > limit {s.limit_max}")
+        for i, shard in enumerate(self.buyers[sku]):
+            for u, v in (<dict>shard).items():
+                if v > s.limit_max:
+                    raise AssertionError(
+                        f"sku {sku}: buyer {u!r} holds {v} > limit {s.limit_max}")
+                if PyObject_Hash(u) & s.buyer_mask != i:
+                    raise AssertionError(f"sku {sku}: buyer {u!r} in shard {i}")
         return 0

@@ -6,6 +6,7 @@ import random
 import pytest
 
 from flashgate.core._stock import (
+    BUYER_SHARD,
     ENDED,
     LIMIT_EXCEEDED,
     NOT_STARTED,
@@ -96,6 +97,33 @@ def test_a_lowered_limit_leaves_earlier_buyers_at_it():
     assert lg.reserve(s, "a", 1, T0, False) == OK
     lg.settle(s, "a", 1, 1)
     lg.verify()
+
+
+@pytest.mark.parametrize("stock,shards", [
+    (0, 1), (1, 1), (BUYER_SHARD, 1), (BUYER_SHARD + 1, 2), (10 * BUYER_SHARD, 16),
+    (10**12, 4096),
+])
+def test_buyer_table_is_split_by_stock(stock, shards):
+    lg, s = ledger(stock=stock)
+    assert lg.buyer_shards(s) == shards
+
+
+def test_a_sharded_buyer_table_knows_every_buyer():
+    # 20,000 buyers over 8 shards: each is refused a second unit from memory, the
+    # table reads back whole, and forget_buyers empties every shard
+    lg, s = ledger(stock=8 * BUYER_SHARD, limit=1)
+    assert lg.buyer_shards(s) == 8
+    users = [f"u{i}" for i in range(20_000)]
+    for u in users:
+        assert lg.reserve(s, u, 1, T0, False) == OK
+        lg.settle(s, u, 1, 1)
+    lg.observe(s, len(users), 8 * BUYER_SHARD)
+    lg.verify()  # also: every buyer sits in the shard of its hash
+    assert lg.buyers_of(s) == dict.fromkeys(users, 1)
+    assert all(lg.reserve(s, u, 1, T0, False) == LIMIT_EXCEEDED for u in users)
+    lg.forget_buyers(s)
+    assert lg.buyers_of(s) == {} and lg.buyer_shards(s) == 8
+    assert lg.reserve(s, users[0], 1, T0, False) == OK
 
 
 def test_idempotent_requests_probe_where_others_are_refused():
