@@ -126,3 +126,31 @@ def test_the_worker_reads_only_replies_of_the_right_shape():
     assert not _reply_fits([5, 10, 1, 2, b"0", 100], 1)  # not a code
     assert not _reply_fits(RuntimeError("x"), 1)
     assert _reply_fits([0, 3, 0, 0], 0)
+
+
+def test_an_idempotency_key_twice_in_one_batch_makes_one_order(r):
+    """The script decides the whole batch before it writes: a key claimed earlier in
+    the same batch is answered from that claim (10, or 8 for another request)."""
+    ev = new_id("idem2")
+    body = event_body(stock=(5,), limits=(3,))
+    configure(r, ev, body)
+    p = store.sku_prefix(ev, "s0")
+    batch = [(f"{ev}.s0.c{i}", "u1") for i in range(4)]
+    keys = ["key-1", "key-1", "key-1", "key-2"]
+    fps = ["s0:1", "s0:1", "s0:2", "s0:1"]
+    argv = [p, len(batch), 0]
+    for (oid, user), key, fp in zip(batch, keys, fps, strict=True):
+        argv += [oid, user, 1, key, fp]
+    reply = r.eval(store.COMMIT.source, 6, *store.commit_keys(p), *argv)
+    got = items(reply, batch)
+    assert [i[0] for i in got] == [0, 10, 8, 0]
+    assert got[1][1:] == got[0][1:]  # the first order's id, price, qty and times
+    assert reply[0] == 2 and r.hget(p + "buyers", "u1") == b"2"
+    assert r.get(p + "idem:u1:key-1").decode() == f"{batch[0][0]}|s0:1"
+    # and a later batch replays it from Redis, with the same figures
+    again = r.eval(store.COMMIT.source, 6, *store.commit_keys(p),
+                   p, 1, 0, f"{ev}.s0.c9", "u1", 1, "key-1", "s0:1")
+    assert items(again, [(f"{ev}.s0.c9", "u1")])[0] == got[1]
+    check_invariants(r, None, ev, body,
+                     [{"order_id": batch[i][0], "sku": "s0", "user_id": "u1", "qty": 1}
+                      for i in (0, 3)])

@@ -68,25 +68,40 @@ local function existing(code, oid, qty)
     out[#out + 1] = tonumber(o[2]); out[#out + 1] = tonumber(o[3]); out[#out + 1] = tonumber(o[4])
   end
 end
--- what each buyer of the batch already holds: one HMGET for the whole batch; units
--- sold in this batch are added in `extra` (a user may appear twice)
+-- Two passes. The first decides every reservation from what it reads, counting in
+-- local tables what the batch itself sells (a user or an Idempotency-Key may appear
+-- twice); the second writes all sales: `sold` once, every buyer's new total in one
+-- HSET, then each order and its stream entry. Redis runs the script alone, so this
+-- is what a write per sale would leave, with 2 commands per sale instead of 4.
+-- What each buyer of the batch already holds: one HMGET for the whole batch.
 local names = {}
 for i = 0, n - 1 do names[i + 1] = ARGV[5 + i * 5] end
 local held = redis.call('HMGET', KEYS[4], unpack(names))
-local extra = {}
-local new_orders, revenue = 0, 0
+local extra = {}     -- user -> units this batch sells them
+local claimed = {}   -- idempotency key -> {order id, fingerprint, unit price, qty} of this batch
+local sales = {}     -- {order id, user, qty, unit price, idempotency key, fingerprint}
+local sold0, revenue = sold, 0
 for i = 0, n - 1 do
   local b = 4 + i * 5
   local oid, user, qty, idem, fp = ARGV[b], ARGV[b + 1], tonumber(ARGV[b + 2]), ARGV[b + 3], ARGV[b + 4]
-  local okey = P .. 'order:' .. oid
   local ikey = nil
   local prior = nil
+  local mine = nil
   if idem ~= '' then
     ikey = P .. 'idem:' .. user .. ':' .. idem
-    prior = redis.call('GET', ikey)
+    mine = claimed[ikey]
+    if not mine then prior = redis.call('GET', ikey) end
   end
-  if resent and redis.call('EXISTS', okey) == 1 then
+  if resent and redis.call('EXISTS', P .. 'order:' .. oid) == 1 then
     existing(9, oid, qty)
+  elseif mine then
+    -- the key's order was made earlier in this very batch: not stored yet
+    if mine[2] == fp then
+      out[#out + 1] = 10; out[#out + 1] = mine[1]; out[#out + 1] = mine[3]
+      out[#out + 1] = mine[4]; out[#out + 1] = out[3]; out[#out + 1] = out[4]
+    else
+      refuse(8)
+    end
   elseif prior then
     local sep = string.find(prior, '|', 1, true)
     if string.sub(prior, sep + 1) == fp then
@@ -108,28 +123,42 @@ for i = 0, n - 1 do
     refuse(1)
   else
     local up = unit_price(sold)
-    local payby = out[4]
-    -- sold first: scripts do not roll back, so a failure below can only undersell
-    redis.call('INCRBY', KEYS[3], qty)
     sold = sold + qty
-    redis.call('HINCRBY', KEYS[4], user, qty)
     extra[user] = (extra[user] or 0) + qty
-    -- order_id, event_id and sku are in the key, amount is unit_price * qty: readers
-    -- add them (store.order_from_hash)
-    redis.call('HSET', okey, 'user_id', user, 'qty', qty, 'unit_price', up,
-               'status', 'reserved', 'created_ms', now, 'pay_by_ms', payby)
-    redis.call('XADD', KEYS[5], '*', 'type', 'created', 'order_id', oid, 'user', user,
-               'qty', qty, 'unit_price', up, 'ts', now)
-    new_orders = new_orders + 1
     revenue = revenue + up * qty
-    if sold >= stock then redis.call('SET', P .. 'sold_out_ms', now, 'NX') end
-    if ikey then redis.call('SET', ikey, oid .. '|' .. fp, 'EX', 86400) end
+    sales[#sales + 1] = {oid, user, qty, up, ikey, fp}
+    if ikey then claimed[ikey] = {oid, fp, up, qty} end
     out[#out + 1] = 0; out[#out + 1] = up
   end
 end
--- per batch, not per order (counters for stats; the stream is the record)
-if new_orders > 0 then
-  redis.call('INCRBY', KEYS[6], new_orders)
+if #sales > 0 then
+  -- sold first: scripts do not roll back, so a failure below can only undersell
+  redis.call('INCRBY', KEYS[3], sold - sold0)
+  local totals = {}
+  local seen = {}
+  for i = 1, n do
+    local user = names[i]
+    if extra[user] and not seen[user] then
+      seen[user] = true
+      totals[#totals + 1] = user
+      totals[#totals + 1] = (tonumber(held[i]) or 0) + extra[user]
+    end
+  end
+  redis.call('HSET', KEYS[4], unpack(totals))
+  local now, payby = out[3], out[4]
+  for _, s in ipairs(sales) do
+    local oid, user, qty, up = s[1], s[2], s[3], s[4]
+    -- order_id, event_id and sku are in the key, amount is unit_price * qty: readers
+    -- add them (store.order_from_hash)
+    redis.call('HSET', P .. 'order:' .. oid, 'user_id', user, 'qty', qty, 'unit_price', up,
+               'status', 'reserved', 'created_ms', now, 'pay_by_ms', payby)
+    redis.call('XADD', KEYS[5], '*', 'type', 'created', 'order_id', oid, 'user', user,
+               'qty', qty, 'unit_price', up, 'ts', now)
+    if s[5] then redis.call('SET', s[5], oid .. '|' .. s[6], 'EX', 86400) end
+  end
+  if sold >= stock then redis.call('SET', P .. 'sold_out_ms', now, 'NX') end
+  -- per batch, not per order (counters for stats; the stream is the record)
+  redis.call('INCRBY', KEYS[6], #sales)
   redis.call('INCRBY', P .. 'revenue', revenue)
 end
 out[1] = sold
