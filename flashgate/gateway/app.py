@@ -230,6 +230,34 @@ class Purchase:
         self.t0 = t0
 
 
+class _CommitReply:
+    """The callback of one batch's commit call. An object, not a closure: a closure
+    that re-sends itself (on NOSCRIPT) is a reference cycle, which kept every batch's
+    purchases alive until the cyclic GC found them (a 2-3 ms collection some 13 times
+    a second under load); this one is freed with its last reference."""
+
+    __slots__ = ("gw", "srt", "items", "flight")
+
+    def __init__(self, gw, srt, items, flight):
+        self.gw = gw
+        self.srt = srt
+        self.items = items
+        self.flight = flight
+
+    def __call__(self, reply) -> None:
+        gw = self.gw
+        if isinstance(reply, RedisError) and str(reply).startswith("NOSCRIPT"):
+            # the script did not run: send it whole (after a Redis restart)
+            args = gw._commit_args(self.srt, self.items)
+            args[0:2] = ["EVAL", store.COMMIT.source]
+            gw.conn.send(args, self)
+            return
+        try:
+            gw._on_commit(self.srt, self.items, reply)
+        finally:
+            gw._flight_done(self.flight)
+
+
 class Gateway:
     """Everything one worker process knows and does; ``handle`` is the HTTP entry."""
 
@@ -563,18 +591,7 @@ class Gateway:
         return store.COMMIT.args(srt.keys, argv)
 
     def _commit_callback(self, srt, items, flight):
-        def on_reply(reply):
-            if isinstance(reply, RedisError) and str(reply).startswith("NOSCRIPT"):
-                # the script did not run: send it whole (after a Redis restart)
-                args = self._commit_args(srt, items)
-                args[0:2] = ["EVAL", store.COMMIT.source]
-                self.conn.send(args, on_reply)
-                return
-            try:
-                self._on_commit(srt, items, reply)
-            finally:
-                self._flight_done(flight)
-        return on_reply
+        return _CommitReply(self, srt, items, flight)
 
     def _on_commit(self, srt: SkuRuntime, items: list, reply) -> None:
         """Redis answered one batch: settle every reservation in the ledger exactly

@@ -146,6 +146,25 @@ def test_a_stalled_redis_is_answered_503_fast_and_selling_resumes(private):
     r.close()
 
 
+def test_a_flushed_script_cache_is_refilled_by_the_commit(private):
+    """After SCRIPT FLUSH (or a Redis restart without its scripts) a commit's EVALSHA
+    answers NOSCRIPT: the batch is sent again with the script's source, and sells."""
+    server, gw = private
+    r = redis.Redis.from_url(server.url)
+    ev = new_id("noscript")
+    body = event_body(stock=(5,))
+    gw.put_event(ev, body)
+    acked = []
+    for user in ("u1", "u2", "u3"):
+        status, order, _ = gw.buy(ev, "s0", user)
+        assert status == 200, order
+        acked.append(order)
+        r.script_flush()
+    assert [o["unit_price"] for o in acked] == [100] * 3
+    check_invariants(r, gw, ev, body, acked)
+    r.close()
+
+
 def test_registration_opens_at_preheat(gw, r):
     ev = new_id("pre")
     t = now_ms()
