@@ -39,8 +39,8 @@ Cython protocol, parser, ledger and limiter are not):
   then 1 failure, a real bug: at a reset (FLUSHDB, then the base event PUT
   again) after some input had raised ``s0``'s per_user_limit to 2 and bought 2
   units, the PUT answered 500 - ``Ledger.configure`` asserts that no buyer holds
-  more than the new limit, and the worker still remembered that buyer. Reproducer:
-  the xfail test in tests/integration/test_request_path_fuzz.py. Since then a
+  more than the new limit, and the worker still remembered that buyer (fixed; the
+  regression test is in tests/integration/test_request_path_fuzz.py). Since then a
   reset lets a refresh tick pass before the PUT (the worker then forgets the
   buyers, as it would in life), so the fuzzer gets past it.
 * 121 s run on the final harness: 602,196 executions (4,976/s), 319 corpus units,

@@ -444,8 +444,9 @@ class RequestPath:
     async def _reset(self) -> None:
         await self.gateway.conn.execute("FLUSHDB")
         # As in life, the gateway notices that Redis lost its data (a refresh tick)
-        # before anyone re-creates the event: re-creating it at once with a lower
-        # per-user limit is a known bug (test_request_path_fuzz.py, xfail).
+        # before anyone re-creates the event. (Re-creating it at once with a lower
+        # per-user limit once answered 500: now a regression test of its own,
+        # test_recreating_an_event_with_a_lower_limit_after_redis_lost_its_data.)
         await asyncio.sleep(3 * self.cfg.refresh_interval)
         await self._load_event()
         self.acked.clear()

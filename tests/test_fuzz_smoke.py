@@ -1,0 +1,48 @@
+"""A short run of each atheris fuzz harness: they still start, run and find nothing.
+
+The long runs are for people (README, "Fuzzing"; each harness's docstring has its
+last figures); here every harness runs a fixed number of inputs from a fixed seed,
+so that a red run is a reproducible one: ``python tests/fuzz/<harness>.py -seed=1
+-runs=N``. The hypothesis versions of the same properties run in the unit and
+integration tests.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("atheris") is None,
+    reason="atheris is not installed (pip install atheris; Linux x86_64 wheels)")
+
+HARNESSES = [
+    # harness, inputs, libFuzzer options
+    ("fuzz_http_parser.py", 20_000, ["-max_len=2048"]),
+    ("fuzz_proxy_header.py", 20_000, ["-max_len=512"]),
+    ("fuzz_request_path.py", 20_000, ["-max_len=4096", "-timeout=60"]),
+]
+
+
+@pytest.mark.parametrize("harness,runs,options", HARNESSES, ids=[h[0] for h in HARNESSES])
+def test_fuzz_harness_short_run(tmp_path, harness, runs, options):
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "tests" / "fuzz" / harness), "-seed=1", f"-runs={runs}",
+         *options],
+        cwd=tmp_path,  # a failing input would be written here (crash-<sha1>)
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-6000:]
+    done = re.search(r"Done (\d+) runs", out)
+    assert done and int(done.group(1)) == runs, out[-3000:]
+    assert not list(tmp_path.glob("crash-*")), out[-3000:]
