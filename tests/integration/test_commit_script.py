@@ -2,6 +2,9 @@
 
 import time
 
+import pytest
+import redis
+
 from flashgate.core import store
 from flashgate.core.events import parse_event
 from tests.support import check_invariants, event_body, new_id
@@ -154,3 +157,76 @@ def test_an_idempotency_key_twice_in_one_batch_makes_one_order(r):
     check_invariants(r, None, ev, body,
                      [{"order_id": batch[i][0], "sku": "s0", "user_id": "u1", "qty": 1}
                       for i in (0, 3)])
+
+
+def raw_commit(r, p, reservations, resent=False, n=None):
+    """reservations: (order_id, user, qty, idempotency key, fingerprint) as sent."""
+    argv = [p, len(reservations) if n is None else n, 1 if resent else 0]
+    for item in reservations:
+        argv += list(item)
+    return r.eval(store.COMMIT.source, 6, *store.commit_keys(p), *argv)
+
+
+def test_a_batch_of_thousands_commits_whole(r):
+    """Commands that take every buyer of a batch go in chunks: Lua's unpack() stops
+    at a few thousand values, and a failure after `sold` was written would strand
+    units. 9,000 reservations of distinct users, then 9,000 more of the same users."""
+    ev = new_id("big")
+    body = event_body(stock=(20_000,), limits=(2,))
+    configure(r, ev, body)
+    p = store.sku_prefix(ev, "s0")
+    acked = []
+    for rnd in range(2):
+        batch = [(f"{ev}.s0.k{rnd}x{i}", f"user{i}") for i in range(9000)]
+        reply = commit(r, ev, "s0", batch, resent=False)
+        assert [i[0] for i in items(reply, batch)] == [0] * 9000
+        acked += [{"order_id": oid, "sku": "s0", "user_id": u, "qty": 1} for oid, u in batch]
+    assert r.hlen(p + "buyers") == 9000 and r.hget(p + "buyers", "user8999") == b"2"
+    check_invariants(r, None, ev, body, acked)
+
+
+def test_an_order_id_twice_in_one_batch_is_sold_once(r):
+    ev = new_id("dup")
+    body = event_body(stock=(5,), limits=(3,))
+    configure(r, ev, body)
+    p = store.sku_prefix(ev, "s0")
+    acked = []
+    for k, resent in enumerate((False, True)):
+        oid = f"{ev}.s0.d{k}"
+        batch = [(oid, "u1"), (oid, "u1")]
+        got = items(raw_commit(r, p, [(oid, "u1", 1, "", "")] * 2, resent=resent), batch)
+        assert [g[0] for g in got] == [0, 9]
+        assert got[1][1:] == got[0][1:]  # the same order, the same figures
+        acked.append({"order_id": oid, "sku": "s0", "user_id": "u1", "qty": 1})
+    assert r.get(p + "sold") == b"2" and r.xlen(p + "orders") == 2
+    check_invariants(r, None, ev, body, acked)
+
+
+@pytest.mark.parametrize("qty", ["0", "-1", "1.5", "1.0e0x", "x", "", "1e10"])
+def test_a_malformed_batch_is_refused_before_anything_is_written(r, qty):
+    ev = new_id("badq")
+    body = event_body(stock=(5,))
+    configure(r, ev, body)
+    p = store.sku_prefix(ev, "s0")
+    good = (f"{ev}.s0.g1", "u1", 1, "", "")
+    for reservations, n in (([good, (f"{ev}.s0.g2", "u2", qty, "", "")], None),
+                            ([good], 2), ([good, good], 1)):
+        with pytest.raises(redis.ResponseError, match="commit: "):
+            raw_commit(r, p, reservations, n=n)
+    assert r.get(p + "sold") == b"0" and not r.exists(p + "buyers", p + "orders")
+    check_invariants(r, None, ev, body, [])
+
+
+def test_an_integer_qty_is_stored_in_its_canonical_form(r):
+    ev = new_id("canon")
+    body = event_body(stock=(5,), limits=(3,))
+    configure(r, ev, body)
+    p = store.sku_prefix(ev, "s0")
+    oid = f"{ev}.s0.c1"
+    got = items(raw_commit(r, p, [(oid, "u1", "2.0", "", "")]), [(oid, "u1")])
+    assert got[0][0] == 0
+    assert r.hget(p + "order:" + oid, "qty") == b"2"
+    flat = [x for kv in r.hgetall(p + "order:" + oid).items() for x in kv]
+    assert store.order_from_hash(oid, flat)["qty"] == 2
+    check_invariants(r, None, ev, body,
+                     [{"order_id": oid, "sku": "s0", "user_id": "u1", "qty": 2}])

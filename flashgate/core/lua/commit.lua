@@ -16,11 +16,18 @@
 --        5 paused, 7 not_registered, 8 idempotency_mismatch, 9 this order id exists
 --        already (a re-sent batch: nothing sold twice), 10 idempotent replay of another
 --        order, 11 not_found (the SKU has no definition).
--- n is at most a few thousand (the worker sends at most 256): the buyers are read
--- with one HMGET of unpack()-ed names.
+-- Malformed arguments (n not the count of reservations that follow, a qty that is
+-- not an integer from 1 to 10^9) are an error before anything is read or written.
+-- Variadic commands take at most CHUNK names (or name/value pairs) at a time (Lua's unpack()
+-- has a limit of a few thousand values); the worker sends at most 256 per call.
+local CHUNK = 1000
 local P = ARGV[1]
 local n = tonumber(ARGV[2])
 local resent = ARGV[3] == '1'
+if not n or n < 0 or n ~= math.floor(n) or #ARGV ~= 3 + 5 * n then
+  return redis.error_reply('ERR commit: ' .. #ARGV .. ' arguments for ' .. tostring(ARGV[2]) ..
+                           ' reservations')
+end
 local m = redis.call('HMGET', KEYS[1], 'starts', 'ends', 'paused', 'limit', 'price',
                      'tiers', 'pay_ms', 'reg')
 local stock = tonumber(redis.call('GET', KEYS[2]) or '0')
@@ -79,7 +86,12 @@ end
 -- What each buyer of the batch already holds: one HMGET for the whole batch.
 local names = {}
 for i = 0, n - 1 do names[i + 1] = ARGV[5 + i * 5] end
-local held = redis.call('HMGET', KEYS[4], unpack(names))
+local held = {}
+for c = 1, n, CHUNK do
+  local part = redis.call('HMGET', KEYS[4], unpack(names, c, math.min(c + CHUNK - 1, n)))
+  for k = 1, #part do held[c + k - 1] = part[k] end
+end
+local made = {}      -- order id -> its record in `sales`
 local extra = {}     -- user -> units this batch sells them
 local claimed = {}   -- idempotency key -> {order id, fingerprint, unit price, qty} of this batch
 local sales = {}     -- {order id, user, qty, unit price, idempotency key, fingerprint}
@@ -87,6 +99,10 @@ local sold0, revenue = sold, 0
 for i = 0, n - 1 do
   local b = 4 + i * 5
   local oid, user, qty, idem, fp = ARGV[b], ARGV[b + 1], tonumber(ARGV[b + 2]), ARGV[b + 3], ARGV[b + 4]
+  if not qty or qty < 1 or qty % 1 ~= 0 or qty > 1e9 then
+    -- (nothing is written before every reservation of the batch has been decided)
+    return redis.error_reply('ERR commit: bad qty ' .. ARGV[b + 2])
+  end
   local ikey = nil
   local prior = nil
   local mine = nil
@@ -95,7 +111,11 @@ for i = 0, n - 1 do
     mine = claimed[ikey]
     if not mine then prior = redis.call('GET', ikey) end
   end
-  if resent and redis.call('EXISTS', P .. 'order:' .. oid) == 1 then
+  if made[oid] then
+    -- the same order id twice in one batch (never from the worker): it is sold once
+    out[#out + 1] = 9; out[#out + 1] = oid; out[#out + 1] = tonumber(made[oid][4])
+    out[#out + 1] = tonumber(made[oid][3]); out[#out + 1] = out[3]; out[#out + 1] = out[4]
+  elseif resent and redis.call('EXISTS', P .. 'order:' .. oid) == 1 then
     existing(9, oid, qty)
   elseif mine then
     -- the key's order was made earlier in this very batch: not stored yet
@@ -129,7 +149,11 @@ for i = 0, n - 1 do
     sold = sold + qty
     extra[user] = (extra[user] or 0) + qty
     revenue = revenue + up * qty
-    sales[#sales + 1] = {oid, user, ARGV[b + 2], up_s, ikey, fp}
+    local qty_s = ARGV[b + 2]
+    if qty_s ~= '1' then qty_s = string.format('%d', qty) end  -- canonical: '2.0' -> '2'
+    local sale = {oid, user, qty_s, up_s, ikey, fp}
+    sales[#sales + 1] = sale
+    made[oid] = sale
     if ikey then claimed[ikey] = {oid, fp, up, qty} end
     out[#out + 1] = 0; out[#out + 1] = up
   end
@@ -147,10 +171,13 @@ if #sales > 0 then
       totals[#totals + 1] = string.format('%d', (tonumber(held[i]) or 0) + extra[user])
     end
   end
-  redis.call('HSET', KEYS[4], unpack(totals))
+  for c = 1, #totals, 2 * CHUNK do
+    redis.call('HSET', KEYS[4], unpack(totals, c, math.min(c + 2 * CHUNK - 1, #totals)))
+  end
   -- Numbers go to redis.call as strings: Redis 6.2 formats a Lua number argument with
   -- snprintf("%.17g"), a tenth of this script's time when every qty, price and time
-  -- of every order went that way. qty and the prices are the strings we were given.
+  -- of every order went that way. qty is formatted with %d (an integer, checked above),
+  -- the prices are the strings of the event's definition.
   local now, payby = string.format('%d', out[3]), string.format('%d', out[4])
   for _, s in ipairs(sales) do
     local oid, user, qty, up = s[1], s[2], s[3], s[4]
