@@ -92,6 +92,12 @@ cdef list _buyer_shards(Py_ssize_t mask):
     return [{} for _ in range(mask + 1)]
 
 
+cdef inline Py_ssize_t _shard_of(str user, Py_ssize_t mask) except -1:
+    # Bits 20 and up of the hash: a dict's first probe uses its low bits, so taking
+    # the shard from those would start every key of a shard in the same few slots.
+    return <Py_ssize_t>((<size_t>PyObject_Hash(user) >> 20) & <size_t>mask)
+
+
 @cython.final
 cdef class Ledger:
     """See the module docstring; ``.pyi`` has the per-method documentation."""
@@ -176,7 +182,7 @@ cdef class Ledger:
 
     cdef inline dict _buyers(self, int sku, SkuState *s, str user):
         # the shard of the SKU's buyer table that holds `user` (str caches its hash)
-        return <dict>(<list>self.buyers[sku])[PyObject_Hash(user) & s.buyer_mask]
+        return <dict>(<list>self.buyers[sku])[_shard_of(user, s.buyer_mask)]
 
     # -- the hot path --------------------------------------------------------
 
@@ -326,6 +332,6 @@ cdef class Ledger:
                 if v > s.limit_max:
                     raise AssertionError(
                         f"sku {sku}: buyer {u!r} holds {v} > limit {s.limit_max}")
-                if PyObject_Hash(u) & s.buyer_mask != i:
+                if _shard_of(u, s.buyer_mask) != i:
                     raise AssertionError(f"sku {sku}: buyer {u!r} in shard {i}")
         return 0
