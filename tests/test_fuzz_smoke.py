@@ -1,15 +1,19 @@
 """A short run of each atheris fuzz harness: they still start, run and find nothing.
 
 The long runs are for people (README, "Fuzzing"; each harness's docstring has its
-last figures); here every harness runs a fixed number of inputs from a fixed seed,
-so that a red run is a reproducible one: ``python tests/fuzz/<harness>.py -seed=1
--runs=N``. The hypothesis versions of the same properties run in the unit and
+last figures); here every harness runs a fixed number of inputs from a fixed seed and
+a fixed string hash (``PYTHONHASHSEED=0``), so that a red run can be replayed:
+``PYTHONHASHSEED=0 python tests/fuzz/<harness>.py -seed=1 -runs=N`` (the request
+path also reads Redis's clock, so its replay is close, not exact). A failing input is
+printed with the failure, and can be replayed alone by passing its file to the
+harness. The hypothesis versions of the same properties run in the unit and
 integration tests.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import subprocess
 import sys
@@ -37,11 +41,14 @@ def test_fuzz_harness_short_run(tmp_path, harness, runs, options):
         [sys.executable, str(REPO / "tests" / "fuzz" / harness), "-seed=1", f"-runs={runs}",
          *options],
         cwd=tmp_path,  # a failing input would be written here (crash-<sha1>)
+        env={**os.environ, "PYTHONHASHSEED": "0"},
         capture_output=True,
         text=True,
         timeout=300,
     )
     out = proc.stdout + proc.stderr
+    for crash in tmp_path.glob("crash-*"):
+        out += f"\nfailing input {crash.name}: {crash.read_bytes()[:2000]!r}"
     assert proc.returncode == 0, out[-6000:]
     done = re.search(r"Done (\d+) runs", out)
     assert done and int(done.group(1)) == runs, out[-3000:]
