@@ -166,15 +166,19 @@ def _rate_limited(wait_us: int) -> bytes:
 
 
 _ORDER_ID_CHARS = ID_CHARS + b"."
+_QTY = tuple(b"%d" % q for q in range(64))
 
 
 class SkuRuntime:
-    __slots__ = ("idx", "sku", "event_id", "prefix", "keys", "waiters", "ert", "order_json")
+    __slots__ = ("idx", "sku", "event_id", "prefix", "keys", "waiters", "ert", "order_json",
+                 "oid_prefix")
 
-    def __init__(self, idx, sku, event_id, ert):
+    def __init__(self, idx, sku, event_id, ert, boot: str = ""):
         self.idx = idx
         self.sku = sku
         self.event_id = event_id
+        # order ids: "<event>.<sku>.<worker boot id><sequence in hex>", as bytes
+        self.oid_prefix = f"{event_id}.{sku.id}.{boot}".encode()
         self.prefix = store.sku_prefix(event_id, sku.id)
         self.keys = store.commit_keys(self.prefix)
         self.waiters: deque = deque()
@@ -212,6 +216,14 @@ class EventRuntime:
         self.uv = stats.uv
 
 
+def _sale_answer(srt: SkuRuntime, qty: int, price: int, created: int, pay_by: int):
+    """The 200 answer of a sale with everything but ``%d`` (Content-Length), ``%s``
+    (order id) and ``%s`` (user) formatted in, and the length of its body without
+    those two. (Event and SKU ids hold no ``%``: they match ID_CHARS.)"""
+    body = srt.order_json % (b"%s", b"%s", qty, price, price * qty, created, pay_by)
+    return _OK_JSON_HEAD + body, len(body) - 4
+
+
 class Purchase:
     """One admitted (or parked) buy request, until Redis answers it."""
 
@@ -224,7 +236,7 @@ class Purchase:
         self.held = qty  # units the ledger counts in flight for it (0 for a probe)
         self.idem = idem
         self.fp = fp
-        self.order_id = ""
+        self.order_id = b""
         self.fut = fut
         self.deadline = 0
         self.t0 = t0
@@ -542,7 +554,7 @@ class Gateway:
             p.fut.set_result(R_UNAVAILABLE)
             return p.fut
         self._seq += 1
-        p.order_id = f"{srt.event_id}.{srt.sku.id}.{self._boot}{self._seq:x}"
+        p.order_id = b"%s%x" % (srt.oid_prefix, self._seq)
         self.ledger.push(srt.idx, p)
         self.queued += 1
         if not self._flush_scheduled:
@@ -587,7 +599,8 @@ class Gateway:
     def _commit_args(srt: SkuRuntime, items) -> list:
         argv = [srt.prefix, len(items), 0]  # 0: first send (see commit.lua)
         for p in items:
-            argv += (p.order_id, p.user, p.qty, p.idem or "", p.fp)
+            q = p.qty  # small ints as bytes: hiredis would format each with sprintf
+            argv += (p.order_id, p.user, _QTY[q] if q < 64 else q, p.idem or "", p.fp)
         return store.COMMIT.args(srt.keys, argv)
 
     def _commit_callback(self, srt, items, flight):
@@ -613,17 +626,43 @@ class Gateway:
             self._retry_waiters(srt)
             return
         now_us = _mono_ns() // 1000
+        settle = ledger.settle
+        lat = srt.ert.stats.lat
+        created, pay_by = reply[2], reply[3]
+        # the 200 answer of a sale, all but its order id and user formatted in: one
+        # per (qty, unit price) in the batch, which is nearly always one
+        t_qty = t_price = tmpl = fixed = None
+        orders = units = revenue = 0
         for p, at in zip(items, offsets, strict=True):
             code = reply[at]
-            new_sale = code == 0 or code == 9  # 9: this very order, from a re-sent batch
-            ledger.settle(idx, p.user, p.held, p.qty if new_sale else 0)
             try:
-                answer = self._answer(srt, p, code, reply, at, now_us)
+                if code == 0:  # sold: this reservation's order, made now
+                    qty = p.qty
+                    settle(idx, p.user, p.held, qty)
+                    price = reply[at + 1]
+                    if qty != t_qty or price != t_price:
+                        tmpl, fixed = _sale_answer(srt, qty, price, created, pay_by)
+                        t_qty, t_price = qty, price
+                    oid = p.order_id
+                    user = p.user.encode()  # ids and users need no JSON escaping
+                    answer = tmpl % (fixed + len(oid) + len(user), oid, user)
+                    orders += 1
+                    units += qty
+                    revenue += price * qty
+                    lat[_bisect_left(LAT_BOUNDS, now_us - p.t0)] += 1
+                else:
+                    # 9: this very order, from a re-sent batch
+                    settle(idx, p.user, p.held, p.qty if code == 9 else 0)
+                    answer = self._answer(srt, p, code, reply, at, now_us)
             except Exception:
                 log.exception("cannot answer a committed reservation")
                 answer = R_UNAVAILABLE
             if not p.fut.done():
                 p.fut.set_result(answer)
+        if orders:
+            counts["orders"] += orders
+            counts["units_sold"] += units
+            counts["revenue"] += revenue
         try:
             ledger.observe(idx, int(reply[0]), int(reply[1]))
         except (TypeError, ValueError):
@@ -635,8 +674,8 @@ class Gateway:
         """The HTTP answer to one reservation from its part of a commit reply (at
         ``reply[at]``, see commit.lua)."""
         counts = srt.ert.counts
-        if code == 0:  # sold: this reservation's order, made now
-            oid = p.order_id.encode()
+        if code == 0:  # sold: this reservation's order, made now (see _on_commit)
+            oid = p.order_id
             unit_price = reply[at + 1]
             qty = p.qty
             created, pay_by = reply[2], reply[3]
@@ -728,7 +767,7 @@ class Gateway:
                 if srt is None:
                     idx = self.ledger.add_sku(s.stock, 0, s.per_user_limit, ev.starts_at_ms,
                                               ev.ends_at_ms, ev.paused)
-                    srt = SkuRuntime(idx, s, ev.id, ert)
+                    srt = SkuRuntime(idx, s, ev.id, ert, self._boot)
                     self.sku_rt.append(srt)
                 else:
                     stock, _, _, _ = self.ledger.state(srt.idx)

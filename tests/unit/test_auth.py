@@ -52,3 +52,26 @@ def test_the_order_template_writes_what_orjson_writes():
            "user_id": values[1].decode(), "qty": 2, "unit_price": 1999, "amount": 3998,
            "status": "reserved", "created_ms": values[5], "pay_by_ms": values[6]}
     assert srt.order_json % values == orjson.dumps(doc)
+
+
+def test_the_sale_answer_template_is_the_whole_200_response():
+    import orjson
+
+    from flashgate.core.events import parse_event
+    from flashgate.gateway.app import SkuRuntime, _sale_answer
+    from flashgate.gateway.protocol import build_response
+    from tests.support import event_body
+
+    event = parse_event("ev-1_x", event_body(stock=(5,)))
+    srt = SkuRuntime(0, event.skus[0], event.id, None, "b00t")
+    for qty, price in ((1, 100), (3, 0), (2, 10**12)):
+        tmpl, fixed = _sale_answer(srt, qty, price, 1795496850531, 1795497750531)
+        for seq, user in ((1, b"u"), (0xABCDEF, b"user_Z-9" * 8)):
+            oid = b"%s%x" % (srt.oid_prefix, seq)
+            doc = {"order_id": oid.decode(), "event_id": "ev-1_x", "sku": "s0",
+                   "user_id": user.decode(), "qty": qty, "unit_price": price,
+                   "amount": price * qty, "status": "reserved",
+                   "created_ms": 1795496850531, "pay_by_ms": 1795497750531}
+            answer = tmpl % (fixed + len(oid) + len(user), oid, user)
+            assert answer == build_response(200, orjson.dumps(doc))
+    assert srt.oid_prefix == b"ev-1_x.s0.b00t"
