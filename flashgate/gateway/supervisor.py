@@ -68,9 +68,9 @@ def admin_token(cfg: Config) -> str:
     return token
 
 
-async def prepare(cfg: Config) -> list[str]:
+async def prepare(cfg: Config) -> list[tuple[str, str]]:
     """Load the --event file (or the demo when Redis holds no event); returns the
-    ids of the events Redis holds."""
+    events Redis holds, as (event id, id of its first SKU)."""
     conn = RedisConnection(cfg.redis)
     deadline = time.monotonic() + 30
     while True:
@@ -95,7 +95,7 @@ async def prepare(cfg: Config) -> list[str]:
             d = demo_event(await store.redis_time_ms(conn))
             await store.save_event(conn, parse_event(d["id"], d))
             _, events = await store.load_events(conn)
-        return [e.id for e in events]
+        return [(e.id, e.skus[0].id if e.skus else "") for e in events]
     finally:
         conn.close()
 
@@ -150,7 +150,7 @@ def serve(cfg: Config) -> int:
 
 
 class Supervisor:
-    def __init__(self, cfg: Config, event_ids: list[str]):
+    def __init__(self, cfg: Config, event_ids: list[tuple[str, str]]):
         self.cfg = cfg
         self.event_ids = event_ids
         self.ctx = multiprocessing.get_context("spawn")
@@ -224,14 +224,14 @@ class Supervisor:
             "  identity: " + ("signed buyer tokens (flashgate token USER_ID)" if cfg.user_secret
                               else "dev mode, send X-User-Id: <user>"),
         ]
-        for ev in self.event_ids:
+        for ev, _ in self.event_ids:
             lines.append(f"  event {ev}: {base}/api/v1/events/{ev}")
         if self.event_ids:
-            ev = self.event_ids[0]
+            ev, sku = self.event_ids[0]
             who = "-H 'X-User-Id: u1'" if not cfg.user_secret else \
                 "-H \"Authorization: Bearer $(flashgate token u1)\""
             lines.append(f"  try: curl {base}/api/v1/events/{ev}")
-            lines.append(f"       curl -X POST {who} -d '{{\"sku\": \"...\"}}' "
+            lines.append(f"       curl -X POST {who} -d '{{\"sku\": \"{sku}\"}}' "
                          f"{base}/api/v1/events/{ev}/buy")
             lines.append(f"       curl -H 'Authorization: Bearer {cfg.admin_token}' "
                          f"{base}/api/v1/admin/events/{ev}/stats")

@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import time
 
 import pytest
+import redis
 
 from flashgate.auth import TokenVerifier
 from tests.support import (
@@ -272,3 +275,56 @@ def test_rate_limits_follow_the_client_behind_a_trusted_proxy(redis_server, tmp_
     finally:
         trusting.stop()
         plain.stop()
+
+
+def _out_of_the_box(data_dir) -> Gateway:
+    """``flashgate serve`` as a new user runs it: no Redis, no event, no token given."""
+    gw = Gateway("", data_dir)
+    gw.args = [sys.executable, "-m", "flashgate.cli", "serve", "--host", "127.0.0.1",
+               "--port", "0", "--workers", "2", "--data-dir", str(data_dir)]
+    return gw.start()
+
+
+def test_serve_out_of_the_box_sells_the_demo_from_an_embedded_redis(tmp_path):
+    data = tmp_path / "data"
+    gw = _out_of_the_box(data)
+    try:
+        banner = "".join(gw.output)
+        redis_url = re.search(r"embedded redis-server on (redis://\S+)", banner).group(1)
+        token = re.search(r"admin token: (\S+)", banner).group(1)
+        # the banner's own buy command, run as printed
+        buy = re.search(r"curl -X POST -H 'X-User-Id: (\w+)' -d '(.*)' http://[^/]+(/\S+)",
+                        banner)
+        assert buy, banner
+        user, body, path = buy.group(1), json.loads(buy.group(2)), buy.group(3)
+        status, view, _ = gw.request("GET", path.rsplit("/", 1)[0])
+        assert status == 200 and view["state"] == "live", view
+        status, order, _ = gw.request("POST", path, body, headers={"X-User-Id": user})
+        assert status == 200, order
+        status, stats, _ = gw.request("GET", f"/api/v1/admin/events/{view['id']}/stats",
+                                      headers={"Authorization": f"Bearer {token}"})
+        assert status == 200 and stats["attempts"] >= 1, stats
+    finally:
+        assert gw.stop() == 0, "".join(gw.output)
+    port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
+    with pytest.raises(OSError):  # the embedded server stopped with the gateway
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    assert list((data / "redis").rglob("*.aof*")), "no append-only file"
+    assert (data / "admin_token").read_text().strip() == token
+
+    # Started again on the same data: the same event, the order, the same admin token.
+    gw = _out_of_the_box(data)
+    try:
+        banner = "".join(gw.output)
+        assert re.search(r"admin token: (\S+)", banner).group(1) == token
+        status, again, _ = gw.request("GET", f"/api/v1/orders/{order['order_id']}",
+                                      headers={"Authorization": f"Bearer {token}"})
+        assert (status, again) == (200, order)
+        redis_url = re.search(r"embedded redis-server on (redis://\S+)", banner).group(1)
+        r = redis.Redis.from_url(redis_url)
+        try:
+            check_invariants(r, None, view["id"], view, [order])
+        finally:
+            r.close()
+    finally:
+        assert gw.stop() == 0, "".join(gw.output)
