@@ -301,9 +301,15 @@ def test_serve_out_of_the_box_sells_the_demo_from_an_embedded_redis(tmp_path):
         assert status == 200 and view["state"] == "live", view
         status, order, _ = gw.request("POST", path, body, headers={"X-User-Id": user})
         assert status == 200, order
-        status, stats, _ = gw.request("GET", f"/api/v1/admin/events/{view['id']}/stats",
-                                      headers={"Authorization": f"Bearer {token}"})
-        assert status == 200 and stats["attempts"] >= 1, stats
+        deadline = time.monotonic() + 5  # counters reach Redis at the next flush
+        while True:
+            status, stats, _ = gw.request("GET", f"/api/v1/admin/events/{view['id']}/stats",
+                                          headers={"Authorization": f"Bearer {token}"})
+            assert status == 200, stats
+            if (stats["attempts"] >= 1 and stats["orders"] >= 1) or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert stats["attempts"] >= 1 and stats["orders"] >= 1, stats
     finally:
         assert gw.stop() == 0, "".join(gw.output)
     port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
