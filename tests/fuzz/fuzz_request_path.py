@@ -23,7 +23,8 @@ dispatched request, in order, plus at most one final protocol error; no 5xx but
 answer; error bodies are ``{"error", "message"}``; 200 answers match their
 request (order, event, user); no hang: every answer within 5 s, and once the
 connection is lost nothing the input started is still running. The stock
-invariants (tests/support.py ``check_invariants``) hold at every reset.
+invariants (tests/support.py ``check_invariants``) hold at every reset, and after the
+last input of a run bounded by ``-runs=N``.
 
 Run (from the repository root; one process: it is CPU-bound)::
 
@@ -172,14 +173,22 @@ TOKENS = [
 ]  # fmt: skip
 
 harness: RequestPath | None = None
+last_run = 0  # -runs=N: after the N-th input the stock invariants are checked once more
 
 
 def test_one_input(data: bytes) -> None:
     harness.check_bytes(data)
+    if harness.inputs == last_run:
+        figures = harness.check_store()
+        print(f"stock invariants hold after {last_run} inputs: {figures}", file=sys.stderr,
+              flush=True)
 
 
 def main() -> None:
-    global harness
+    global harness, last_run
+    for arg in sys.argv[1:]:
+        if arg.startswith("-runs="):
+            last_run = int(arg.split("=", 1)[1])
     harness = RequestPath(timeout=5.0, reset_every=50_000, max_events=8).start()
     corpus = tempfile.mkdtemp(prefix="flashgate-path-corpus-")
     for i, (ctl, stream) in enumerate(SEEDS):
