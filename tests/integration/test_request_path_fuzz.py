@@ -290,6 +290,7 @@ REGRESSIONS = {
 @pytest.mark.parametrize("plan", REGRESSIONS.values(), ids=REGRESSIONS.keys())
 def test_regression_inputs(path, plan):
     path.check(plan)
+    path.check_store()
 
 
 def test_the_answers_are_the_expected_ones(path):
@@ -298,6 +299,7 @@ def test_the_answers_are_the_expected_ones(path):
                            + req(b"GET", b"/livez", b"Connection: close\r\n") + buy(b"x2")]))
     assert [r.status for r in out.responses] == [200, 404, 200, 200]
     assert out.dispatched == 4 and out.closed_by_server
+    path.check_store()
     out = path.check(Plan([b"GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"]))
     assert [r.status for r in out.responses] == [411] and out.dispatched == 0
 
@@ -404,6 +406,7 @@ def test_recreating_an_event_with_a_lower_limit_after_redis_lost_its_data(redis_
 @given(plans())
 def test_request_path_fuzz(path, plan):
     path.check(plan)
+    path.check_store()
 
 
 def test_stock_invariants_hold_in_redis(path):
