@@ -67,19 +67,8 @@ cdef inline uint64_t murmur64a(const uint8_t* data, Py_ssize_t length) noexcept 
     p = data + blocks * 8
     cdef int rest = length & 7
     if rest:
-        if rest >= 7:
-            h ^= <uint64_t>p[6] << 48
-        if rest >= 6:
-            h ^= <uint64_t>p[5] << 40
-        if rest >= 5:
-            h ^= <uint64_t>p[4] << 32
-        if rest >= 4:
-            h ^= <uint64_t>p[3] << 24
-        if rest >= 3:
-            h ^= <uint64_t>p[2] << 16
-        if rest >= 2:
-            h ^= <uint64_t>p[1] << 8
-        h ^= <uint64_t>p[0]
+        for i in range(rest):  # the last 1-7 bytes, little-endian
+            h ^= <uint64_t>p[i] << (8 * i)
         h *= m
     h ^= h >> r
     h *= m

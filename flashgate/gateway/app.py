@@ -671,39 +671,32 @@ class Gateway:
 
     def _answer(self, srt: SkuRuntime, p: Purchase, code: int, reply: list, at: int,
                 now_us: int) -> bytes:
-        """The HTTP answer to one reservation from its part of a commit reply (at
-        ``reply[at]``, see commit.lua)."""
+        """The HTTP answer to a reservation that did not make a new order (``_on_commit``
+        answers those) from its part of a commit reply (at ``reply[at]``, see
+        commit.lua): an order that exists (9, 10) or a refusal."""
         counts = srt.ert.counts
-        if code == 0:  # sold: this reservation's order, made now (see _on_commit)
-            oid = p.order_id
-            unit_price = reply[at + 1]
-            qty = p.qty
-            created, pay_by = reply[2], reply[3]
-        elif code == 9 or code == 10:  # an order that exists: its own figures
-            oid, unit_price, qty, created, pay_by = reply[at + 1:at + 6]
-            if type(oid) is not bytes or oid.translate(None, _ORDER_ID_CHARS):
-                oid = None  # (never: ids are ours) not for the template
-        else:
+        if code != 9 and code != 10:
             name, answer = _REJECT_BY_SCRIPT.get(code, ("unavailable", R_UNAVAILABLE))
             counts[name] += 1
             return answer
-        if code != 10:  # 10 replays an order counted when it was made
+        oid, unit_price, qty, created, pay_by = reply[at + 1:at + 6]
+        if code == 9:  # this very order, from a re-sent batch (10 was counted when made)
             counts["orders"] += 1
             counts["units_sold"] += qty
             counts["revenue"] += unit_price * qty
             srt.ert.stats.lat[_bisect_left(LAT_BOUNDS, now_us - p.t0)] += 1
-        if oid is not None:  # ids and users are [A-Za-z0-9_.-]: checked where they enter
-            body = srt.order_json % (oid, p.user.encode(), qty, unit_price, unit_price * qty,
-                                     created, pay_by)
-        else:
-            oid = reply[at + 1]
-            body = _dumps({
-                "order_id": oid.decode() if type(oid) is bytes else oid,
-                "event_id": srt.event_id, "sku": srt.sku.id, "user_id": p.user,
-                "qty": qty, "unit_price": unit_price, "amount": unit_price * qty,
-                "status": "reserved", "created_ms": created, "pay_by_ms": pay_by,
-            })
-        return _OK_JSON_HEAD % len(body) + body  # build_response(200, body), inline
+        if type(oid) is bytes and not oid.translate(None, _ORDER_ID_CHARS):
+            # ids and users are [A-Za-z0-9_.-]: checked where they enter
+            tmpl, fixed = _sale_answer(srt, qty, unit_price, created, pay_by)
+            user = p.user.encode()
+            return tmpl % (fixed + len(oid) + len(user), oid, user)
+        # (never: order ids are ours) an id the template cannot take
+        return build_response(200, _dumps({
+            "order_id": oid.decode() if type(oid) is bytes else oid,
+            "event_id": srt.event_id, "sku": srt.sku.id, "user_id": p.user,
+            "qty": qty, "unit_price": unit_price, "amount": unit_price * qty,
+            "status": "reserved", "created_ms": created, "pay_by_ms": pay_by,
+        }))
 
     def _retry_waiters(self, srt: SkuRuntime) -> None:
         """Requests parked on this SKU's units in flight try again, in arrival order."""

@@ -20,12 +20,18 @@ def configure(r, ev, body):
         r.eval(store.CONFIGURE_SKU.source, 3, p + "meta", p + "stock", p + "sold", s.stock, 0, *meta)
 
 
-def commit(r, ev, sku, orders, resent):
-    p = store.sku_prefix(ev, sku)
-    argv = [p, len(orders), 1 if resent else 0]
-    for oid, user in orders:
-        argv += [oid, user, 1, "", ""]
+def raw_commit(r, p, reservations, resent=False, n=None):
+    """reservations: (order_id, user, qty, idempotency key, fingerprint) as sent."""
+    argv = [p, len(reservations) if n is None else n, 1 if resent else 0]
+    for item in reservations:
+        argv += list(item)
     return r.eval(store.COMMIT.source, 6, *store.commit_keys(p), *argv)
+
+
+def commit(r, ev, sku, orders, resent):
+    """orders: (order_id, user), one unit each, no idempotency key."""
+    return raw_commit(r, store.sku_prefix(ev, sku), [(oid, u, 1, "", "") for oid, u in orders],
+                      resent)
 
 
 def items(reply, orders):
@@ -105,8 +111,7 @@ def test_an_idempotent_replay_answers_the_first_order(r):
     p = store.sku_prefix(ev, "s0")
 
     def call(oid, fp):
-        return r.eval(store.COMMIT.source, 6, *store.commit_keys(p),
-                      p, 1, 0, oid, "u1", 1, "key-1", fp)
+        return raw_commit(r, p, [(oid, "u1", 1, "key-1", fp)])
 
     first = items(call(f"{ev}.s0.a1", "s0:1"), [(f"{ev}.s0.a1", "u1")])[0]
     replay = items(call(f"{ev}.s0.a2", "s0:1"), [(f"{ev}.s0.a2", "u1")])[0]
@@ -141,30 +146,19 @@ def test_an_idempotency_key_twice_in_one_batch_makes_one_order(r):
     batch = [(f"{ev}.s0.c{i}", "u1") for i in range(4)]
     keys = ["key-1", "key-1", "key-1", "key-2"]
     fps = ["s0:1", "s0:1", "s0:2", "s0:1"]
-    argv = [p, len(batch), 0]
-    for (oid, user), key, fp in zip(batch, keys, fps, strict=True):
-        argv += [oid, user, 1, key, fp]
-    reply = r.eval(store.COMMIT.source, 6, *store.commit_keys(p), *argv)
+    reply = raw_commit(r, p, [(oid, user, 1, key, fp) for (oid, user), key, fp
+                              in zip(batch, keys, fps, strict=True)])
     got = items(reply, batch)
     assert [i[0] for i in got] == [0, 10, 8, 0]
     assert got[1][1:] == got[0][1:]  # the first order's id, price, qty and times
     assert reply[0] == 2 and r.hget(p + "buyers", "u1") == b"2"
     assert r.get(p + "idem:u1:key-1").decode() == f"{batch[0][0]}|s0:1"
     # and a later batch replays it from Redis, with the same figures
-    again = r.eval(store.COMMIT.source, 6, *store.commit_keys(p),
-                   p, 1, 0, f"{ev}.s0.c9", "u1", 1, "key-1", "s0:1")
+    again = raw_commit(r, p, [(f"{ev}.s0.c9", "u1", 1, "key-1", "s0:1")])
     assert items(again, [(f"{ev}.s0.c9", "u1")])[0] == got[1]
     check_invariants(r, None, ev, body,
                      [{"order_id": batch[i][0], "sku": "s0", "user_id": "u1", "qty": 1}
                       for i in (0, 3)])
-
-
-def raw_commit(r, p, reservations, resent=False, n=None):
-    """reservations: (order_id, user, qty, idempotency key, fingerprint) as sent."""
-    argv = [p, len(reservations) if n is None else n, 1 if resent else 0]
-    for item in reservations:
-        argv += list(item)
-    return r.eval(store.COMMIT.source, 6, *store.commit_keys(p), *argv)
 
 
 def test_a_batch_of_thousands_commits_whole(r):

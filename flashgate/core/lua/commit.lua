@@ -68,15 +68,24 @@ end
 local function refuse(code)
   out[#out + 1] = code
 end
-local function existing(code, oid, qty)
+-- an order that exists (9: this very order, 10: an idempotent replay) and its figures
+local function order_part(code, oid, unit_price, qty, created, payby)
+  out[#out + 1] = code; out[#out + 1] = oid; out[#out + 1] = tonumber(unit_price)
+  out[#out + 1] = tonumber(qty); out[#out + 1] = tonumber(created)
+  out[#out + 1] = tonumber(payby)
+end
+local function existing(code, oid)
   local o = redis.call('HMGET', P .. 'order:' .. oid, 'unit_price', 'qty', 'created_ms', 'pay_by_ms')
   if not o[2] then
     -- the order is gone (evicted or deleted by hand): say so, keep the reply aligned
     refuse(11)
   else
-    out[#out + 1] = code; out[#out + 1] = oid; out[#out + 1] = tonumber(o[1])
-    out[#out + 1] = tonumber(o[2]); out[#out + 1] = tonumber(o[3]); out[#out + 1] = tonumber(o[4])
+    order_part(code, oid, o[1], o[2], o[3], o[4])
   end
+end
+-- an order this very batch made (not stored yet): `sale` is its record in `sales`
+local function made_here(code, sale)
+  order_part(code, sale[1], sale[4], sale[3], out[3], out[4])
 end
 -- Two passes. The first decides every reservation from what it reads, counting in
 -- local tables what the batch itself sells (a user or an Idempotency-Key may appear
@@ -93,7 +102,7 @@ for c = 1, n, CHUNK do
 end
 local made = {}      -- order id -> its record in `sales`
 local extra = {}     -- user -> units this batch sells them
-local claimed = {}   -- idempotency key -> {order id, fingerprint, unit price, qty} of this batch
+local claimed = {}   -- idempotency key -> the record in `sales` of the order it made
 local sales = {}     -- {order id, user, qty, unit price, idempotency key, fingerprint}
 local sold0, revenue = sold, 0
 for i = 0, n - 1 do
@@ -113,22 +122,20 @@ for i = 0, n - 1 do
   end
   if made[oid] then
     -- the same order id twice in one batch (never from the worker): it is sold once
-    out[#out + 1] = 9; out[#out + 1] = oid; out[#out + 1] = tonumber(made[oid][4])
-    out[#out + 1] = tonumber(made[oid][3]); out[#out + 1] = out[3]; out[#out + 1] = out[4]
+    made_here(9, made[oid])
   elseif resent and redis.call('EXISTS', P .. 'order:' .. oid) == 1 then
-    existing(9, oid, qty)
+    existing(9, oid)
   elseif mine then
-    -- the key's order was made earlier in this very batch: not stored yet
-    if mine[2] == fp then
-      out[#out + 1] = 10; out[#out + 1] = mine[1]; out[#out + 1] = mine[3]
-      out[#out + 1] = mine[4]; out[#out + 1] = out[3]; out[#out + 1] = out[4]
+    -- the key's order was made earlier in this very batch
+    if mine[6] == fp then
+      made_here(10, mine)
     else
       refuse(8)
     end
   elseif prior then
     local sep = string.find(prior, '|', 1, true)
     if string.sub(prior, sep + 1) == fp then
-      existing(10, string.sub(prior, 1, sep - 1), qty)
+      existing(10, string.sub(prior, 1, sep - 1))
     else
       refuse(8)
     end
@@ -154,7 +161,7 @@ for i = 0, n - 1 do
     local sale = {oid, user, qty_s, up_s, ikey, fp}
     sales[#sales + 1] = sale
     made[oid] = sale
-    if ikey then claimed[ikey] = {oid, fp, up, qty} end
+    if ikey then claimed[ikey] = sale end
     out[#out + 1] = 0; out[#out + 1] = up
   end
 end
