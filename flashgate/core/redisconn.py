@@ -239,6 +239,17 @@ class RedisConnection:
             return
         proto.issue(b"".join([hiredis.pack_command(tuple(c)) for c in commands]), callbacks)
 
+    def send_packed(self, data: bytes, callbacks) -> None:
+        """Issue commands already packed in RESP (``data``), one callback per command,
+        as for ``send``."""
+        proto = self._proto
+        if proto is None or proto.transport is None:
+            err = RedisUnavailable("Redis is not connected")
+            for cb in callbacks:
+                cb(err)
+            return
+        proto.issue(data, callbacks)
+
     def execute(self, *args) -> asyncio.Future:
         """Issue one command; the Future resolves to the reply (or raises)."""
         fut = asyncio.get_running_loop().create_future()

@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 from importlib import resources
 
+import hiredis
 import orjson
 
 from flashgate.core.events import Event, EventError, check_replace
@@ -70,6 +71,15 @@ class Script:
 
     def args(self, keys, argv) -> list:
         return ["EVALSHA", self.sha, len(keys), *keys, *argv]
+
+    def packed_head(self, keys, argv, whole: bool = False) -> tuple[bytes, int]:
+        """The RESP of a call's first arguments (by SHA, or with the whole source),
+        without the leading argument count, and how many arguments it holds: the
+        start of a call the caller completes (see ``_commit.pack_commit``)."""
+        args = ["EVAL", self.source] if whole else ["EVALSHA", self.sha]
+        args += [len(keys), *keys, *argv]
+        packed = hiredis.pack_command(tuple(args))
+        return packed[packed.index(b"\r\n") + 2:], len(args)
 
     async def run(self, conn: RedisConnection, keys, argv):
         try:

@@ -47,6 +47,7 @@ from flashgate.core._stock import (
 )
 from flashgate.core.events import EventError, parse_event
 from flashgate.core.redisconn import RedisConnection, RedisError, RedisUnavailable
+from flashgate.gateway._commit import Purchase, answer_commit, pack_commit
 from flashgate.gateway._protocol import Pending
 from flashgate.gateway.clientip import ClientIP
 from flashgate.gateway.protocol import build_response, error_response
@@ -141,37 +142,16 @@ def _parse_buy_body(body: bytes) -> tuple[str, int] | bytes:
     return sku_id, qty
 
 
-def _reply_offsets(reply, n: int) -> list[int] | None:
-    """Where each of ``n`` reservations' part starts in a commit reply, or None if the
-    reply has not the shape commit.lua gives: four figures, then per reservation 2
-    values (sold), 6 (an existing order) or 1 (a refusal)."""
-    if type(reply) is not list or len(reply) < 4:
-        return None
-    offsets = []
-    at = 4
-    size = len(reply)
-    for _ in range(n):
-        if at >= size:
-            return None
-        code = reply[at]
-        if type(code) is not int:
-            return None
-        offsets.append(at)
-        at += 2 if code == 0 else 6 if code == 9 or code == 10 else 1
-    return offsets if at == size else None
-
-
 def _rate_limited(wait_us: int) -> bytes:
     return _RATE_LIMITED[min(60, max(1, ceil(wait_us / 1e6)))]
 
 
 _ORDER_ID_CHARS = ID_CHARS + b"."
-_QTY = tuple(b"%d" % q for q in range(64))
 
 
 class SkuRuntime:
     __slots__ = ("idx", "sku", "event_id", "prefix", "keys", "waiters", "ert", "order_json",
-                 "oid_prefix")
+                 "oid_prefix", "commit_head")
 
     def __init__(self, idx, sku, event_id, ert, boot: str = ""):
         self.idx = idx
@@ -181,6 +161,8 @@ class SkuRuntime:
         self.oid_prefix = f"{event_id}.{sku.id}.{boot}".encode()
         self.prefix = store.sku_prefix(event_id, sku.id)
         self.keys = store.commit_keys(self.prefix)
+        # the commit call up to its first argument, packed (see _commit.pack_commit)
+        self.commit_head = store.COMMIT.packed_head(self.keys, [self.prefix])
         self.waiters: deque = deque()
         self.ert = ert
         # a committed order's JSON, as orjson writes it, with the ids that need no
@@ -224,24 +206,6 @@ def _sale_answer(srt: SkuRuntime, qty: int, price: int, created: int, pay_by: in
     return _OK_JSON_HEAD + body, len(body) - 4
 
 
-class Purchase:
-    """One admitted (or parked) buy request, until Redis answers it."""
-
-    __slots__ = ("srt", "user", "qty", "held", "idem", "fp", "order_id", "fut", "deadline", "t0")
-
-    def __init__(self, srt, user, qty, idem, fp, fut, t0):
-        self.srt = srt
-        self.user = user
-        self.qty = qty
-        self.held = qty  # units the ledger counts in flight for it (0 for a probe)
-        self.idem = idem
-        self.fp = fp
-        self.order_id = b""
-        self.fut = fut
-        self.deadline = 0
-        self.t0 = t0
-
-
 class _CommitReply:
     """The callback of one batch's commit call. An object, not a closure: a closure
     that re-sends itself (on NOSCRIPT) is a reference cycle, which kept every batch's
@@ -260,9 +224,9 @@ class _CommitReply:
         gw = self.gw
         if isinstance(reply, RedisError) and str(reply).startswith("NOSCRIPT"):
             # the script did not run: send it whole (after a Redis restart)
-            args = gw._commit_args(self.srt, self.items)
-            args[0:2] = ["EVAL", store.COMMIT.source]
-            gw.conn.send(args, self)
+            srt = self.srt
+            head, count = store.COMMIT.packed_head(srt.keys, [srt.prefix], whole=True)
+            gw.conn.send_packed(pack_commit(head, count, self.items), (self,))
             return
         try:
             gw._on_commit(self.srt, self.items, reply)
@@ -579,13 +543,14 @@ class Gateway:
         flight = [0]  # calls of this flush not answered yet
         for idx, items in batches:
             srt = self.sku_rt[idx]
+            head, count = srt.commit_head
             for i in range(0, len(items), MAX_BATCH):
                 chunk = items[i:i + MAX_BATCH]
-                cmds.append(self._commit_args(srt, chunk))
-                cbs.append(self._commit_callback(srt, chunk, flight))
+                cmds.append(pack_commit(head, count, chunk))
+                cbs.append(_CommitReply(self, srt, chunk, flight))
         flight[0] = len(cmds)
         self._flights += 1
-        self.conn.send_many(cmds, cbs)
+        self.conn.send_packed(b"".join(cmds), cbs)
 
     def _flight_done(self, flight: list) -> None:
         flight[0] -= 1
@@ -595,17 +560,6 @@ class Gateway:
                 self._flush_scheduled = True
                 self._loop.call_soon(self._flush)
 
-    @staticmethod
-    def _commit_args(srt: SkuRuntime, items) -> list:
-        argv = [srt.prefix, len(items), 0]  # 0: first send (see commit.lua)
-        for p in items:
-            q = p.qty  # small ints as bytes: hiredis would format each with sprintf
-            argv += (p.order_id, p.user, _QTY[q] if q < 64 else q, p.idem or "", p.fp)
-        return store.COMMIT.args(srt.keys, argv)
-
-    def _commit_callback(self, srt, items, flight):
-        return _CommitReply(self, srt, items, flight)
-
     def _on_commit(self, srt: SkuRuntime, items: list, reply) -> None:
         """Redis answered one batch: settle every reservation in the ledger exactly
         once and answer it, whatever the reply holds."""
@@ -613,8 +567,9 @@ class Gateway:
         idx = srt.idx
         counts = srt.ert.counts
         self.queued -= len(items)
-        offsets = _reply_offsets(reply, len(items))
-        if offsets is None:
+        sales = answer_commit(self, srt, items, reply, ledger, idx, srt.ert.stats.lat, LAT_BOUNDS,
+                              _mono_ns() // 1000, _sale_answer, R_UNAVAILABLE)
+        if sales is None:
             # a lost connection (indeterminate: 503), an error, or a reply we cannot read
             if not isinstance(reply, RedisUnavailable):
                 log.error("commit of %d reservations failed: %.200r", len(items), reply)
@@ -625,40 +580,7 @@ class Gateway:
                     p.fut.set_result(R_UNAVAILABLE)
             self._retry_waiters(srt)
             return
-        now_us = _mono_ns() // 1000
-        settle = ledger.settle
-        lat = srt.ert.stats.lat
-        created, pay_by = reply[2], reply[3]
-        # the 200 answer of a sale, all but its order id and user formatted in: one
-        # per (qty, unit price) in the batch, which is nearly always one
-        t_qty = t_price = tmpl = fixed = None
-        orders = units = revenue = 0
-        for p, at in zip(items, offsets, strict=True):
-            code = reply[at]
-            try:
-                if code == 0:  # sold: this reservation's order, made now
-                    qty = p.qty
-                    settle(idx, p.user, p.held, qty)
-                    price = reply[at + 1]
-                    if qty != t_qty or price != t_price:
-                        tmpl, fixed = _sale_answer(srt, qty, price, created, pay_by)
-                        t_qty, t_price = qty, price
-                    oid = p.order_id
-                    user = p.user.encode()  # ids and users need no JSON escaping
-                    answer = tmpl % (fixed + len(oid) + len(user), oid, user)
-                    orders += 1
-                    units += qty
-                    revenue += price * qty
-                    lat[_bisect_left(LAT_BOUNDS, now_us - p.t0)] += 1
-                else:
-                    # 9: this very order, from a re-sent batch
-                    settle(idx, p.user, p.held, p.qty if code == 9 else 0)
-                    answer = self._answer(srt, p, code, reply, at, now_us)
-            except Exception:
-                log.exception("cannot answer a committed reservation")
-                answer = R_UNAVAILABLE
-            if not p.fut.done():
-                p.fut.set_result(answer)
+        orders, units, revenue = sales
         if orders:
             counts["orders"] += orders
             counts["units_sold"] += units

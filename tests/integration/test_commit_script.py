@@ -123,7 +123,7 @@ def test_an_idempotent_replay_answers_the_first_order(r):
 
 
 def test_the_worker_reads_only_replies_of_the_right_shape():
-    from flashgate.gateway.app import _reply_offsets
+    from flashgate.gateway._commit import reply_offsets as _reply_offsets
 
     def _reply_fits(reply, n):
         return _reply_offsets(reply, n) is not None

@@ -58,6 +58,7 @@ def test_the_sale_answer_template_is_the_whole_200_response():
     import orjson
 
     from flashgate.core.events import parse_event
+    from flashgate.gateway._commit import answer_sale, sale_template
     from flashgate.gateway.app import SkuRuntime, _sale_answer
     from flashgate.gateway.protocol import build_response
     from tests.support import event_body
@@ -74,4 +75,7 @@ def test_the_sale_answer_template_is_the_whole_200_response():
                    "created_ms": 1795496850531, "pay_by_ms": 1795497750531}
             answer = tmpl % (fixed + len(oid) + len(user), oid, user)
             assert answer == build_response(200, orjson.dumps(doc))
+            # the purchase path's own cut of the template (gateway._commit)
+            t = sale_template(tmpl, fixed)
+            assert answer_sale(t, oid, user.decode()) == answer
     assert srt.oid_prefix == b"ev-1_x.s0.b00t"

@@ -1,0 +1,39 @@
+"""The per-reservation work of a group commit (type stub of the Cython module)."""
+
+from typing import Any, final
+
+@final
+class Purchase:
+    """One admitted (or parked) buy request, until Redis answers it."""
+
+    srt: Any
+    user: str
+    qty: int
+    held: int
+    idem: str | None
+    fp: str
+    order_id: bytes
+    fut: Any
+    deadline: int
+    t0: int
+    def __init__(self, srt: Any, user: str, qty: int, idem: str | None, fp: str, fut: Any,
+                 t0: int) -> None: ...
+
+def pack_commit(head: bytes, head_args: int, items: list[Purchase]) -> bytes:
+    """The RESP of one commit script call: ``head`` (``Script.packed_head``), the count,
+    ``0``, then per reservation order id, user, qty, Idempotency-Key and fingerprint."""
+
+class _SaleTemplate: ...
+
+def sale_template(tmpl: bytes, fixed: int) -> _SaleTemplate: ...
+def answer_sale(t: _SaleTemplate, oid: bytes, user: str) -> bytes:
+    """``tmpl % (fixed + len(oid) + len(user), oid, user)``."""
+
+def reply_offsets(reply: Any, n: int) -> list[int] | None:
+    """Where each of ``n`` reservations' part starts in a commit reply, or None."""
+
+def answer_commit(gw: Any, srt: Any, items: list[Purchase], reply: Any, ledger: Any, idx: int,
+                  lat: list[int], bounds: tuple[int, ...], now_us: int, sale_answer: Any,
+                  failed: bytes) -> tuple[int, int, int] | None:
+    """Settle and answer a batch from its commit reply: (orders, units, revenue), or
+    None (nothing done) if the reply has not the script's shape."""
