@@ -11,6 +11,17 @@ cdef enum:
     C_PROBE = 7
 
 
+cdef struct BuyerSlot:
+    unsigned long long key  # the user's str hash (per process, see _stock.pyx)
+    long long units         # units bought; 0: the slot is empty
+
+
+cdef struct BuyerShard:
+    BuyerSlot *slots        # NULL until its first buyer
+    Py_ssize_t mask         # slots - 1 (a power of two - 1)
+    Py_ssize_t used
+
+
 cdef struct SkuState:
     long long stock        # units in total, as Redis last reported
     long long sold         # units held by live orders, as Redis last reported
@@ -21,20 +32,19 @@ cdef struct SkuState:
     int limit_max          # the highest limit since the buyer table began (see I3)
     bint paused
     Py_ssize_t buyer_mask  # the buyer table's shards - 1 (a power of two - 1)
+    BuyerShard *buyers     # the buyer table: buyer_mask + 1 shards
+    Py_ssize_t buyer_count
 
 
 cdef class Ledger:
     cdef SkuState *skus
     cdef Py_ssize_t n
     cdef Py_ssize_t cap
-    cdef list buyers       # per sku: list of dicts user -> units bought through this
-                           # worker, the shard picked by the user's hash
     cdef list holding      # per sku: dict user -> units in flight
     cdef list pending      # per sku: list of reservations waiting for the next commit
     cdef list dirty        # skus with pending reservations, in arrival order
 
     cdef inline SkuState *_sku(self, int sku) except NULL
-    cdef inline dict _buyers(self, int sku, SkuState *s, str user)
     cpdef int check(self, int sku, str user, int qty, long long now_ms) except -1
     cpdef int reserve(self, int sku, str user, int qty, long long now_ms, bint idem) except -1
     cpdef void push(self, int sku, object item) except *

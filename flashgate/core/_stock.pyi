@@ -53,7 +53,10 @@ class Ledger:
         """Units not held by orders per Redis's last report, never below 0."""
     def state(self, sku: int) -> tuple[int, int, int, bool]:
         """``(stock, sold, inflight, paused)``."""
-    def buyers_of(self, sku: int) -> dict[str, int]: ...
+    def bought(self, sku: int, user: str) -> int:
+        """Units ``user`` bought through this worker, as the buyer table counts them."""
+    def buyer_count(self, sku: int) -> int:
+        """Users in the SKU's buyer table."""
     def buyer_shards(self, sku: int) -> int:
         """How many dicts the SKU's buyer table is split in (about stock / BUYER_SHARD)."""
     def pending_count(self, sku: int) -> int: ...

@@ -15,11 +15,16 @@ worker (``buyers``, at most ``stock`` entries) or have units in flight
 (``holding``, at most ``inflight`` entries). Tables are sized by stock, never by the
 number of requests.
 
-The buyer table of a SKU is split in ``2**k`` dicts by the user's hash, ``k`` chosen
-from the stock so that each holds at most about ``BUYER_SHARD`` users. One dict of a
-million buyers would double its table in one go on the purchase path (tens of ms,
-a stall every worker's latency tail would show); shards grow one at a time, each in
-well under a millisecond.
+The buyer table of a SKU is a C hash table of the users' str hashes (64 bits, keyed
+per process by Python's hash randomization) to units: 16 bytes a slot, no Python
+object kept per buyer. It is split in ``2**k`` shards by the hash, ``k`` chosen from
+the stock so that each holds at most about ``BUYER_SHARD`` users: one table of a
+million buyers would double in one go on the purchase path (tens of ms, a stall
+every worker's latency tail would show); shards grow one at a time, each in well
+under a millisecond. Two users whose 64-bit hashes are equal share an entry, so the
+second could be refused ``limit_exceeded`` by this worker (never sold more: Redis
+counts each user apart). For a million buyers the chance that any two collide is
+about 3 in 10^8.
 
 ``reserve(sku, user, qty, now_ms, idem)`` decides, in this order:
 
@@ -55,7 +60,7 @@ A rejection touches only C fields and (for the user check) one dict lookup: it
 allocates no Python object.
 """
 
-from cpython.mem cimport PyMem_Malloc, PyMem_Realloc, PyMem_Free
+from cpython.mem cimport PyMem_Calloc, PyMem_Malloc, PyMem_Realloc, PyMem_Free
 from cpython.dict cimport PyDict_GetItem
 from cpython.object cimport PyObject_Hash
 from cpython.object cimport PyObject
@@ -88,14 +93,83 @@ cdef long long _MAX_SHARDS = 4096
 BUYER_SHARD = _BUYER_SHARD
 
 
-cdef list _buyer_shards(Py_ssize_t mask):
-    return [{} for _ in range(mask + 1)]
+# ----------------------------------------------------------------- buyer table
+# Open addressing, linear probing; a slot with units 0 is empty (a buyer has >= 1).
+# The shard is picked by bits 20 and up of the hash, the slot by its low bits.
+
+cdef inline unsigned long long _key_of(str user) except? 0:
+    return <unsigned long long>PyObject_Hash(user)
 
 
-cdef inline Py_ssize_t _shard_of(str user, Py_ssize_t mask) except -1:
-    # Bits 20 and up of the hash: a dict's first probe uses its low bits, so taking
-    # the shard from those would start every key of a shard in the same few slots.
-    return <Py_ssize_t>((<size_t>PyObject_Hash(user) >> 20) & <size_t>mask)
+cdef inline BuyerShard *_shard(SkuState *s, unsigned long long key) noexcept:
+    return &s.buyers[<Py_ssize_t>((key >> 20) & <unsigned long long>s.buyer_mask)]
+
+
+cdef inline BuyerSlot *_find(BuyerShard *b, unsigned long long key) noexcept:
+    # the slot of `key`, or the empty slot where it would go (b.slots != NULL)
+    cdef Py_ssize_t i = <Py_ssize_t>(key & <unsigned long long>b.mask)
+    cdef BuyerSlot *slot
+    while True:
+        slot = &b.slots[i]
+        if slot.units == 0 or slot.key == key:
+            return slot
+        i = (i + 1) & b.mask
+
+
+cdef long long _bought(SkuState *s, unsigned long long key) noexcept:
+    cdef BuyerShard *b = _shard(s, key)
+    if b.slots == NULL:
+        return 0
+    return _find(b, key).units
+
+
+cdef int _grow(BuyerShard *b) except -1:
+    cdef Py_ssize_t size = 8 if b.slots == NULL else 2 * (b.mask + 1)
+    cdef BuyerSlot *old = b.slots
+    cdef Py_ssize_t old_size = 0 if old == NULL else b.mask + 1
+    cdef BuyerSlot *slots = <BuyerSlot *>PyMem_Calloc(size, sizeof(BuyerSlot))
+    cdef Py_ssize_t i
+    if slots == NULL:
+        raise MemoryError()
+    b.slots = slots
+    b.mask = size - 1
+    for i in range(old_size):
+        if old[i].units:
+            _find(b, old[i].key)[0] = old[i]
+    PyMem_Free(old)
+    return 0
+
+
+cdef int _add_bought(SkuState *s, unsigned long long key, long long units) except -1:
+    cdef BuyerShard *b = _shard(s, key)
+    cdef BuyerSlot *slot
+    if b.slots == NULL or 4 * (b.used + 1) > 3 * (b.mask + 1):
+        _grow(b)  # (before the lookup: a slot found would move)
+    slot = _find(b, key)
+    if slot.units == 0:
+        slot.key = key
+        b.used += 1
+        s.buyer_count += 1
+    slot.units += units
+    return 0
+
+
+cdef int _new_buyer_table(SkuState *s) except -1:
+    s.buyers = <BuyerShard *>PyMem_Calloc(s.buyer_mask + 1, sizeof(BuyerShard))
+    if s.buyers == NULL:
+        raise MemoryError()
+    s.buyer_count = 0
+    return 0
+
+
+cdef void _free_buyer_table(SkuState *s) noexcept:
+    cdef Py_ssize_t i
+    if s.buyers != NULL:
+        for i in range(s.buyer_mask + 1):
+            PyMem_Free(s.buyers[i].slots)
+        PyMem_Free(s.buyers)
+        s.buyers = NULL
+    s.buyer_count = 0
 
 
 @cython.final
@@ -106,13 +180,15 @@ cdef class Ledger:
         self.skus = NULL
         self.n = 0
         self.cap = 0
-        self.buyers = []
         self.holding = []
         self.pending = []
         self.dirty = []
 
     def __dealloc__(self):
+        cdef Py_ssize_t i
         if self.skus != NULL:
+            for i in range(self.n):
+                _free_buyer_table(&self.skus[i])
             PyMem_Free(self.skus)
             self.skus = NULL
 
@@ -148,7 +224,8 @@ cdef class Ledger:
         s.buyer_mask = 0
         while s.buyer_mask + 1 < _MAX_SHARDS and (s.buyer_mask + 1) * _BUYER_SHARD < stock:
             s.buyer_mask = s.buyer_mask * 2 + 1
-        self.buyers.append(_buyer_shards(s.buyer_mask))
+        s.buyers = NULL
+        _new_buyer_table(s)
         self.holding.append({})
         self.pending.append([])
         self.n += 1
@@ -180,10 +257,6 @@ cdef class Ledger:
             raise IndexError(f"no sku {sku}")
         return &self.skus[sku]
 
-    cdef inline dict _buyers(self, int sku, SkuState *s, str user):
-        # the shard of the SKU's buyer table that holds `user` (str caches its hash)
-        return <dict>(<list>self.buyers[sku])[_shard_of(user, s.buyer_mask)]
-
     # -- the hot path --------------------------------------------------------
 
     cpdef int check(self, int sku, str user, int qty, long long now_ms) except -1:
@@ -202,10 +275,7 @@ cdef class Ledger:
         left = s.stock - s.sold
         if left <= 0:
             return C_SOLD_OUT
-        held = 0
-        v = PyDict_GetItem(self._buyers(sku, s, user), user)
-        if v != NULL:
-            held = <object>v
+        held = _bought(s, _key_of(user))
         if held + qty > s.limit:
             return C_LIMIT_EXCEEDED
         v = PyDict_GetItem(<dict>self.holding[sku], user)
@@ -253,7 +323,6 @@ cdef class Ledger:
         ``inflight``; ``sold_qty`` units were sold to ``user`` as a new sale."""
         cdef SkuState *s = self._sku(sku)
         cdef dict h
-        cdef dict b
         cdef long long rest
         if held:
             s.inflight -= held
@@ -264,8 +333,7 @@ cdef class Ledger:
             else:
                 h.pop(user, None)
         if sold_qty:
-            b = self._buyers(sku, s, user)
-            b[user] = b.get(user, 0) + sold_qty
+            _add_bought(s, _key_of(user), sold_qty)
         if FLASHGATE_DEBUG:
             self._check(sku)
 
@@ -280,7 +348,8 @@ cdef class Ledger:
         """Units were given back (cancel / expire) somewhere: the local buyer table
         may now be too strict, so drop it; Redis still enforces the limit."""
         cdef SkuState *s = self._sku(sku)
-        self.buyers[sku] = _buyer_shards(s.buyer_mask)
+        _free_buyer_table(s)
+        _new_buyer_table(s)
         s.limit_max = s.limit
 
     # -- reading -----------------------------------------------------------
@@ -295,12 +364,13 @@ cdef class Ledger:
         cdef SkuState *s = self._sku(sku)
         return (s.stock, s.sold, s.inflight, bool(s.paused))
 
-    def buyers_of(self, int sku):
-        self._sku(sku)
-        cdef dict out = {}
-        for shard in self.buyers[sku]:
-            out.update(shard)
-        return out
+    def bought(self, int sku, str user):
+        """Units ``user`` bought through this worker, as the buyer table counts them."""
+        return _bought(self._sku(sku), _key_of(user))
+
+    def buyer_count(self, int sku):
+        """Users in the SKU's buyer table."""
+        return self._sku(sku).buyer_count
 
     def buyer_shards(self, int sku):
         """How many dicts the SKU's buyer table is split in."""
@@ -327,11 +397,30 @@ cdef class Ledger:
             raise AssertionError(f"sku {sku}: inflight {s.inflight} != sum(holding) {total}")
         if s.inflight < 0:
             raise AssertionError(f"sku {sku}: inflight {s.inflight} < 0")
-        for i, shard in enumerate(self.buyers[sku]):
-            for u, v in (<dict>shard).items():
-                if v > s.limit_max:
-                    raise AssertionError(
-                        f"sku {sku}: buyer {u!r} holds {v} > limit {s.limit_max}")
-                if _shard_of(u, s.buyer_mask) != i:
-                    raise AssertionError(f"sku {sku}: buyer {u!r} in shard {i}")
+        cdef Py_ssize_t i, j, used, count = 0
+        cdef BuyerShard *b
+        cdef BuyerSlot *slot
+        for i in range(s.buyer_mask + 1):
+            b = &s.buyers[i]
+            used = 0
+            if b.slots != NULL:
+                for j in range(b.mask + 1):
+                    slot = &b.slots[j]
+                    if slot.units == 0:
+                        continue
+                    used += 1
+                    if slot.units < 0 or slot.units > s.limit_max:
+                        raise AssertionError(
+                            f"sku {sku}: a buyer holds {slot.units}, limit {s.limit_max}")
+                    if _shard(s, slot.key) != b:
+                        raise AssertionError(f"sku {sku}: a buyer in shard {i}")
+                    if _find(b, slot.key) != slot:
+                        raise AssertionError(f"sku {sku}: a buyer twice, or out of reach")
+                if 4 * used > 3 * (b.mask + 1):
+                    raise AssertionError(f"sku {sku}: shard {i} over its load")
+            if used != b.used:
+                raise AssertionError(f"sku {sku}: shard {i} counts {b.used}, holds {used}")
+            count += used
+        if count != s.buyer_count:
+            raise AssertionError(f"sku {sku}: {s.buyer_count} buyers counted, {count} held")
         return 0

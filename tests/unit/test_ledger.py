@@ -118,12 +118,35 @@ def test_a_sharded_buyer_table_knows_every_buyer():
         assert lg.reserve(s, u, 1, T0, False) == OK
         lg.settle(s, u, 1, 1)
     lg.observe(s, len(users), 8 * BUYER_SHARD)
-    lg.verify()  # also: every buyer sits in the shard of its hash
-    assert lg.buyers_of(s) == dict.fromkeys(users, 1)
+    lg.verify()  # also: every buyer sits in the shard of its hash, reachable
+    assert lg.buyer_count(s) == len(users)
+    assert all(lg.bought(s, u) == 1 for u in users)
+    assert lg.bought(s, "someone-else") == 0
     assert all(lg.reserve(s, u, 1, T0, False) == LIMIT_EXCEEDED for u in users)
     lg.forget_buyers(s)
-    assert lg.buyers_of(s) == {} and lg.buyer_shards(s) == 8
+    assert lg.buyer_count(s) == 0 and lg.buyer_shards(s) == 8
+    assert lg.bought(s, users[0]) == 0
     assert lg.reserve(s, users[0], 1, T0, False) == OK
+
+
+def test_a_buyer_table_shard_grows_and_keeps_every_count():
+    # one shard (stock <= BUYER_SHARD) grows from 8 slots to thousands while users
+    # buy 1 to 3 units each, in several purchases
+    lg, s = ledger(stock=BUYER_SHARD, limit=3)
+    assert lg.buyer_shards(s) == 1
+    want = {}
+    for i in range(3000):
+        u = f"buyer-{i}"
+        for _ in range(i % 3 + 1):
+            assert lg.reserve(s, u, 1, T0, False) == OK
+            lg.settle(s, u, 1, 1)
+            want[u] = want.get(u, 0) + 1
+        if i % 500 == 0:
+            lg.verify()
+    lg.verify()
+    assert lg.buyer_count(s) == len(want)
+    assert all(lg.bought(s, u) == n for u, n in want.items())
+    assert all(lg.check(s, u, 1, T0) == (OK if n < 3 else LIMIT_EXCEEDED) for u, n in want.items())
 
 
 def test_idempotent_requests_probe_where_others_are_refused():
