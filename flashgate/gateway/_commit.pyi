@@ -37,3 +37,24 @@ def answer_commit(gw: Any, srt: Any, items: list[Purchase], reply: Any, ledger: 
                   failed: bytes) -> tuple[int, int, int] | None:
     """Settle and answer a batch from its commit reply: (orders, units, revenue), or
     None (nothing done) if the reply has not the script's shape."""
+
+def hex_id(prefix: bytes, seq: int) -> bytes:
+    """An order id as the path makes it: ``prefix`` + ``seq`` in lower-case hex."""
+
+class BuyPath:
+    """The common buy request in C, and the batch it joins (see _commit.pyx)."""
+
+    routes: dict[str, tuple[int, Any]]
+    queued: int
+    seq: int
+    flush_scheduled: bool
+    flush: Any
+    def __init__(self, gw: Any, ledger: Any, users: dict[bytes, str], bodies: dict[bytes, Any],
+                 plain: bool, dev_ids: bool, commit_queue: int, conn: Any, py_handle: Any,
+                 py_admit: Any, parse_body: Any, rejects: dict[int, tuple[str, bytes]],
+                 r_unauth: bytes, r_not_found: bytes, r_unavailable: bytes, flush: Any) -> None: ...
+    def bind(self, loop: Any) -> None: ...
+    def handle(self, req: Any) -> Any:
+        """The HTTP entry: the common buy request here, everything else in Python."""
+    def enqueue(self, p: Purchase) -> Any:
+        """An admitted reservation joins its SKU's batch: its answer (a Pending)."""

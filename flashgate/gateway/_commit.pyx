@@ -1,12 +1,13 @@
 # cython: freethreading_compatible=False
-"""The per-reservation work of a group commit, in C: the reservation object, the
-commit call's RESP bytes, and the answers of a batch's sales.
+"""The purchase path's per-request work, in C: the common buy request (from its
+route to the ledger's answer or a place in the batch), the reservation object,
+the commit call's RESP bytes, and the answers of a batch's sales.
 
-Under commit load every request passes through here twice (packed into a script
-call, then answered from its reply), so this is the part of the purchase path
-that runs per sale rather than per batch. The gateway (app.py) keeps the
-decisions about failures, refusals and replays; this module only does, in C, what
-its Python version did per reservation.
+Under load every buy request passes through here, and every sale twice (packed
+into a script call, then answered from its reply). The gateway (app.py) keeps
+everything else, and every uncommon case: rate limits, Idempotency-Keys, a clock
+out of step, parked requests, refusals and replays from Redis, failures. Each
+function here does what app.py's Python did for the same case (app.py says where).
 """
 
 import logging
@@ -14,8 +15,12 @@ from bisect import bisect_left
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.string cimport memcpy
+from posix.time cimport CLOCK_MONOTONIC, CLOCK_REALTIME, clock_gettime, timespec
 
-from flashgate.core._stock cimport Ledger
+from flashgate.core._stock cimport C_OK, C_WAIT, Ledger
+
+from flashgate.auth import user_from_header
+from flashgate.gateway._protocol import Pending
 
 cdef extern from "Python.h":
     const char *PyUnicode_AsUTF8AndSize(object s, Py_ssize_t *size) except NULL
@@ -292,3 +297,190 @@ def answer_commit(gw, srt, list items, reply, Ledger ledger, int idx, list lat,
         if not fut.done():
             fut.set_result(answer)
     return orders, units, revenue
+
+
+# ------------------------------------------------------------------- buy requests
+
+cdef inline long long _clock_ms(int clock) noexcept:
+    cdef timespec ts
+    clock_gettime(clock, &ts)
+    return <long long>ts.tv_sec * 1000 + ts.tv_nsec // 1000000
+
+
+cdef inline long long _mono_us() noexcept:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return <long long>ts.tv_sec * 1000000 + ts.tv_nsec // 1000
+
+
+cdef bytes _hex_id(bytes prefix, unsigned long long seq):
+    # prefix + seq in lower-case hex: b"%s%x" % (prefix, seq)
+    cdef Py_ssize_t d = 1
+    cdef unsigned long long v = seq
+    while v >= 16:
+        v >>= 4
+        d += 1
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(prefix)
+    out = PyBytes_FromStringAndSize(NULL, n + d)
+    cdef char *w = PyBytes_AS_STRING(out)
+    memcpy(w, PyBytes_AS_STRING(prefix), n)
+    v = seq
+    while d:
+        d -= 1
+        w[n + d] = b"0123456789abcdef"[v & 15]
+        v >>= 4
+    return out
+
+
+def hex_id(bytes prefix, unsigned long long seq):
+    """An order id as the path makes it: ``prefix`` + ``seq`` in lower-case hex."""
+    return _hex_id(prefix, seq)
+
+
+cdef class BuyPath:
+    """The common buy request in C, and the batch it joins. One per Gateway, which
+    hands it every request (``handle``) and keeps the batch's counters here.
+
+    ``handle`` takes ``POST`` to a buy route when no rate limit is configured, the
+    request has no Idempotency-Key and the clock is in step; it then does what
+    Gateway.buy, user_of, _admit and _enqueue do, in the same order, with the same
+    counters and answers. Everything else goes to the Gateway's Python, untouched.
+    """
+
+    cdef object gw
+    cdef Ledger ledger
+    cdef public dict routes      # the Gateway's routes table (replaced on reload)
+    cdef dict users              # X-User-Id values already validated -> user id
+    cdef dict bodies             # buy bodies already parsed -> (sku, qty) or a 400
+    cdef bint plain              # no rate limit configured
+    cdef bint dev_ids            # identity from X-User-Id (no token secret)
+    cdef long long commit_queue
+    cdef object conn
+    cdef object call_soon        # the loop's, once started
+    cdef object py_handle, py_admit, parse_body, rejects
+    cdef bytes r_unauth, r_not_found, r_unavailable
+    cdef public long long queued  # reservations sent or about to be sent to Redis
+    cdef public unsigned long long seq  # order ids made (their last part, in hex)
+    cdef public bint flush_scheduled
+    cdef public object flush      # the Gateway's group commit (scheduled once per turn)
+
+    def __init__(self, gw, Ledger ledger, dict users, dict bodies, bint plain, bint dev_ids,
+                 long long commit_queue, conn, py_handle, py_admit, parse_body, dict rejects,
+                 bytes r_unauth, bytes r_not_found, bytes r_unavailable, flush):
+        self.gw = gw
+        self.ledger = ledger
+        self.routes = {}
+        self.users = users
+        self.bodies = bodies
+        self.plain = plain
+        self.dev_ids = dev_ids
+        self.commit_queue = commit_queue
+        self.conn = conn
+        self.call_soon = None
+        self.py_handle = py_handle
+        self.py_admit = py_admit
+        self.parse_body = parse_body
+        self.rejects = rejects
+        self.r_unauth = r_unauth
+        self.r_not_found = r_not_found
+        self.r_unavailable = r_unavailable
+        self.queued = 0
+        self.seq = 0
+        self.flush_scheduled = False
+        self.flush = flush
+
+    def bind(self, loop):
+        self.call_soon = loop.call_soon
+
+    def handle(self, req):
+        """The HTTP entry (Gateway.handle, with its common buy request in C)."""
+        route = self.routes.get(req.path)
+        if (
+            route is None
+            or (<tuple>route)[0] != 0  # app._BUY
+            or req.method != b"POST"
+            or not self.plain
+            or not self.dev_ids
+        ):
+            return self.py_handle(req)
+        headers = req.headers
+        if headers.get(b"idempotency-key") is not None or not self.gw.clock_ok:
+            return self.py_handle(req)
+        return self._buy(req, <dict>headers, (<tuple>route)[1])
+
+    cdef object _buy(self, req, dict headers, ert):
+        # Gateway.buy, for requests without key, limits or clock trouble
+        cdef dict counts = ert.counts
+        counts["attempts"] += 1
+        user = self._user(headers)
+        if user is None:
+            counts["unauthenticated"] += 1
+            return self.r_unauth
+        body = req.body
+        parsed = self.bodies.get(body)
+        if parsed is None:
+            parsed = self.parse_body(body)
+            if len(body) <= 128:  # the cache holds small bodies only: bounded memory
+                if len(self.bodies) >= 4096:
+                    self.bodies.clear()
+                self.bodies[body] = parsed
+        if type(parsed) is bytes:  # the body's 400 answer
+            counts["bad_request"] += 1
+            return parsed
+        sku_id, qty = parsed
+        srt = ert.by_id.get(sku_id)
+        if srt is None:
+            counts["not_found"] += 1
+            return self.r_not_found
+        ert.uv.add(user)
+        return self._admit(srt, user, qty, counts)
+
+    cdef object _user(self, dict headers):
+        # Gateway.user_of without a token secret
+        uid = headers.get(b"x-user-id")
+        if uid is None:
+            return None
+        user = self.users.get(uid)
+        if user is not None:
+            return user
+        user = user_from_header(uid)
+        if user is None:
+            return None
+        if len(self.users) >= 65536:
+            self.users.clear()
+        self.users[uid] = user
+        return user
+
+    cdef object _admit(self, srt, str user, qty, dict counts):
+        # Gateway._admit without a key: the ledger decides
+        if qty > srt.sku.per_user_limit:
+            counts["limit_exceeded"] += 1
+            return self.rejects[2][1]  # LIMIT_EXCEEDED
+        cdef int idx = srt.idx
+        cdef long long now_ms = _clock_ms(CLOCK_REALTIME) + <long long>self.gw.clock_offset_ms
+        cdef int code = self.ledger.reserve(idx, user, qty, now_ms, False)
+        if code == C_OK:
+            return self.enqueue(Purchase(srt, user, qty, None, "", Pending(), _mono_us()))
+        if code == C_WAIT:
+            return self.py_admit(srt, user, qty, None, "")  # parks it
+        name, answer = self.rejects[code]
+        counts[name] += 1
+        return answer
+
+    cpdef object enqueue(self, Purchase p):
+        """An admitted reservation joins its SKU's batch (the ledger holds its units):
+        its answer (a Pending), or 503 at once when Redis is down or the queue full."""
+        srt = p.srt
+        if self.queued >= self.commit_queue or not self.conn.connected:
+            self.ledger.settle(srt.idx, p.user, p.held, 0)
+            srt.ert.counts["unavailable"] += 1
+            p.fut.set_result(self.r_unavailable)
+            return p.fut
+        self.seq += 1
+        p.order_id = _hex_id(srt.oid_prefix, self.seq)
+        self.ledger.push(srt.idx, p)
+        self.queued += 1
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            self.call_soon(self.flush)
+        return p.fut

@@ -47,7 +47,7 @@ from flashgate.core._stock import (
 )
 from flashgate.core.events import EventError, parse_event
 from flashgate.core.redisconn import RedisConnection, RedisError, RedisUnavailable
-from flashgate.gateway._commit import Purchase, answer_commit, pack_commit
+from flashgate.gateway._commit import BuyPath, Purchase, answer_commit, pack_commit
 from flashgate.gateway._protocol import Pending
 from flashgate.gateway.clientip import ClientIP
 from flashgate.gateway.protocol import build_response, error_response
@@ -252,7 +252,6 @@ class Gateway:
         self.conn = RedisConnection(cfg.redis, on_connect=self._on_connect, on_lost=self._on_lost)
         self.events: dict[str, EventRuntime] = {}
         self.stats: dict[str, EventStats] = {}  # by event id
-        self.routes: dict[str, tuple[int, EventRuntime]] = {}  # path -> (kind, event)
         self.sku_rt: list[SkuRuntime] = []  # by ledger index
         self._users: dict[bytes, str] = {}  # X-User-Id values already validated
         self._bodies: dict[bytes, tuple | bytes] = {}  # buy bodies already parsed
@@ -260,25 +259,64 @@ class Gateway:
         self._ip_limited = cfg.ip_rate > 0
         self._user_limited = cfg.user_rate > 0
         self._global_limited = cfg.global_rate > 0
+        # The common buy request, in C (gateway/_commit.pyx); it also holds the batch's
+        # counters (queued, _seq, _flush_scheduled below) and the routes table.
+        self.path = BuyPath(
+            self, self.ledger, self._users, self._bodies,
+            not (self._ip_limited or self._user_limited or self._global_limited),
+            self.tokens is None, cfg.commit_queue, self.conn, self._handle, self._admit,
+            _parse_buy_body, REJECT, R_UNAUTH, R_NOT_FOUND, R_UNAVAILABLE, self._flush,
+        )
+        self.handle = self.path.handle  # the HTTP entry (the rest goes to _handle)
         self.version = -1
         self.loaded = False
         self.draining = False
         self.clock_ok = True
         self.clock_offset_ms = 0
-        self.queued = 0  # reservations sent or about to be sent to Redis
         self.waiting = 0  # parked requests
-        self._flush_scheduled = False
         self._flights = 0  # flushes sent and not fully answered
         self._boot = os.urandom(6).hex()
-        self._seq = 0
         self._tasks: list[asyncio.Task] = []
         self._expiry: asyncio.TimerHandle | None = None  # the parked requests' timer
         self._loop: asyncio.AbstractEventLoop | None = None
+
+    # The batch's counters and the routes live in the C path (self.path).
+    @property
+    def queued(self) -> int:
+        """Reservations sent or about to be sent to Redis."""
+        return self.path.queued
+
+    @queued.setter
+    def queued(self, n: int) -> None:
+        self.path.queued = n
+
+    @property
+    def _seq(self) -> int:
+        """Order ids made by this worker (their last part, in hex)."""
+        return self.path.seq
+
+    @property
+    def _flush_scheduled(self) -> bool:
+        return self.path.flush_scheduled
+
+    @_flush_scheduled.setter
+    def _flush_scheduled(self, v: bool) -> None:
+        self.path.flush_scheduled = v
+
+    @property
+    def routes(self) -> dict[str, tuple[int, EventRuntime]]:
+        """Path -> (kind, event) of the public event paths."""
+        return self.path.routes
+
+    @routes.setter
+    def routes(self, routes: dict) -> None:
+        self.path.routes = routes
 
     # -- life cycle ----------------------------------------------------------
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        self.path.bind(self._loop)
         while True:
             try:
                 await self.conn.connect()
@@ -327,7 +365,8 @@ class Gateway:
 
     # -- HTTP entry ------------------------------------------------------------
 
-    def handle(self, req):
+    def _handle(self, req):
+        """The HTTP entry of every request ``self.handle`` (the C path) does not take."""
         path = req.path
         method = req.method
         route = self.routes.get(path)
@@ -511,20 +550,7 @@ class Gateway:
 
     def _enqueue(self, p: Purchase):
         """An admitted reservation joins its SKU's batch (the ledger holds its units)."""
-        srt = p.srt
-        if self.queued >= self.cfg.commit_queue or not self.conn.connected:
-            self.ledger.settle(srt.idx, p.user, p.held, 0)
-            srt.ert.counts["unavailable"] += 1
-            p.fut.set_result(R_UNAVAILABLE)
-            return p.fut
-        self._seq += 1
-        p.order_id = b"%s%x" % (srt.oid_prefix, self._seq)
-        self.ledger.push(srt.idx, p)
-        self.queued += 1
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
-        return p.fut
+        return self.path.enqueue(p)
 
     def _flush(self) -> None:
         """Group commit: one script call per SKU batch, all pipelined in one write.

@@ -7,7 +7,7 @@ import hiredis
 import pytest
 
 from flashgate.core import store
-from flashgate.gateway._commit import Purchase, pack_commit, reply_offsets
+from flashgate.gateway._commit import Purchase, hex_id, pack_commit, reply_offsets
 
 KEYS = store.commit_keys("fg:{ev:s1}:")
 
@@ -70,3 +70,12 @@ def test_reply_offsets_of_each_part_shape():
     assert reply_offsets([5, 10, 1, 2, b"0", 100], 1) is None  # a code that is not an int
     assert reply_offsets((5, 10, 1, 2), 0) is None  # not a list
     assert reply_offsets([5, 10, 1, 2], 0) == []
+
+
+def test_order_ids_are_the_prefix_and_the_sequence_in_hex():
+    rng = random.Random(3)
+    seqs = [0, 1, 9, 10, 15, 16, 255, 256, 2**32, 2**64 - 1]
+    seqs += [rng.randrange(2**64) for _ in range(1000)]
+    for seq in seqs:
+        assert hex_id(b"ev.s1.b00t", seq) == b"ev.s1.b00t%x" % seq
+    assert hex_id(b"", 0) == b"0"
