@@ -363,6 +363,8 @@ cdef class BuyPath:
     cdef public unsigned long long seq  # order ids made (their last part, in hex)
     cdef public bint flush_scheduled
     cdef public object flush      # the Gateway's group commit (scheduled once per turn)
+    cdef public bint clock_ok     # the Gateway's: this host's clock is in step with Redis's
+    cdef public long long clock_offset_ms  # the Gateway's: Redis TIME - this host's clock
 
     def __init__(self, gw, Ledger ledger, dict users, dict bodies, bint plain, bint dev_ids,
                  long long commit_queue, conn, py_handle, py_admit, parse_body, dict rejects,
@@ -388,6 +390,8 @@ cdef class BuyPath:
         self.seq = 0
         self.flush_scheduled = False
         self.flush = flush
+        self.clock_ok = True
+        self.clock_offset_ms = 0
 
     def bind(self, loop):
         self.call_soon = loop.call_soon
@@ -404,7 +408,7 @@ cdef class BuyPath:
         ):
             return self.py_handle(req)
         headers = req.headers
-        if headers.get(b"idempotency-key") is not None or not self.gw.clock_ok:
+        if headers.get(b"idempotency-key") is not None or not self.clock_ok:
             return self.py_handle(req)
         return self._buy(req, <dict>headers, (<tuple>route)[1])
 
@@ -457,7 +461,7 @@ cdef class BuyPath:
             counts["limit_exceeded"] += 1
             return self.rejects[2][1]  # LIMIT_EXCEEDED
         cdef int idx = srt.idx
-        cdef long long now_ms = _clock_ms(CLOCK_REALTIME) + <long long>self.gw.clock_offset_ms
+        cdef long long now_ms = _clock_ms(CLOCK_REALTIME) + self.clock_offset_ms
         cdef int code = self.ledger.reserve(idx, user, qty, now_ms, False)
         if code == C_OK:
             return self.enqueue(Purchase(srt, user, qty, None, "", Pending(), _mono_us()))
@@ -467,11 +471,16 @@ cdef class BuyPath:
         counts[name] += 1
         return answer
 
+    cdef inline bint _connected(self):
+        # RedisConnection.connected, without a Python call
+        proto = self.conn._proto
+        return proto is not None and proto.transport is not None
+
     cpdef object enqueue(self, Purchase p):
         """An admitted reservation joins its SKU's batch (the ledger holds its units):
         its answer (a Pending), or 503 at once when Redis is down or the queue full."""
         srt = p.srt
-        if self.queued >= self.commit_queue or not self.conn.connected:
+        if self.queued >= self.commit_queue or not self._connected():
             self.ledger.settle(srt.idx, p.user, p.held, 0)
             srt.ert.counts["unavailable"] += 1
             p.fut.set_result(self.r_unavailable)

@@ -271,8 +271,6 @@ class Gateway:
         self.version = -1
         self.loaded = False
         self.draining = False
-        self.clock_ok = True
-        self.clock_offset_ms = 0
         self.waiting = 0  # parked requests
         self._flights = 0  # flushes sent and not fully answered
         self._boot = os.urandom(6).hex()
@@ -302,6 +300,24 @@ class Gateway:
     @_flush_scheduled.setter
     def _flush_scheduled(self, v: bool) -> None:
         self.path.flush_scheduled = v
+
+    @property
+    def clock_ok(self) -> bool:
+        """This host's clock is within --max-clock-skew-ms of Redis TIME."""
+        return self.path.clock_ok
+
+    @clock_ok.setter
+    def clock_ok(self, ok: bool) -> None:
+        self.path.clock_ok = ok
+
+    @property
+    def clock_offset_ms(self) -> int:
+        """Redis TIME minus this host's clock, as last measured."""
+        return self.path.clock_offset_ms
+
+    @clock_offset_ms.setter
+    def clock_offset_ms(self, ms: int) -> None:
+        self.path.clock_offset_ms = ms
 
     @property
     def routes(self) -> dict[str, tuple[int, EventRuntime]]:
