@@ -2,6 +2,21 @@
 
 from typing import Any, final
 
+class SkuCore:
+    """The fields of a SKU's runtime (app.SkuRuntime) the C path reads."""
+
+    idx: int
+    sku: Any
+    ert: Any
+    oid_prefix: bytes
+
+class EventCore:
+    """The fields of an event's runtime (app.EventRuntime) the C path reads."""
+
+    by_id: dict[str, Any]
+    counts: dict[str, int]
+    uv: Any
+
 @final
 class Purchase:
     """One admitted (or parked) buy request, until Redis answers it."""

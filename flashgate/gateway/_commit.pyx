@@ -28,6 +28,23 @@ cdef extern from "Python.h":
 log = logging.getLogger("flashgate.app")
 
 
+cdef class SkuCore:
+    """The fields of a SKU's runtime (app.SkuRuntime) the C path reads."""
+
+    cdef public int idx          # the SKU's index in the ledger
+    cdef public object sku       # its definition (events.Sku)
+    cdef public object ert       # its event's runtime
+    cdef public bytes oid_prefix  # its order ids' start: "<event>.<sku>.<worker boot id>"
+
+
+cdef class EventCore:
+    """The fields of an event's runtime (app.EventRuntime) the C path reads."""
+
+    cdef public dict by_id       # SKU id -> its runtime
+    cdef public dict counts      # the event's counters in this worker
+    cdef public object uv        # its unique visitors (HyperLogLog)
+
+
 cdef class Purchase:
     """One admitted (or parked) buy request, until Redis answers it."""
 
@@ -410,9 +427,9 @@ cdef class BuyPath:
         headers = req.headers
         if headers.get(b"idempotency-key") is not None or not self.clock_ok:
             return self.py_handle(req)
-        return self._buy(req, <dict>headers, (<tuple>route)[1])
+        return self._buy(req, <dict>headers, <EventCore?>(<tuple>route)[1])
 
-    cdef object _buy(self, req, dict headers, ert):
+    cdef object _buy(self, req, dict headers, EventCore ert):
         # Gateway.buy, for requests without key, limits or clock trouble
         cdef dict counts = ert.counts
         counts["attempts"] += 1
@@ -437,7 +454,7 @@ cdef class BuyPath:
             counts["not_found"] += 1
             return self.r_not_found
         ert.uv.add(user)
-        return self._admit(srt, user, qty, counts)
+        return self._admit(<SkuCore?>srt, user, qty, counts)
 
     cdef object _user(self, dict headers):
         # Gateway.user_of without a token secret
@@ -455,7 +472,7 @@ cdef class BuyPath:
         self.users[uid] = user
         return user
 
-    cdef object _admit(self, srt, str user, qty, dict counts):
+    cdef object _admit(self, SkuCore srt, str user, qty, dict counts):
         # Gateway._admit without a key: the ledger decides
         if qty > srt.sku.per_user_limit:
             counts["limit_exceeded"] += 1
@@ -479,7 +496,7 @@ cdef class BuyPath:
     cpdef object enqueue(self, Purchase p):
         """An admitted reservation joins its SKU's batch (the ledger holds its units):
         its answer (a Pending), or 503 at once when Redis is down or the queue full."""
-        srt = p.srt
+        cdef SkuCore srt = <SkuCore?>p.srt
         if self.queued >= self.commit_queue or not self._connected():
             self.ledger.settle(srt.idx, p.user, p.held, 0)
             srt.ert.counts["unavailable"] += 1

@@ -47,7 +47,14 @@ from flashgate.core._stock import (
 )
 from flashgate.core.events import EventError, parse_event
 from flashgate.core.redisconn import RedisConnection, RedisError, RedisUnavailable
-from flashgate.gateway._commit import BuyPath, Purchase, answer_commit, pack_commit
+from flashgate.gateway._commit import (
+    BuyPath,
+    EventCore,
+    Purchase,
+    SkuCore,
+    answer_commit,
+    pack_commit,
+)
 from flashgate.gateway._protocol import Pending
 from flashgate.gateway.clientip import ClientIP
 from flashgate.gateway.protocol import build_response, error_response
@@ -149,9 +156,9 @@ def _rate_limited(wait_us: int) -> bytes:
 _ORDER_ID_CHARS = ID_CHARS + b"."
 
 
-class SkuRuntime:
-    __slots__ = ("idx", "sku", "event_id", "prefix", "keys", "waiters", "ert", "order_json",
-                 "oid_prefix", "commit_head")
+class SkuRuntime(SkuCore):
+    # (idx, sku, ert, oid_prefix: SkuCore's, read by the C path)
+    __slots__ = ("event_id", "prefix", "keys", "waiters", "order_json", "commit_head")
 
     def __init__(self, idx, sku, event_id, ert, boot: str = ""):
         self.idx = idx
@@ -186,8 +193,9 @@ class EventStats:
         self.lat = [0] * (len(LAT_BOUNDS) + 1)  # committed-buy latency, since the last flush
 
 
-class EventRuntime:
-    __slots__ = ("event", "skus", "by_id", "stats", "counts", "uv")
+class EventRuntime(EventCore):
+    # (by_id, counts, uv: EventCore's, read by the C path)
+    __slots__ = ("event", "skus", "stats")
 
     def __init__(self, event, stats: EventStats):
         self.event = event
