@@ -90,6 +90,16 @@ class Script:
             return await conn.execute("EVAL", self.source, len(keys), *keys, *argv)
 
 
+def reservation_args(order_id, user, qty, idem, fp) -> list:
+    """One reservation's values in a commit call (see commit.lua's ARGV): order id,
+    user, and the qty, or "<qty>|<fingerprint>|<key>" when it has an Idempotency-Key
+    (``idem``; "" or None for none). The purchase path packs the same values in C
+    (gateway/_commit.pyx ``pack_commit``)."""
+    if idem:
+        return [order_id, user, f"{qty}|{fp}|{idem}"]
+    return [order_id, user, qty]
+
+
 COMMIT = Script("commit.lua")
 CONFIGURE_SKU = Script("configure_sku.lua")
 SCRIPTS = (COMMIT, CONFIGURE_SKU)

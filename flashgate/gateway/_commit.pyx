@@ -127,29 +127,28 @@ def pack_commit(bytes head, Py_ssize_t head_args, list items):
     is the call's first ``head_args`` arguments already packed (EVALSHA or EVAL, the
     script, the keys, the key prefix: see ``Script.packed_head``); then come the
     count, ``0`` (a first send, see commit.lua) and per reservation its order id,
-    user, qty, Idempotency-Key ("" for none) and fingerprint."""
+    user, and qty, or "<qty>|<fingerprint>|<Idempotency-Key>" for one with a key
+    (``store.reservation_args``)."""
     cdef Py_ssize_t n = len(items)
-    cdef Py_ssize_t size, i, count, ulen, ilen, flen
+    cdef Py_ssize_t size, i, count, ulen, ilen, flen, spec
     cdef Purchase p
     cdef const char *u
     cdef const char *k
     cdef const char *f
     cdef char *w
-    count = head_args + 2 + 5 * n
+    count = head_args + 2 + 3 * n
     size = 1 + _digits(count) + 2 + PyBytes_GET_SIZE(head)
     size += _bulk_size(_digits(n)) + _bulk_size(1)
     for i in range(n):
         p = <Purchase?>items[i]
         PyUnicode_AsUTF8AndSize(p.user, &ulen)
         size += _bulk_size(PyBytes_GET_SIZE(p.order_id)) + _bulk_size(ulen)
-        size += _bulk_size(_digits(p.qty))
-        if p.idem is None:
-            size += _bulk_size(0)
-        else:
+        spec = _digits(p.qty)
+        if p.idem is not None and len(<str>p.idem) > 0:
             PyUnicode_AsUTF8AndSize(p.idem, &ilen)
-            size += _bulk_size(ilen)
-        PyUnicode_AsUTF8AndSize(p.fp, &flen)
-        size += _bulk_size(flen)
+            PyUnicode_AsUTF8AndSize(p.fp, &flen)
+            spec += 1 + flen + 1 + ilen
+        size += _bulk_size(spec)
         if p.qty < 1:
             raise ValueError(f"qty {p.qty} in a commit batch")
     out = PyBytes_FromStringAndSize(NULL, size)
@@ -168,14 +167,27 @@ def pack_commit(bytes head, Py_ssize_t head_args, list items):
         w = _put_bulk(w, PyBytes_AS_STRING(p.order_id), PyBytes_GET_SIZE(p.order_id))
         u = PyUnicode_AsUTF8AndSize(p.user, &ulen)
         w = _put_bulk(w, u, ulen)
-        w = _put_bulk_uint(w, p.qty)
-        if p.idem is None:
-            w = _put_bulk(w, b"", 0)
-        else:
-            k = PyUnicode_AsUTF8AndSize(p.idem, &ilen)
-            w = _put_bulk(w, k, ilen)
+        if p.idem is None or len(<str>p.idem) == 0:
+            w = _put_bulk_uint(w, p.qty)
+            continue
+        # "<qty>|<fingerprint>|<key>"
+        k = PyUnicode_AsUTF8AndSize(p.idem, &ilen)
         f = PyUnicode_AsUTF8AndSize(p.fp, &flen)
-        w = _put_bulk(w, f, flen)
+        spec = _digits(p.qty) + 1 + flen + 1 + ilen
+        w[0] = b'$'
+        w = _put_uint(w + 1, spec)
+        w[0] = b'\r'
+        w[1] = b'\n'
+        w = _put_uint(w + 2, p.qty)
+        w[0] = b'|'
+        memcpy(w + 1, f, flen)
+        w += 1 + flen
+        w[0] = b'|'
+        memcpy(w + 1, k, ilen)
+        w += 1 + ilen
+        w[0] = b'\r'
+        w[1] = b'\n'
+        w += 2
     if w != PyBytes_AS_STRING(out) + size:  # (never: the sizes above are exact)
         raise AssertionError("commit packing size mismatch")
     return out

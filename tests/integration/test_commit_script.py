@@ -21,10 +21,11 @@ def configure(r, ev, body):
 
 
 def raw_commit(r, p, reservations, resent=False, n=None):
-    """reservations: (order_id, user, qty, idempotency key, fingerprint) as sent."""
+    """reservations: (order_id, user, qty, idempotency key, fingerprint), sent as the
+    worker sends them (store.reservation_args)."""
     argv = [p, len(reservations) if n is None else n, 1 if resent else 0]
     for item in reservations:
-        argv += list(item)
+        argv += store.reservation_args(*item)
     return r.eval(store.COMMIT.source, 6, *store.commit_keys(p), *argv)
 
 
@@ -224,3 +225,32 @@ def test_an_integer_qty_is_stored_in_its_canonical_form(r):
     assert store.order_from_hash(oid, flat)["qty"] == 2
     check_invariants(r, None, ev, body,
                      [{"order_id": oid, "sku": "s0", "user_id": "u1", "qty": 2}])
+
+
+@pytest.mark.parametrize("spec", ["1|s0:1", "1|s0:1|", "|s0:1|k", "1.5|s0:1|k", "x|s0:1|k"])
+def test_a_malformed_spec_is_refused_before_anything_is_written(r, spec):
+    # a spec with a key is "<qty>|<fingerprint>|<key>", the key not empty
+    ev = new_id("bads")
+    body = event_body(stock=(5,))
+    configure(r, ev, body)
+    p = store.sku_prefix(ev, "s0")
+    argv = [p, 2, 0, f"{ev}.s0.g1", "u1", 1, f"{ev}.s0.g2", "u2", spec]
+    with pytest.raises(redis.ResponseError, match="commit: bad"):
+        r.eval(store.COMMIT.source, 6, *store.commit_keys(p), *argv)
+    assert r.get(p + "sold") == b"0" and not r.exists(p + "buyers", p + "orders")
+    check_invariants(r, None, ev, body, [])
+
+
+def test_a_key_may_hold_the_separator(r):
+    # the key comes last in the spec, so a "|" in it is the key's own
+    ev = new_id("bar")
+    body = event_body(stock=(5,), limits=(2,))
+    configure(r, ev, body)
+    p = store.sku_prefix(ev, "s0")
+    b1, b2 = f"{ev}.s0.b1", f"{ev}.s0.b2"
+    first = items(raw_commit(r, p, [(b1, "u1", 1, "k|1|", "s0:1")]), [(b1, "u1")])
+    replay = items(raw_commit(r, p, [(b2, "u1", 1, "k|1|", "s0:1")]), [(b2, "u1")])
+    assert first[0][0] == 0 and replay[0][0] == 10 and replay[0][1] == f"{ev}.s0.b1".encode()
+    assert r.get(p + "idem:u1:k|1|") == f"{ev}.s0.b1|s0:1".encode()
+    check_invariants(r, None, ev, body,
+                     [{"order_id": f"{ev}.s0.b1", "sku": "s0", "user_id": "u1", "qty": 1}])

@@ -16,7 +16,7 @@ def reference(items, whole=False) -> bytes:
     """The call as the argument list the script documents, packed by hiredis."""
     argv = ["fg:{ev:s1}:", len(items), 0]
     for p in items:
-        argv += (p.order_id, p.user, p.qty, p.idem or "", p.fp)
+        argv += store.reservation_args(p.order_id, p.user, p.qty, p.idem, p.fp)
     args = store.COMMIT.args(KEYS, argv)
     if whole:
         args[0:2] = ["EVAL", store.COMMIT.source]

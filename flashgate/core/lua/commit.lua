@@ -5,8 +5,10 @@
 -- ARGV: 1 key prefix "fg:{<event>:<sku>}:" (order, idem and reg keys share the hash tag),
 --       2 n, 3 "1" when this batch was sent before (its reply was lost): then each
 --       order id is looked up first, so nothing is sold twice (ids are unique, so a
---       first send needs no lookup), then n times: order_id, user, qty,
---       idempotency key ("" = none), fingerprint
+--       first send needs no lookup), then n times: order_id, user, spec, where spec is
+--       the qty, or "<qty>|<fingerprint>|<idempotency key>" for a request with a key
+--       (a fingerprint holds no "|"; the key, last, may). Three values per
+--       reservation, not five: each value costs Redis an object and Lua a string.
 -- Reply: {sold, stock, created_ms, pay_by_ms (of this batch's new orders), then per
 --        reservation, by its code: 0 (sold): code, unit_price; 9 and 10 (an order that
 --        exists): code, order_id, unit_price, qty, created_ms, pay_by_ms; any other
@@ -17,14 +19,15 @@
 --        already (a re-sent batch: nothing sold twice), 10 idempotent replay of another
 --        order, 11 not_found (the SKU has no definition).
 -- Malformed arguments (n not the count of reservations that follow, a qty that is
--- not an integer from 1 to 10^9) are an error before anything is read or written.
+-- not an integer from 1 to 10^9, a spec with a "|" but no key) are an error before
+-- anything is written.
 -- Variadic commands take at most CHUNK names (or name/value pairs) at a time (Lua's unpack()
 -- has a limit of a few thousand values); the worker sends at most 256 per call.
 local CHUNK = 1000
 local P = ARGV[1]
 local n = tonumber(ARGV[2])
 local resent = ARGV[3] == '1'
-if not n or n < 0 or n ~= math.floor(n) or #ARGV ~= 3 + 5 * n then
+if not n or n < 0 or n ~= math.floor(n) or #ARGV ~= 3 + 3 * n then
   return redis.error_reply('ERR commit: ' .. #ARGV .. ' arguments for ' .. tostring(ARGV[2]) ..
                            ' reservations')
 end
@@ -83,9 +86,14 @@ local function existing(code, oid)
     order_part(code, oid, o[1], o[2], o[3], o[4])
   end
 end
--- an order this very batch made (not stored yet): `sale` is its record in `sales`
-local function made_here(code, sale)
-  order_part(code, sale[1], sale[4], sale[3], out[3], out[4])
+-- The sales of this batch, in order, one array per field (no table per sale):
+-- order id, user, qty and unit price (as strings), idempotency key (false = none),
+-- fingerprint.
+local s_oid, s_user, s_qty, s_up, s_ikey, s_fp = {}, {}, {}, {}, {}, {}
+local ns = 0
+-- an order this very batch made (not stored yet): `k` is its place in the sales
+local function made_here(code, k)
+  order_part(code, s_oid[k], s_up[k], s_qty[k], out[3], out[4])
 end
 -- Two passes. The first decides every reservation from what it reads, counting in
 -- local tables what the batch itself sells (a user or an Idempotency-Key may appear
@@ -94,23 +102,33 @@ end
 -- is what a write per sale would leave, with 2 commands per sale instead of 4.
 -- What each buyer of the batch already holds: one HMGET for the whole batch.
 local names = {}
-for i = 0, n - 1 do names[i + 1] = ARGV[5 + i * 5] end
+for i = 0, n - 1 do names[i + 1] = ARGV[5 + i * 3] end
 local held = {}
 for c = 1, n, CHUNK do
   local part = redis.call('HMGET', KEYS[4], unpack(names, c, math.min(c + CHUNK - 1, n)))
   for k = 1, #part do held[c + k - 1] = part[k] end
 end
-local made = {}      -- order id -> its record in `sales`
-local extra = {}     -- user -> units this batch sells them
-local claimed = {}   -- idempotency key -> the record in `sales` of the order it made
-local sales = {}     -- {order id, user, qty, unit price, idempotency key, fingerprint}
+local made = {}      -- order id -> its place in the sales
+local total = {}     -- user -> units they hold once this batch's sales so far count
+local claimed = {}   -- idempotency key -> the place in the sales of the order it made
 local sold0, revenue = sold, 0
 for i = 0, n - 1 do
-  local b = 4 + i * 5
-  local oid, user, qty, idem, fp = ARGV[b], ARGV[b + 1], tonumber(ARGV[b + 2]), ARGV[b + 3], ARGV[b + 4]
+  local b = 4 + i * 3
+  local oid, user, spec = ARGV[b], ARGV[b + 1], ARGV[b + 2]
+  local qty_s, idem, fp = spec, '', ''
+  local bar = string.find(spec, '|', 1, true)
+  if bar then
+    local bar2 = string.find(spec, '|', bar + 1, true)
+    if not bar2 or bar2 == #spec then
+      return redis.error_reply('ERR commit: bad spec ' .. spec)
+    end
+    qty_s, fp, idem = string.sub(spec, 1, bar - 1), string.sub(spec, bar + 1, bar2 - 1),
+                      string.sub(spec, bar2 + 1)
+  end
+  local qty = tonumber(qty_s)
   if not qty or qty < 1 or qty % 1 ~= 0 or qty > 1e9 then
     -- (nothing is written before every reservation of the batch has been decided)
-    return redis.error_reply('ERR commit: bad qty ' .. ARGV[b + 2])
+    return redis.error_reply('ERR commit: bad qty ' .. qty_s)
   end
   local ikey = nil
   local prior = nil
@@ -127,7 +145,7 @@ for i = 0, n - 1 do
     existing(9, oid)
   elseif mine then
     -- the key's order was made earlier in this very batch
-    if mine[6] == fp then
+    if s_fp[mine] == fp then
       made_here(10, mine)
     else
       refuse(8)
@@ -147,36 +165,31 @@ for i = 0, n - 1 do
     refuse(5)
   elseif reg and redis.call('SISMEMBER', P .. 'reg', user) == 0 then
     refuse(7)
-  elseif (tonumber(held[i + 1]) or 0) + (extra[user] or 0) + qty > limit then
+  elseif (total[user] or tonumber(held[i + 1]) or 0) + qty > limit then
     refuse(2)
   elseif sold + qty > stock then
     refuse(1)
   else
     local up, up_s = unit_price(sold)
     sold = sold + qty
-    extra[user] = (extra[user] or 0) + qty
+    total[user] = (total[user] or tonumber(held[i + 1]) or 0) + qty
     revenue = revenue + up * qty
-    local qty_s = ARGV[b + 2]
     if qty_s ~= '1' then qty_s = string.format('%d', qty) end  -- canonical: '2.0' -> '2'
-    local sale = {oid, user, qty_s, up_s, ikey, fp}
-    sales[#sales + 1] = sale
-    made[oid] = sale
-    if ikey then claimed[ikey] = sale end
+    ns = ns + 1
+    s_oid[ns], s_user[ns], s_qty[ns], s_up[ns], s_ikey[ns], s_fp[ns] =
+      oid, user, qty_s, up_s, ikey or false, fp
+    made[oid] = ns
+    if ikey then claimed[ikey] = ns end
     out[#out + 1] = 0; out[#out + 1] = up
   end
 end
-if #sales > 0 then
+if ns > 0 then
   -- sold first: scripts do not roll back, so a failure below can only undersell
   redis.call('INCRBY', KEYS[3], sold - sold0)
   local totals = {}
-  local seen = {}
-  for i = 1, n do
-    local user = names[i]
-    if extra[user] and not seen[user] then
-      seen[user] = true
-      totals[#totals + 1] = user
-      totals[#totals + 1] = string.format('%d', (tonumber(held[i]) or 0) + extra[user])
-    end
+  for user, units in pairs(total) do
+    totals[#totals + 1] = user
+    totals[#totals + 1] = string.format('%d', units)
   end
   for c = 1, #totals, 2 * CHUNK do
     redis.call('HSET', KEYS[4], unpack(totals, c, math.min(c + 2 * CHUNK - 1, #totals)))
@@ -186,19 +199,19 @@ if #sales > 0 then
   -- of every order went that way. qty is formatted with %d (an integer, checked above),
   -- the prices are the strings of the event's definition.
   local now, payby = string.format('%d', out[3]), string.format('%d', out[4])
-  for _, s in ipairs(sales) do
-    local oid, user, qty, up = s[1], s[2], s[3], s[4]
+  for k = 1, ns do
+    local oid, user, qty, up = s_oid[k], s_user[k], s_qty[k], s_up[k]
     -- order_id, event_id and sku are in the key, amount is unit_price * qty: readers
     -- add them (store.order_from_hash)
     redis.call('HSET', P .. 'order:' .. oid, 'user_id', user, 'qty', qty, 'unit_price', up,
                'status', 'reserved', 'created_ms', now, 'pay_by_ms', payby)
     redis.call('XADD', KEYS[5], '*', 'type', 'created', 'order_id', oid, 'user', user,
                'qty', qty, 'unit_price', up, 'ts', now)
-    if s[5] then redis.call('SET', s[5], oid .. '|' .. s[6], 'EX', 86400) end
+    if s_ikey[k] then redis.call('SET', s_ikey[k], oid .. '|' .. s_fp[k], 'EX', 86400) end
   end
   if sold >= stock then redis.call('SET', P .. 'sold_out_ms', now, 'NX') end
   -- per batch, not per order (counters for stats; the stream is the record)
-  redis.call('INCRBY', KEYS[6], #sales)
+  redis.call('INCRBY', KEYS[6], ns)
   redis.call('INCRBY', P .. 'revenue', revenue)
 end
 out[1] = sold
