@@ -58,7 +58,7 @@ class Ledger:
     def buyer_count(self, sku: int) -> int:
         """Users in the SKU's buyer table."""
     def buyer_shards(self, sku: int) -> int:
-        """How many dicts the SKU's buyer table is split in (about stock / BUYER_SHARD)."""
+        """How many shards the SKU's buyer table is split in (about stock / BUYER_SHARD)."""
     def pending_count(self, sku: int) -> int: ...
     def verify(self) -> None:
         """Verify the invariants of every SKU (AssertionError)."""

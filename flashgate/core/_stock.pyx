@@ -142,24 +142,27 @@ cdef int _grow(BuyerShard *b) except -1:
 
 cdef int _add_bought(SkuState *s, unsigned long long key, long long units) except -1:
     cdef BuyerShard *b = _shard(s, key)
-    cdef BuyerSlot *slot
+    cdef BuyerSlot *slot = NULL
+    if b.slots != NULL:
+        slot = _find(b, key)
+        if slot.units:  # a buyer already in the table
+            slot.units += units
+            return 0
     if b.slots == NULL or 4 * (b.used + 1) > 3 * (b.mask + 1):
-        _grow(b)  # (before the lookup: a slot found would move)
-    slot = _find(b, key)
-    if slot.units == 0:
-        slot.key = key
-        b.used += 1
-        s.buyer_count += 1
-    slot.units += units
+        _grow(b)
+        slot = _find(b, key)  # (the table moved)
+    slot.key = key
+    slot.units = units
+    b.used += 1
+    s.buyer_count += 1
     return 0
 
 
-cdef int _new_buyer_table(SkuState *s) except -1:
-    s.buyers = <BuyerShard *>PyMem_Calloc(s.buyer_mask + 1, sizeof(BuyerShard))
-    if s.buyers == NULL:
+cdef BuyerShard *_alloc_buyer_table(SkuState *s) except NULL:
+    cdef BuyerShard *t = <BuyerShard *>PyMem_Calloc(s.buyer_mask + 1, sizeof(BuyerShard))
+    if t == NULL:
         raise MemoryError()
-    s.buyer_count = 0
-    return 0
+    return t
 
 
 cdef void _free_buyer_table(SkuState *s) noexcept:
@@ -225,7 +228,8 @@ cdef class Ledger:
         while s.buyer_mask + 1 < _MAX_SHARDS and (s.buyer_mask + 1) * _BUYER_SHARD < stock:
             s.buyer_mask = s.buyer_mask * 2 + 1
         s.buyers = NULL
-        _new_buyer_table(s)
+        s.buyer_count = 0
+        s.buyers = _alloc_buyer_table(s)
         self.holding.append({})
         self.pending.append([])
         self.n += 1
@@ -348,8 +352,9 @@ cdef class Ledger:
         """Units were given back (cancel / expire) somewhere: the local buyer table
         may now be too strict, so drop it; Redis still enforces the limit."""
         cdef SkuState *s = self._sku(sku)
+        cdef BuyerShard *fresh = _alloc_buyer_table(s)  # first: on MemoryError nothing changed
         _free_buyer_table(s)
-        _new_buyer_table(s)
+        s.buyers = fresh
         s.limit_max = s.limit
 
     # -- reading -----------------------------------------------------------
@@ -373,7 +378,7 @@ cdef class Ledger:
         return self._sku(sku).buyer_count
 
     def buyer_shards(self, int sku):
-        """How many dicts the SKU's buyer table is split in."""
+        """How many shards the SKU's buyer table is split in."""
         return self._sku(sku).buyer_mask + 1
 
     def pending_count(self, int sku):

@@ -36,7 +36,8 @@ class Purchase:
 
 def pack_commit(head: bytes, head_args: int, items: list[Purchase]) -> bytes:
     """The RESP of one commit script call: ``head`` (``Script.packed_head``), the count,
-    ``0``, then per reservation order id, user, qty, Idempotency-Key and fingerprint."""
+    ``0``, then per reservation order id, user, and the qty or
+    ``<qty>|<fingerprint>|<Idempotency-Key>`` (``store.reservation_args``)."""
 
 class _SaleTemplate: ...
 

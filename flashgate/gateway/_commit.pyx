@@ -52,7 +52,7 @@ cdef class Purchase:
     cdef public str user
     cdef public int qty
     cdef public int held         # units the ledger counts in flight for it (0 for a probe)
-    cdef public object idem      # the Idempotency-Key (str) or None
+    cdef public str idem         # the Idempotency-Key, or None
     cdef public str fp           # the key's fingerprint ("" without a key)
     cdef public bytes order_id   # made when it joins a batch
     cdef public object fut       # its answer: a Pending (or any object with set_result)
@@ -122,7 +122,7 @@ cdef inline char *_put_bulk_uint(char *w, unsigned long long v) noexcept:
     return w + 2
 
 
-def pack_commit(bytes head, Py_ssize_t head_args, list items):
+def pack_commit(bytes head not None, Py_ssize_t head_args, list items not None):
     """The RESP bytes of one commit script call for ``items`` (Purchases): ``head``
     is the call's first ``head_args`` arguments already packed (EVALSHA or EVAL, the
     script, the keys, the key prefix: see ``Script.packed_head``); then come the
@@ -141,10 +141,12 @@ def pack_commit(bytes head, Py_ssize_t head_args, list items):
     size += _bulk_size(_digits(n)) + _bulk_size(1)
     for i in range(n):
         p = <Purchase?>items[i]
+        if p.order_id is None:
+            raise TypeError("a reservation without an order id")
         PyUnicode_AsUTF8AndSize(p.user, &ulen)
         size += _bulk_size(PyBytes_GET_SIZE(p.order_id)) + _bulk_size(ulen)
         spec = _digits(p.qty)
-        if p.idem is not None and len(<str>p.idem) > 0:
+        if p.idem is not None and len(p.idem) > 0:
             PyUnicode_AsUTF8AndSize(p.idem, &ilen)
             PyUnicode_AsUTF8AndSize(p.fp, &flen)
             spec += 1 + flen + 1 + ilen
@@ -167,7 +169,7 @@ def pack_commit(bytes head, Py_ssize_t head_args, list items):
         w = _put_bulk(w, PyBytes_AS_STRING(p.order_id), PyBytes_GET_SIZE(p.order_id))
         u = PyUnicode_AsUTF8AndSize(p.user, &ulen)
         w = _put_bulk(w, u, ulen)
-        if p.idem is None or len(<str>p.idem) == 0:
+        if p.idem is None or len(p.idem) == 0:
             w = _put_bulk_uint(w, p.qty)
             continue
         # "<qty>|<fingerprint>|<key>"
@@ -213,6 +215,8 @@ cdef class _SaleTemplate:
         self.fixed = fixed
 
     cdef bytes answer(self, bytes oid, str user):
+        if oid is None or user is None:
+            raise TypeError("a sale without its order id or user")
         cdef Py_ssize_t ulen, olen = PyBytes_GET_SIZE(oid)
         cdef const char *u = PyUnicode_AsUTF8AndSize(user, &ulen)
         cdef Py_ssize_t length = self.fixed + olen + ulen
@@ -240,7 +244,7 @@ def sale_template(bytes tmpl, Py_ssize_t fixed):
     return _SaleTemplate(tmpl, fixed)
 
 
-def answer_sale(_SaleTemplate t, bytes oid, str user):
+def answer_sale(_SaleTemplate t not None, bytes oid, str user):
     """``tmpl % (fixed + len(oid) + len(user), oid, user)``, in one allocation."""
     return t.answer(oid, user)
 
@@ -278,8 +282,9 @@ def reply_offsets(reply, Py_ssize_t n):
     return _offsets(reply, n)
 
 
-def answer_commit(gw, srt, list items, reply, Ledger ledger, int idx, list lat,
-                  tuple bounds, long long now_us, sale_answer, failed):
+def answer_commit(gw, srt, list items not None, reply, Ledger ledger not None, int idx,
+                  list lat not None, tuple bounds not None, long long now_us, sale_answer,
+                  failed):
     """Settle and answer every reservation of a batch from its commit reply:
     ``(orders, units, revenue)`` of the new sales, or None (nothing settled or
     answered) if the reply has not the commit script's shape. A sale is answered

@@ -643,8 +643,8 @@ class Gateway:
 
     def _answer(self, srt: SkuRuntime, p: Purchase, code: int, reply: list, at: int,
                 now_us: int) -> bytes:
-        """The HTTP answer to a reservation that did not make a new order (``_on_commit``
-        answers those) from its part of a commit reply (at ``reply[at]``, see
+        """The HTTP answer to a reservation that did not make a new order
+        (``_commit.answer_commit`` answers those) from its part of a commit reply (at ``reply[at]``, see
         commit.lua): an order that exists (9, 10) or a refusal."""
         counts = srt.ert.counts
         if code != 9 and code != 10:

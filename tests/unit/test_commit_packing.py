@@ -79,3 +79,25 @@ def test_order_ids_are_the_prefix_and_the_sequence_in_hex():
     for seq in seqs:
         assert hex_id(b"ev.s1.b00t", seq) == b"ev.s1.b00t%x" % seq
     assert hex_id(b"", 0) == b"0"
+
+
+def test_the_c_functions_refuse_what_would_crash_them():
+    # None where C reads bytes or str, and a key that is not a str: errors, never a
+    # read of memory that is not there
+    from flashgate.gateway._commit import answer_sale, sale_template
+
+    head, count = store.COMMIT.packed_head(KEYS, ["fg:{ev:s1}:"])
+    p = Purchase(None, "u", 1, None, "", None, 0)
+    p.order_id = None
+    with pytest.raises(TypeError):
+        pack_commit(head, count, [p])
+    with pytest.raises(TypeError):
+        pack_commit(None, count, [])
+    with pytest.raises(TypeError):
+        Purchase(None, "u", 1, b"key", "", None, 0)
+    with pytest.raises(TypeError):
+        answer_sale(None, b"o", "u")
+    t = sale_template(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n{%s,%s}", 3)
+    assert answer_sale(t, b"o", "u") == b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n{o,u}"
+    with pytest.raises(TypeError):
+        answer_sale(t, None, "u")
