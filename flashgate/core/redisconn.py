@@ -223,21 +223,11 @@ class RedisConnection:
     def send(self, args, callback) -> None:
         """Issue one command; ``callback(reply)`` gets the reply, a RedisError or a
         RedisUnavailable (at once when not connected)."""
-        proto = self._proto
-        if proto is None or proto.transport is None:
-            callback(RedisUnavailable("Redis is not connected"))
-            return
-        proto.issue(hiredis.pack_command(tuple(args)), (callback,))
+        self.send_packed(hiredis.pack_command(tuple(args)), (callback,))
 
     def send_many(self, commands, callbacks) -> None:
         """Issue several commands in one write; callbacks as for ``send``."""
-        proto = self._proto
-        if proto is None or proto.transport is None:
-            err = RedisUnavailable("Redis is not connected")
-            for cb in callbacks:
-                cb(err)
-            return
-        proto.issue(b"".join([hiredis.pack_command(tuple(c)) for c in commands]), callbacks)
+        self.send_packed(b"".join([hiredis.pack_command(tuple(c)) for c in commands]), callbacks)
 
     def send_packed(self, data: bytes, callbacks) -> None:
         """Issue commands already packed in RESP (``data``), one callback per command,

@@ -65,11 +65,15 @@ class BuyPath:
     seq: int
     flush_scheduled: bool
     flush: Any
-    def __init__(self, gw: Any, ledger: Any, users: dict[bytes, str], bodies: dict[bytes, Any],
-                 plain: bool, dev_ids: bool, commit_queue: int, conn: Any, py_handle: Any,
-                 py_admit: Any, parse_body: Any, rejects: dict[int, tuple[str, bytes]],
-                 r_unauth: bytes, r_not_found: bytes, r_unavailable: bytes, flush: Any) -> None: ...
+    def __init__(self, gw: Any, ledger: Any, plain: bool, dev_ids: bool, commit_queue: int,
+                 conn: Any, py_handle: Any, py_park: Any, parse_body: Any,
+                 rejects: dict[int, tuple[str, bytes]], r_unauth: bytes, r_not_found: bytes,
+                 r_unavailable: bytes, flush: Any) -> None: ...
     def bind(self, loop: Any) -> None: ...
+    def buy_body(self, body: bytes) -> Any:
+        """``(sku, qty)`` of a buy body, or its 400 answer (cached)."""
+    def dev_user(self, headers: dict[bytes, bytes]) -> str | None:
+        """The user of an ``X-User-Id`` header, or None (cached)."""
     def handle(self, req: Any) -> Any:
         """The HTTP entry: the common buy request here, everything else in Python."""
     def enqueue(self, p: Purchase) -> Any:

@@ -13,6 +13,7 @@ function here does what app.py's Python did for the same case (app.py says where
 import logging
 from bisect import bisect_left
 
+cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.string cimport memcpy
 from posix.time cimport CLOCK_MONOTONIC, CLOCK_REALTIME, clock_gettime, timespec
@@ -371,6 +372,7 @@ def hex_id(bytes prefix, unsigned long long seq):
     return _hex_id(prefix, seq)
 
 
+@cython.final
 cdef class BuyPath:
     """The common buy request in C, and the batch it joins. One per Gateway, which
     hands it every request (``handle``) and keeps the batch's counters here.
@@ -391,7 +393,7 @@ cdef class BuyPath:
     cdef long long commit_queue
     cdef object conn
     cdef object call_soon        # the loop's, once started
-    cdef object py_handle, py_admit, parse_body, rejects
+    cdef object py_handle, py_park, parse_body, rejects
     cdef bytes r_unauth, r_not_found, r_unavailable
     cdef public long long queued  # reservations sent or about to be sent to Redis
     cdef public unsigned long long seq  # order ids made (their last part, in hex)
@@ -400,21 +402,21 @@ cdef class BuyPath:
     cdef public bint clock_ok     # the Gateway's: this host's clock is in step with Redis's
     cdef public long long clock_offset_ms  # the Gateway's: Redis TIME - this host's clock
 
-    def __init__(self, gw, Ledger ledger, dict users, dict bodies, bint plain, bint dev_ids,
-                 long long commit_queue, conn, py_handle, py_admit, parse_body, dict rejects,
+    def __init__(self, gw, Ledger ledger, bint plain, bint dev_ids,
+                 long long commit_queue, conn, py_handle, py_park, parse_body, dict rejects,
                  bytes r_unauth, bytes r_not_found, bytes r_unavailable, flush):
         self.gw = gw
         self.ledger = ledger
         self.routes = {}
-        self.users = users
-        self.bodies = bodies
+        self.users = {}
+        self.bodies = {}
         self.plain = plain
         self.dev_ids = dev_ids
         self.commit_queue = commit_queue
         self.conn = conn
         self.call_soon = None
         self.py_handle = py_handle
-        self.py_admit = py_admit
+        self.py_park = py_park
         self.parse_body = parse_body
         self.rejects = rejects
         self.r_unauth = r_unauth
@@ -450,18 +452,11 @@ cdef class BuyPath:
         # Gateway.buy, for requests without key, limits or clock trouble
         cdef dict counts = ert.counts
         counts["attempts"] += 1
-        user = self._user(headers)
+        user = self.dev_user(headers)
         if user is None:
             counts["unauthenticated"] += 1
             return self.r_unauth
-        body = req.body
-        parsed = self.bodies.get(body)
-        if parsed is None:
-            parsed = self.parse_body(body)
-            if len(body) <= 128:  # the cache holds small bodies only: bounded memory
-                if len(self.bodies) >= 4096:
-                    self.bodies.clear()
-                self.bodies[body] = parsed
+        parsed = self.buy_body(req.body)
         if type(parsed) is bytes:  # the body's 400 answer
             counts["bad_request"] += 1
             return parsed
@@ -473,8 +468,21 @@ cdef class BuyPath:
         ert.uv.add(user)
         return self._admit(<SkuCore?>srt, user, qty, counts)
 
-    cdef object _user(self, dict headers):
-        # Gateway.user_of without a token secret
+    cpdef object buy_body(self, bytes body):
+        """``(sku, qty)`` of a buy body, or its 400 answer (app._parse_buy_body), from a
+        cache of the small bodies seen (clients send the same few)."""
+        parsed = self.bodies.get(body)
+        if parsed is None:
+            parsed = self.parse_body(body)
+            if len(body) <= 128:  # the cache holds small bodies only: bounded memory
+                if len(self.bodies) >= 4096:
+                    self.bodies.clear()
+                self.bodies[body] = parsed
+        return parsed
+
+    cpdef object dev_user(self, dict headers):
+        """The user of an ``X-User-Id`` header (None if missing or invalid), from a
+        cache of the values already validated."""
         uid = headers.get(b"x-user-id")
         if uid is None:
             return None
@@ -500,7 +508,7 @@ cdef class BuyPath:
         if code == C_OK:
             return self.enqueue(Purchase(srt, user, qty, None, "", Pending(), _mono_us()))
         if code == C_WAIT:
-            return self.py_admit(srt, user, qty, None, "")  # parks it
+            return self.py_park(srt, user, qty, None, "")
         name, answer = self.rejects[code]
         counts[name] += 1
         return answer

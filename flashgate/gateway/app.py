@@ -30,7 +30,7 @@ from math import ceil
 
 import orjson
 
-from flashgate.auth import ID_CHARS, IDEM_RE, TokenVerifier, admin_ok, user_from_header
+from flashgate.auth import ID_CHARS, IDEM_RE, TokenVerifier, admin_ok
 from flashgate.config import Config
 from flashgate.core import store
 from flashgate.core._hll import HyperLogLog
@@ -242,6 +242,12 @@ class _CommitReply:
             gw._flight_done(self.flight)
 
 
+def _on_path(name: str, doc: str) -> property:
+    """A Gateway attribute kept in its C path (``self.path``)."""
+    return property(lambda self: getattr(self.path, name),
+                    lambda self, value: setattr(self.path, name, value), doc=doc)
+
+
 class Gateway:
     """Everything one worker process knows and does; ``handle`` is the HTTP entry."""
 
@@ -261,18 +267,17 @@ class Gateway:
         self.events: dict[str, EventRuntime] = {}
         self.stats: dict[str, EventStats] = {}  # by event id
         self.sku_rt: list[SkuRuntime] = []  # by ledger index
-        self._users: dict[bytes, str] = {}  # X-User-Id values already validated
-        self._bodies: dict[bytes, tuple | bytes] = {}  # buy bodies already parsed
         self.client_ip = ClientIP(cfg.trusted_proxies, cfg.proxy_protocol_from)
         self._ip_limited = cfg.ip_rate > 0
         self._user_limited = cfg.user_rate > 0
         self._global_limited = cfg.global_rate > 0
         # The common buy request, in C (gateway/_commit.pyx); it also holds the batch's
-        # counters (queued, _seq, _flush_scheduled below) and the routes table.
+        # counters, the routes table, the clock state (the properties below) and the
+        # caches of validated X-User-Id values and parsed buy bodies.
         self.path = BuyPath(
-            self, self.ledger, self._users, self._bodies,
+            self, self.ledger,
             not (self._ip_limited or self._user_limited or self._global_limited),
-            self.tokens is None, cfg.commit_queue, self.conn, self._handle, self._admit,
+            self.tokens is None, cfg.commit_queue, self.conn, self._handle, self._park,
             _parse_buy_body, REJECT, R_UNAUTH, R_NOT_FOUND, R_UNAVAILABLE, self._flush,
         )
         self.handle = self.path.handle  # the HTTP entry (the rest goes to _handle)
@@ -286,55 +291,13 @@ class Gateway:
         self._expiry: asyncio.TimerHandle | None = None  # the parked requests' timer
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    # The batch's counters and the routes live in the C path (self.path).
-    @property
-    def queued(self) -> int:
-        """Reservations sent or about to be sent to Redis."""
-        return self.path.queued
-
-    @queued.setter
-    def queued(self, n: int) -> None:
-        self.path.queued = n
-
-    @property
-    def _seq(self) -> int:
-        """Order ids made by this worker (their last part, in hex)."""
-        return self.path.seq
-
-    @property
-    def _flush_scheduled(self) -> bool:
-        return self.path.flush_scheduled
-
-    @_flush_scheduled.setter
-    def _flush_scheduled(self, v: bool) -> None:
-        self.path.flush_scheduled = v
-
-    @property
-    def clock_ok(self) -> bool:
-        """This host's clock is within --max-clock-skew-ms of Redis TIME."""
-        return self.path.clock_ok
-
-    @clock_ok.setter
-    def clock_ok(self, ok: bool) -> None:
-        self.path.clock_ok = ok
-
-    @property
-    def clock_offset_ms(self) -> int:
-        """Redis TIME minus this host's clock, as last measured."""
-        return self.path.clock_offset_ms
-
-    @clock_offset_ms.setter
-    def clock_offset_ms(self, ms: int) -> None:
-        self.path.clock_offset_ms = ms
-
-    @property
-    def routes(self) -> dict[str, tuple[int, EventRuntime]]:
-        """Path -> (kind, event) of the public event paths."""
-        return self.path.routes
-
-    @routes.setter
-    def routes(self, routes: dict) -> None:
-        self.path.routes = routes
+    # State the C path (self.path) reads per request lives there.
+    queued = _on_path("queued", "Reservations sent or about to be sent to Redis.")
+    _seq = _on_path("seq", "Order ids made by this worker (their last part, in hex).")
+    _flush_scheduled = _on_path("flush_scheduled", "A group commit is due this loop turn.")
+    clock_ok = _on_path("clock_ok", "This host's clock is within --max-clock-skew-ms of Redis TIME.")
+    clock_offset_ms = _on_path("clock_offset_ms", "Redis TIME minus this host's clock, as last measured.")
+    routes = _on_path("routes", "Path -> (kind, event) of the public event paths.")
 
     # -- life cycle ----------------------------------------------------------
 
@@ -448,19 +411,7 @@ class Gateway:
             if auth is None or not auth.startswith(b"Bearer "):
                 return None
             return self.tokens.user(auth[7:].strip(), _now_ns() // 1_000_000)
-        uid = req.headers.get(b"x-user-id")
-        if uid is None:
-            return None
-        user = self._users.get(uid)
-        if user is not None:
-            return user
-        user = user_from_header(uid)
-        if user is None:
-            return None
-        if len(self._users) >= 65536:
-            self._users.clear()
-        self._users[uid] = user
-        return user
+        return self.path.dev_user(req.headers)
 
     # -- the purchase path ---------------------------------------------------------
 
@@ -479,14 +430,7 @@ class Gateway:
             if wait:
                 counts["rate_limited"] += 1
                 return _rate_limited(wait)
-        body = req.body
-        parsed = self._bodies.get(body)
-        if parsed is None:
-            parsed = _parse_buy_body(body)
-            if len(body) <= 128:  # the cache holds small bodies only: bounded memory
-                if len(self._bodies) >= 4096:
-                    self._bodies.clear()
-                self._bodies[body] = parsed
+        parsed = self.path.buy_body(req.body)
         if type(parsed) is bytes:  # the body's 400 answer
             counts["bad_request"] += 1
             return parsed
@@ -527,19 +471,24 @@ class Gateway:
             p = Purchase(srt, user, qty, idem, fp, Pending(), _mono_ns() // 1000)
             if code == PROBE:
                 p.held = 0
-            return self._enqueue(p)
+            return self.path.enqueue(p)
         if code == WAIT:
-            if self.waiting >= self.cfg.wait_queue:
-                srt.ert.counts["unavailable"] += 1
-                return R_UNAVAILABLE
-            p = Purchase(srt, user, qty, idem, fp, Pending(), _mono_ns() // 1000)
-            p.deadline = p.t0 + int(self.cfg.wait_timeout * 1e6)
-            srt.waiters.append(p)
-            self.waiting += 1
-            return p.fut
+            return self._park(srt, user, qty, idem, fp)
         name, answer = REJECT[code]
         srt.ert.counts[name] += 1
         return answer
+
+    def _park(self, srt: SkuRuntime, user: str, qty: int, idem, fp: str):
+        """The ledger said WAIT: the request waits (bounded) for the units in flight,
+        and tries again when they are settled (``_retry_waiters``)."""
+        if self.waiting >= self.cfg.wait_queue:
+            srt.ert.counts["unavailable"] += 1
+            return R_UNAVAILABLE
+        p = Purchase(srt, user, qty, idem, fp, Pending(), _mono_ns() // 1000)
+        p.deadline = p.t0 + int(self.cfg.wait_timeout * 1e6)
+        srt.waiters.append(p)
+        self.waiting += 1
+        return p.fut
 
     async def _buy_with_key(self, srt, user, qty, idem, fp) -> bytes:
         """A purchase with an Idempotency-Key. The key is claimed for the whole event
@@ -571,10 +520,6 @@ class Gateway:
             return R_IDEM_MISMATCH
         answer = self._admit(srt, user, qty, idem, fp)
         return answer if type(answer) is bytes else await answer
-
-    def _enqueue(self, p: Purchase):
-        """An admitted reservation joins its SKU's batch (the ledger holds its units)."""
-        return self.path.enqueue(p)
 
     def _flush(self) -> None:
         """Group commit: one script call per SKU batch, all pipelined in one write.
@@ -685,7 +630,7 @@ class Gateway:
                 continue
             self.waiting -= 1
             if code == OK:
-                self._enqueue(p)
+                self.path.enqueue(p)
             else:
                 name, answer = REJECT[code]
                 srt.ert.counts[name] += 1
