@@ -54,6 +54,9 @@ def answer_commit(gw: Any, srt: Any, items: list[Purchase], reply: Any, ledger: 
     """Settle and answer a batch from its commit reply: (orders, units, revenue), or
     None (nothing done) if the reply has not the script's shape."""
 
+def user_of_header(raw: bytes | None) -> str | None:
+    """auth.user_from_header in C: the user id of an ``X-User-Id`` value, or None."""
+
 def hex_id(prefix: bytes, seq: int) -> bytes:
     """An order id as the path makes it: ``prefix`` + ``seq`` in lower-case hex."""
 

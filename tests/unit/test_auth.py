@@ -4,6 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flashgate.auth import USER_RE, TokenVerifier, mint, user_from_header
+from flashgate.gateway._commit import user_of_header
 
 
 def regex_user(raw: bytes):
@@ -22,6 +23,16 @@ def regex_user(raw: bytes):
 ))
 def test_user_from_header_is_the_regex(raw):
     assert user_from_header(raw) == regex_user(raw)
+    # the C path's check (BuyPath) is the same function
+    assert user_of_header(raw) == regex_user(raw)
+
+
+def test_user_of_header_every_byte():
+    for c in range(256):
+        raw = bytes([c])
+        assert user_of_header(raw) == regex_user(raw), raw
+        assert user_of_header(b"a" * 63 + raw) == regex_user(b"a" * 63 + raw), raw
+    assert user_of_header(None) is None
 
 
 def test_user_from_header_edges():
@@ -30,6 +41,8 @@ def test_user_from_header_edges():
     assert user_from_header(b"") is None
     assert user_from_header(b"a\n") is None
     assert user_from_header(b"Ab-9_") == "Ab-9_"
+    for raw in (b"u" * 64, b"u" * 65, b"", b"a\n", b"Ab-9_", b"a\x00b", b"\xe9"):
+        assert user_of_header(raw) == user_from_header(raw)
 
 
 def test_tokens_round_trip():
