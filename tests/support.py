@@ -16,6 +16,8 @@ from http.client import HTTPConnection
 
 import redis
 
+from flashgate.core import store
+
 ADMIN = "test-admin-token"
 
 
@@ -230,6 +232,21 @@ def check_invariants(r: redis.Redis, gw: Gateway | None, event_id: str, event: d
         assert sum(buyers.values()) == sold, f"{sku['id']}: sum(buyers) {sum(buyers.values())} != sold {sold}"
         assert units == sold, f"{sku['id']}: units in the stream {units} != sold {sold}"
         assert int(r.get(p + "orders_n") or 0) == len(ids)
+        # every order of the stream has its record, and no record is without its entry
+        records = {}
+        for i in range(0, len(ids), 1000):
+            chunk = ids[i:i + 1000]
+            records.update(zip(chunk, r.hmget(p + "order_by_id", chunk), strict=True))
+        for f in created:
+            o = f[b"order_id"].decode()
+            got = store.order_from_record(o, records[o])
+            if got is None:  # an order a test wrote in the earlier layout (a hash per order)
+                flat = [x for kv in r.hgetall(p + "order:" + o).items() for x in kv]
+                got = store.order_from_hash(o, flat)
+            assert got is not None, f"{sku['id']}: order {o} of the stream has no record"
+            assert (got["user_id"], got["qty"]) == (f[b"user"].decode(), int(f[b"qty"])), o
+        assert r.hlen(p + "order_by_id") == sum(v is not None for v in records.values()), (
+            f"{sku['id']}: records without a stream entry")
         over = {u: n for u, n in buyers.items() if n > sku["per_user_limit"]}
         assert not over, f"{sku['id']}: users over the limit: {over}"
         per_user_stream: dict[str, int] = {}
@@ -244,9 +261,12 @@ def check_invariants(r: redis.Redis, gw: Gateway | None, event_id: str, event: d
     assert not missing, f"acknowledged orders missing from Redis: {missing[:5]}"
     for o in acked:
         p = "fg:{" + event_id + ":" + o["sku"] + "}:"
-        h = r.hgetall(p + "order:" + o["order_id"])
-        assert h and h[b"user_id"].decode() == o["user_id"], f"order {o['order_id']} not stored"
-        assert int(h[b"qty"]) == o["qty"]
+        stored = store.order_from_record(o["order_id"], r.hget(p + "order_by_id", o["order_id"]))
+        if stored is None:  # an order a test wrote in the earlier layout
+            flat = [x for kv in r.hgetall(p + "order:" + o["order_id"]).items() for x in kv]
+            stored = store.order_from_hash(o["order_id"], flat)
+        assert stored and stored["user_id"] == o["user_id"], f"order {o['order_id']} not stored"
+        assert stored["qty"] == o["qty"]
     if exact:
         unacked = all_stream_ids - set(acked_ids)
         assert not unacked, f"orders in Redis that no client was told of: {sorted(unacked)[:5]}"

@@ -3,9 +3,10 @@
 FastAPI under uvicorn (uvloop, httptools, one worker) and redis-py's asyncio client
 (hiredis parser). Every purchase is ONE Lua script call (`seckill.lua`): it checks
 the window against Redis TIME, the pause flag, the stock and the per-user limit,
-then counts the sale, stores the order and appends it to the SKU's stream. Redis
-keys are flashgate's (`fg:{<event>:<sku>}:stock|sold|buyers|orders|order:<id>`),
-so the bench checks both with the same invariant code.
+then counts the sale, stores the order (a hash per order, the conventional layout)
+and appends it to the SKU's stream. The other Redis keys are flashgate's
+(`fg:{<event>:<sku>}:stock|sold|buyers|orders`), so the bench checks both with the
+same invariant code, which reads the stream, not the orders' storage.
 
 It speaks the subset of flashgate's API the bench uses, with the same request and
 response shapes: buy, event view, admin event PUT and stats, /readyz. Not

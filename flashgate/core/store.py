@@ -8,7 +8,9 @@ Keys (every SKU's keys share one hash tag so each script touches one slot):
     fg:{<event>:<sku>}:buyers      hash user -> units held
     fg:{<event>:<sku>}:orders      stream of order events (type=created, ...)
     fg:{<event>:<sku>}:orders_n    orders created
-    fg:{<event>:<sku>}:order:<id>  the order (hash); also the order id's guard
+    fg:{<event>:<sku>}:order_by_id hash order id -> the order's record (order_record);
+                                   also the order ids' guard against a re-sent batch
+    fg:{<event>:<sku>}:order:<id>  an order of the earlier layout (hash), still read
     fg:{<event>:<sku>}:idem:<user>:<key>  "order_id|fingerprint", 24 h
     fg:{<event>:<sku>}:reg         set of pre-registered users
     fg:{<event>:<sku>}:revenue     sum of the amounts of orders created
@@ -107,7 +109,7 @@ SCRIPTS = (COMMIT, CONFIGURE_SKU)
 
 def commit_keys(prefix: str) -> list[str]:
     return [prefix + "meta", prefix + "stock", prefix + "sold", prefix + "buyers",
-            prefix + "orders", prefix + "orders_n"]
+            prefix + "orders", prefix + "orders_n", prefix + "order_by_id"]
 
 
 async def load_scripts(execute) -> None:
@@ -206,12 +208,52 @@ async def register(conn: RedisConnection, event: Event, user: str) -> None:
 
 
 _ORDER_INT_FIELDS = ("qty", "unit_price", "created_ms", "pay_by_ms")
+# the fields of an order's record, in order (commit.lua writes them)
+RECORD_FIELDS = ("status", "user_id", "qty", "unit_price", "created_ms", "pay_by_ms")
+
+
+def order_record(status: str, user_id: str, qty: int, unit_price: int, created_ms: int,
+                 pay_by_ms: int, **later: str | int) -> str:
+    """An order as the SKU's ``order_by_id`` hash holds it:
+    ``<status>|<user_id>|<qty>|<unit_price>|<created_ms>|<pay_by_ms>``, then any field a
+    later state adds as ``|<name>=<value>``. No part holds a ``|``: user ids are
+    ``[A-Za-z0-9_-]``, the rest are numbers and status names."""
+    parts = [status, user_id, str(qty), str(unit_price), str(created_ms), str(pay_by_ms)]
+    parts += [f"{k}={v}" for k, v in later.items()]
+    return "|".join(parts)
+
+
+def order_from_record(order_id: str, raw: bytes | None) -> dict | None:
+    """The API's order object from its record (``order_record``), or None for none
+    (or for a record that is not one)."""
+    if not raw:
+        return None
+    parts = raw.decode().split("|")
+    if len(parts) < len(RECORD_FIELDS):
+        return None
+    d: dict = dict(zip(RECORD_FIELDS, parts, strict=False))
+    for extra in parts[len(RECORD_FIELDS):]:
+        name, _, value = extra.partition("=")
+        d[name] = int(value) if value.isdigit() else value
+    try:
+        for f in _ORDER_INT_FIELDS:
+            d[f] = int(d[f])
+    except ValueError:
+        return None
+    where = split_order_id(order_id)
+    qty, unit_price = d.pop("qty"), d.pop("unit_price")
+    order = {"order_id": order_id, "event_id": where[0] if where else "",
+             "sku": where[1] if where else "", "user_id": d.pop("user_id"),
+             "qty": qty, "unit_price": unit_price, "amount": unit_price * qty}
+    order.update(d)  # status, created_ms, pay_by_ms (and whatever later states add)
+    return order
 
 
 def order_from_hash(order_id: str, flat) -> dict | None:
-    """The API's order object from its hash (HGETALL reply): the hash holds user_id,
-    qty, unit_price, status, created_ms and pay_by_ms; the id names the event and the
-    sku, and amount is unit_price * qty."""
+    """The API's order object from an order hash of the earlier layout (a key per
+    order, ``…:order:<id>``; HGETALL reply): the hash holds user_id, qty, unit_price,
+    status, created_ms and pay_by_ms; the id names the event and the sku, and amount
+    is unit_price * qty."""
     if not flat:
         return None
     where = split_order_id(order_id)
@@ -234,8 +276,11 @@ async def get_order(conn: RedisConnection, order_id: str) -> dict | None:
     where = split_order_id(order_id)
     if where is None:
         return None
-    return order_from_hash(order_id,
-                           await conn.execute("HGETALL", sku_prefix(*where) + "order:" + order_id))
+    p = sku_prefix(*where)
+    order = order_from_record(order_id, await conn.execute("HGET", p + "order_by_id", order_id))
+    if order is None:  # an order of the earlier layout?
+        order = order_from_hash(order_id, await conn.execute("HGETALL", p + "order:" + order_id))
+    return order
 
 
 async def export_orders(conn: RedisConnection, event: Event) -> list[dict]:
@@ -255,13 +300,16 @@ async def export_orders(conn: RedisConnection, event: Event) -> list[dict]:
             if len(entries) < 1000:
                 break
             start = "(" + entries[-1][0].decode()
-        for i in range(0, len(ids), 500):
-            chunk = ids[i:i + 500]
-            replies = await conn.pipeline([["HGETALL", p + "order:" + o] for o in chunk])
-            for order_id, h in zip(chunk, replies, strict=True):
-                order = order_from_hash(order_id, h)
-                if order is not None:
-                    out.append(order)
+        for i in range(0, len(ids), 1000):
+            chunk = ids[i:i + 1000]
+            records = await conn.execute("HMGET", p + "order_by_id", *chunk)
+            orders = [order_from_record(o, raw) for o, raw in zip(chunk, records, strict=True)]
+            earlier = [o for o, order in zip(chunk, orders, strict=True) if order is None]
+            if earlier:  # orders of the earlier layout (a hash per order)
+                hashes = await conn.pipeline([["HGETALL", p + "order:" + o] for o in earlier])
+                found = {o: order_from_hash(o, h) for o, h in zip(earlier, hashes, strict=True)}
+                orders = [order or found[o] for o, order in zip(chunk, orders, strict=True)]
+            out.extend(order for order in orders if order is not None)
     return out
 
 

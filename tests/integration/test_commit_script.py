@@ -26,7 +26,7 @@ def raw_commit(r, p, reservations, resent=False, n=None):
     argv = [p, len(reservations) if n is None else n, 1 if resent else 0]
     for item in reservations:
         argv += store.reservation_args(*item)
-    return r.eval(store.COMMIT.source, 6, *store.commit_keys(p), *argv)
+    return r.eval(store.COMMIT.source, len(store.commit_keys(p)), *store.commit_keys(p), *argv)
 
 
 def commit(r, ev, sku, orders, resent):
@@ -73,6 +73,58 @@ def test_a_resent_batch_sells_nothing_twice(r):
     check_invariants(r, None, ev, body, orders)
 
 
+def test_a_batch_stores_each_order_as_one_record(r):
+    """Each new order is one field of the SKU's ``order_by_id`` hash (no key per order),
+    and its record reads as the 200 the client got."""
+    ev = new_id("rec")
+    body = event_body(stock=(5,))
+    configure(r, ev, body)
+    p = store.sku_prefix(ev, "s0")
+    batch = [(f"{ev}.s0.r{i}", f"u{i}") for i in range(3)]
+    reply = commit(r, ev, "s0", batch, resent=False)
+    got = items(reply, batch)
+    assert [g[0] for g in got] == [0, 0, 0]
+    assert r.hlen(p + "order_by_id") == 3
+    assert r.keys(p + "order:*") == []
+    for (oid, user), (_, _, price, qty, created, payby) in zip(batch, got, strict=True):
+        raw = r.hget(p + "order_by_id", oid)
+        assert raw == store.order_record("reserved", user, qty, price, created, payby).encode()
+        assert store.order_from_record(oid, raw) == {
+            "order_id": oid, "event_id": ev, "sku": "s0", "user_id": user, "qty": qty,
+            "unit_price": price, "amount": price * qty, "status": "reserved",
+            "created_ms": created, "pay_by_ms": payby}
+    check_invariants(r, None, ev, body,
+                     [{"order_id": oid, "sku": "s0", "user_id": u, "qty": 1} for oid, u in batch])
+
+
+def test_an_order_of_the_earlier_layout_is_still_found(r):
+    """An order stored as a hash of its own (``order:<id>``, the earlier layout) is still
+    this order id's guard when its batch is re-sent, and still an idempotent replay's
+    answer."""
+    ev = new_id("legacy")
+    body = event_body(stock=(5,))
+    configure(r, ev, body)
+    p = store.sku_prefix(ev, "s0")
+    oid = f"{ev}.s0.old1"
+    # what the earlier script left for one sold unit with an Idempotency-Key
+    r.incrby(p + "sold", 1)
+    r.hset(p + "buyers", "u1", 1)
+    r.incrby(p + "orders_n", 1)
+    r.xadd(p + "orders", {"type": "created", "order_id": oid, "user": "u1", "qty": 1})
+    r.hset(p + "order:" + oid, mapping={"user_id": "u1", "qty": 1, "unit_price": 100,
+                                        "status": "reserved", "created_ms": 7,
+                                        "pay_by_ms": 60007})
+    r.set(p + "idem:u1:k", oid + "|fp")
+    reply = raw_commit(r, p, [(oid, "u1", 1, "", "")], resent=True)
+    assert reply[0] == 1, "a re-sent order of the earlier layout sold again"
+    assert items(reply, [(oid, "u1")]) == [(9, oid.encode(), 100, 1, 7, 60007)]
+    other = f"{ev}.s0.new1"
+    reply = raw_commit(r, p, [(other, "u1", 1, "k", "fp")])
+    assert items(reply, [(other, "u1")]) == [(10, oid.encode(), 100, 1, 7, 60007)]
+    assert reply[0] == 1
+    check_invariants(r, None, ev, body, [{"order_id": oid, "sku": "s0", "user_id": "u1", "qty": 1}])
+
+
 def test_one_user_twice_in_a_batch_is_held_to_the_limit(r):
     """The buyers of a batch are read once (HMGET): what the batch itself sells to a
     user counts against the limit of that user's later items in the same batch."""
@@ -84,7 +136,7 @@ def test_one_user_twice_in_a_batch_is_held_to_the_limit(r):
     r.incrby(p + "sold", 1)
     r.incrby(p + "orders_n", 1)
     r.xadd(p + "orders", {"type": "created", "order_id": f"{ev}.s0.z0", "user": "old", "qty": 1})
-    r.hset(p + "order:" + f"{ev}.s0.z0", mapping={"user_id": "old", "qty": 1, "unit_price": 100})
+    r.hset(p + "order_by_id", f"{ev}.s0.z0", store.order_record("reserved", "old", 1, 100, 1, 2))
     batch = [(f"{ev}.s0.b{i}", u) for i, u in enumerate(["a", "a", "a", "old", "old", "b"])]
     reply = commit(r, ev, "s0", batch, resent=False)
     codes = [i[0] for i in items(reply, batch)]
@@ -220,9 +272,8 @@ def test_an_integer_qty_is_stored_in_its_canonical_form(r):
     oid = f"{ev}.s0.c1"
     got = items(raw_commit(r, p, [(oid, "u1", "2.0", "", "")]), [(oid, "u1")])
     assert got[0][0] == 0
-    assert r.hget(p + "order:" + oid, "qty") == b"2"
-    flat = [x for kv in r.hgetall(p + "order:" + oid).items() for x in kv]
-    assert store.order_from_hash(oid, flat)["qty"] == 2
+    assert store.order_from_record(oid, r.hget(p + "order_by_id", oid))["qty"] == 2
+    assert r.hget(p + "order_by_id", oid).split(b"|")[2] == b"2"
     check_invariants(r, None, ev, body,
                      [{"order_id": oid, "sku": "s0", "user_id": "u1", "qty": 2}])
 
@@ -236,7 +287,7 @@ def test_a_malformed_spec_is_refused_before_anything_is_written(r, spec):
     p = store.sku_prefix(ev, "s0")
     argv = [p, 2, 0, f"{ev}.s0.g1", "u1", 1, f"{ev}.s0.g2", "u2", spec]
     with pytest.raises(redis.ResponseError, match="commit: bad"):
-        r.eval(store.COMMIT.source, 6, *store.commit_keys(p), *argv)
+        r.eval(store.COMMIT.source, len(store.commit_keys(p)), *store.commit_keys(p), *argv)
     assert r.get(p + "sold") == b"0" and not r.exists(p + "buyers", p + "orders")
     check_invariants(r, None, ev, body, [])
 

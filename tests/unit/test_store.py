@@ -1,6 +1,8 @@
 """Reading stored records without I/O."""
 
-from flashgate.core.store import order_from_hash
+import pytest
+
+from flashgate.core.store import order_from_hash, order_from_record, order_record
 
 
 def flat(d: dict) -> list[bytes]:
@@ -27,3 +29,22 @@ def test_a_hash_written_with_all_ten_fields_reads_the_same():
 
 def test_no_hash_is_no_order():
     assert order_from_hash("ev.s0.ab1", []) is None
+
+
+def test_an_order_record_reads_as_the_api_object():
+    raw = order_record("reserved", "u1", 2, 1999, 1000, 61000).encode()
+    assert raw == b"reserved|u1|2|1999|1000|61000"
+    h = {"user_id": "u1", "qty": 2, "unit_price": 1999, "status": "reserved",
+         "created_ms": 1000, "pay_by_ms": 61000}
+    assert order_from_record("ev.s0.ab1", raw) == order_from_hash("ev.s0.ab1", flat(h))
+
+
+def test_fields_a_later_state_adds_are_read():
+    raw = order_record("paid", "u1", 1, 100, 1000, 61000, paid_ms=5000, by="op-1").encode()
+    order = order_from_record("ev.s0.ab1", raw)
+    assert (order["status"], order["paid_ms"], order["by"]) == ("paid", 5000, "op-1")
+
+
+@pytest.mark.parametrize("raw", [None, b"", b"reserved|u1|1|100", b"reserved|u1|x|100|7|8"])
+def test_no_record_or_a_broken_one_is_no_order(raw):
+    assert order_from_record("ev.s0.ab1", raw) is None

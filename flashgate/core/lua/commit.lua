@@ -1,8 +1,9 @@
 -- Group commit of one SKU's batch of reservations. Redis decides every sale here.
 --
 -- KEYS: 1 meta (hash), 2 stock, 3 sold, 4 buyers (hash user -> units),
---       5 orders (stream), 6 orders_n (orders created)
--- ARGV: 1 key prefix "fg:{<event>:<sku>}:" (order, idem and reg keys share the hash tag),
+--       5 orders (stream), 6 orders_n (orders created), 7 order_by_id (hash order id ->
+--       "<status>|<user>|<qty>|<unit_price>|<created_ms>|<pay_by_ms>", store.order_record)
+-- ARGV: 1 key prefix "fg:{<event>:<sku>}:" (idem, reg and earlier order keys share the tag),
 --       2 n, 3 "1" when this batch was sent before (its reply was lost): then each
 --       order id is looked up first, so nothing is sold twice (ids are unique, so a
 --       first send needs no lookup), then n times: order_id, user, spec, where spec is
@@ -77,10 +78,20 @@ local function order_part(code, oid, unit_price, qty, created, payby)
   out[#out + 1] = tonumber(qty); out[#out + 1] = tonumber(created)
   out[#out + 1] = tonumber(payby)
 end
+-- an order stored before this batch: its record, or the hash of the earlier layout
+-- (a key per order, `order:<id>`, still read: store.order_from_hash)
 local function existing(code, oid)
+  local v = redis.call('HGET', KEYS[7], oid)
+  if v then
+    local qty, up, created, payby = string.match(v, '^[^|]*|[^|]*|(%d+)|(%d+)|(%d+)|(%d+)')
+    if qty then
+      order_part(code, oid, up, qty, created, payby)
+      return
+    end
+  end
   local o = redis.call('HMGET', P .. 'order:' .. oid, 'unit_price', 'qty', 'created_ms', 'pay_by_ms')
   if not o[2] then
-    -- the order is gone (evicted or deleted by hand): say so, keep the reply aligned
+    -- the order is gone (deleted by hand): say so, keep the reply aligned
     refuse(11)
   else
     order_part(code, oid, o[1], o[2], o[3], o[4])
@@ -141,7 +152,8 @@ for i = 0, n - 1 do
   if made[oid] then
     -- the same order id twice in one batch (never from the worker): it is sold once
     made_here(9, made[oid])
-  elseif resent and redis.call('EXISTS', P .. 'order:' .. oid) == 1 then
+  elseif resent and (redis.call('HEXISTS', KEYS[7], oid) == 1
+                     or redis.call('EXISTS', P .. 'order:' .. oid) == 1) then
     existing(9, oid)
   elseif mine then
     -- the key's order was made earlier in this very batch
@@ -199,12 +211,22 @@ if ns > 0 then
   -- of every order went that way. qty is formatted with %d (an integer, checked above),
   -- the prices are the strings of the event's definition.
   local now, payby = string.format('%d', out[3]), string.format('%d', out[4])
+  -- Every order of the batch goes into the SKU's one hash of orders, in one HSET: a
+  -- key per order cost Redis a keyspace entry and a call per order (docs/DESIGN.md).
+  -- order_id, event_id and sku are in the id, amount is unit_price * qty: readers add
+  -- them (store.order_from_record).
+  -- The records first: they are the order ids' guard against a re-sent batch.
+  local records = {}
+  local tail = '|' .. now .. '|' .. payby
+  for k = 1, ns do
+    records[2 * k - 1] = s_oid[k]
+    records[2 * k] = 'reserved|' .. s_user[k] .. '|' .. s_qty[k] .. '|' .. s_up[k] .. tail
+  end
+  for c = 1, #records, 2 * CHUNK do
+    redis.call('HSET', KEYS[7], unpack(records, c, math.min(c + 2 * CHUNK - 1, #records)))
+  end
   for k = 1, ns do
     local oid, user, qty, up = s_oid[k], s_user[k], s_qty[k], s_up[k]
-    -- order_id, event_id and sku are in the key, amount is unit_price * qty: readers
-    -- add them (store.order_from_hash)
-    redis.call('HSET', P .. 'order:' .. oid, 'user_id', user, 'qty', qty, 'unit_price', up,
-               'status', 'reserved', 'created_ms', now, 'pay_by_ms', payby)
     redis.call('XADD', KEYS[5], '*', 'type', 'created', 'order_id', oid, 'user', user,
                'qty', qty, 'unit_price', up, 'ts', now)
     if s_ikey[k] then redis.call('SET', s_ikey[k], oid .. '|' .. s_fp[k], 'EX', 86400) end
