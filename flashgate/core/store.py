@@ -119,6 +119,19 @@ async def load_scripts(execute) -> None:
         await execute("SCRIPT", "LOAD", s.source)
 
 
+def evicting_policy(info: bytes | str) -> str | None:
+    """The ``maxmemory-policy`` of an ``INFO memory`` reply when the server may evict
+    keys (a ``maxmemory`` is set and the policy is not ``noeviction``), else None.
+    Evicting any of flashgate's keys can lose orders: the SKU's hash of orders is every
+    order's record and its guard against a re-sent batch, the buyers hash holds the
+    limits, an Idempotency-Key's key its replay."""
+    text = info.decode() if isinstance(info, bytes) else info
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    maxmemory = fields.get("maxmemory", "0").strip()
+    policy = fields.get("maxmemory_policy", "noeviction").strip()
+    return policy if maxmemory not in ("", "0") and policy != "noeviction" else None
+
+
 async def redis_time_ms(conn: RedisConnection) -> int:
     sec, usec = await conn.execute("TIME")
     return int(sec) * 1000 + int(usec) // 1000

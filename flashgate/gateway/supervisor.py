@@ -5,6 +5,7 @@ worker that dies, and on SIGTERM / SIGINT drains them all and exits 0."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import logging
 import multiprocessing
@@ -85,6 +86,11 @@ async def prepare(cfg: Config) -> list[tuple[str, str]]:
             await asyncio.sleep(0.5)
     try:
         await store.load_scripts(conn.execute)
+        with contextlib.suppress(RedisError):  # INFO may be disabled on a managed Redis
+            policy = store.evicting_policy(await conn.execute("INFO", "memory"))
+            if policy:
+                log.warning("Redis may evict keys (maxmemory-policy %s): evicted keys lose "
+                            "orders; set maxmemory-policy noeviction", policy)
         if cfg.event:
             raw = orjson.loads(Path(cfg.event).read_bytes())
             if not isinstance(raw, dict) or not isinstance(raw.get("id"), str):

@@ -294,7 +294,8 @@ def test_redis_slow_then_cut_off_then_healed(tmp_path, capsys):
     gw = Gateway(f"redis://127.0.0.1:{proxy.port}/0", tmp_path / "gw", workers=2,
                  extra=["--commit-queue", "64"]).start()
     ev = new_id("proxy")
-    body = event_body(stock=(50_000,))
+    # more than 32 clients can buy in 7 s: the purchase after the heal must find a unit
+    body = event_body(stock=(1_000_000,))
     history = History()
     phases: dict = {}
     try:

@@ -334,3 +334,24 @@ def test_serve_out_of_the_box_sells_the_demo_from_an_embedded_redis(tmp_path):
             r.close()
     finally:
         assert gw.stop() == 0, "".join(gw.output)
+
+
+def test_a_redis_that_may_evict_keys_is_warned_of(r, redis_server, caplog):
+    """Evicted keys lose orders: serving against a Redis with a maxmemory and an
+    evicting policy logs a warning (and still serves: the operator decides)."""
+    from flashgate.config import Config
+    from flashgate.gateway.supervisor import prepare
+
+    cfg = Config(redis=redis_server.url, demo=False)
+    caplog.set_level("WARNING", logger="flashgate")
+    asyncio.run(prepare(cfg))
+    assert "may evict" not in caplog.text
+    old = r.config_get("maxmemory*")
+    try:
+        r.config_set("maxmemory", 8 << 30)
+        r.config_set("maxmemory-policy", "allkeys-lru")
+        asyncio.run(prepare(cfg))
+    finally:
+        r.config_set("maxmemory-policy", old["maxmemory-policy"])
+        r.config_set("maxmemory", old["maxmemory"])
+    assert "maxmemory-policy allkeys-lru" in caplog.text

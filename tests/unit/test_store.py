@@ -2,7 +2,7 @@
 
 import pytest
 
-from flashgate.core.store import order_from_hash, order_from_record, order_record
+from flashgate.core.store import evicting_policy, order_from_hash, order_from_record, order_record
 
 
 def flat(d: dict) -> list[bytes]:
@@ -48,3 +48,14 @@ def test_fields_a_later_state_adds_are_read():
 @pytest.mark.parametrize("raw", [None, b"", b"reserved|u1|1|100", b"reserved|u1|x|100|7|8"])
 def test_no_record_or_a_broken_one_is_no_order(raw):
     assert order_from_record("ev.s0.ab1", raw) is None
+
+
+@pytest.mark.parametrize(("info", "policy"), [
+    (b"# Memory\r\nmaxmemory:0\r\nmaxmemory_policy:allkeys-lru\r\n", None),
+    (b"# Memory\r\nmaxmemory:1073741824\r\nmaxmemory_policy:noeviction\r\n", None),
+    (b"# Memory\r\nmaxmemory:1073741824\r\nmaxmemory_policy:volatile-lru\r\n", "volatile-lru"),
+    ("maxmemory:5\nmaxmemory_policy:allkeys-random\n", "allkeys-random"),
+    (b"", None),
+])
+def test_an_evicting_redis_is_told_apart(info, policy):
+    assert evicting_policy(info) == policy
