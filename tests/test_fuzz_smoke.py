@@ -50,8 +50,9 @@ def test_fuzz_harness_short_run(tmp_path, harness, runs, options):
     for crash in tmp_path.glob("crash-*"):
         out += f"\nfailing input {crash.name}: {crash.read_bytes()[:2000]!r}"
     assert proc.returncode == 0, out[-6000:]
+    # libFuzzer's count of runs can end a few past -runs=N (20,004 once in CI): at least N
     done = re.search(r"Done (\d+) runs", out)
-    assert done and int(done.group(1)) == runs, out[-3000:]
+    assert done and int(done.group(1)) >= runs, out[-3000:]
     assert not list(tmp_path.glob("crash-*")), out[-3000:]
     if harness == "fuzz_request_path.py":  # it sold stock: the invariants were checked last
         assert f"stock invariants hold after {runs} inputs" in out, out[-3000:]
