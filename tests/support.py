@@ -207,6 +207,16 @@ async def http_session(port: int, requests, results: list, *, timeout=30.0):
 # -- invariants -----------------------------------------------------------------------
 
 
+def _stored_order(r: redis.Redis, p: str, order_id: str, record: bytes | None) -> dict | None:
+    """An order as Redis holds it: its record, or the hash of the earlier layout (a key
+    per order) that some tests write."""
+    order = store.order_from_record(order_id, record)
+    if order is None:
+        flat = [x for kv in r.hgetall(p + "order:" + order_id).items() for x in kv]
+        order = store.order_from_hash(order_id, flat)
+    return order
+
+
 def check_invariants(r: redis.Redis, gw: Gateway | None, event_id: str, event: dict,
                      acked: list[dict], *, exact: bool = True) -> dict:
     """The promises, checked against Redis (and the API when ``gw`` is given):
@@ -239,10 +249,7 @@ def check_invariants(r: redis.Redis, gw: Gateway | None, event_id: str, event: d
             records.update(zip(chunk, r.hmget(p + "order_by_id", chunk), strict=True))
         for f in created:
             o = f[b"order_id"].decode()
-            got = store.order_from_record(o, records[o])
-            if got is None:  # an order a test wrote in the earlier layout (a hash per order)
-                flat = [x for kv in r.hgetall(p + "order:" + o).items() for x in kv]
-                got = store.order_from_hash(o, flat)
+            got = _stored_order(r, p, o, records[o])
             assert got is not None, f"{sku['id']}: order {o} of the stream has no record"
             assert (got["user_id"], got["qty"]) == (f[b"user"].decode(), int(f[b"qty"])), o
         assert r.hlen(p + "order_by_id") == sum(v is not None for v in records.values()), (
@@ -261,10 +268,7 @@ def check_invariants(r: redis.Redis, gw: Gateway | None, event_id: str, event: d
     assert not missing, f"acknowledged orders missing from Redis: {missing[:5]}"
     for o in acked:
         p = "fg:{" + event_id + ":" + o["sku"] + "}:"
-        stored = store.order_from_record(o["order_id"], r.hget(p + "order_by_id", o["order_id"]))
-        if stored is None:  # an order a test wrote in the earlier layout
-            flat = [x for kv in r.hgetall(p + "order:" + o["order_id"]).items() for x in kv]
-            stored = store.order_from_hash(o["order_id"], flat)
+        stored = _stored_order(r, p, o["order_id"], r.hget(p + "order_by_id", o["order_id"]))
         assert stored and stored["user_id"] == o["user_id"], f"order {o['order_id']} not stored"
         assert stored["qty"] == o["qty"]
     if exact:

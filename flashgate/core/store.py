@@ -253,13 +253,7 @@ def order_from_record(order_id: str, raw: bytes | None) -> dict | None:
             d[f] = int(d[f])
     except ValueError:
         return None
-    where = split_order_id(order_id)
-    qty, unit_price = d.pop("qty"), d.pop("unit_price")
-    order = {"order_id": order_id, "event_id": where[0] if where else "",
-             "sku": where[1] if where else "", "user_id": d.pop("user_id"),
-             "qty": qty, "unit_price": unit_price, "amount": unit_price * qty}
-    order.update(d)  # status, created_ms, pay_by_ms (and whatever later states add)
-    return order
+    return _api_order(order_id, d)
 
 
 def order_from_hash(order_id: str, flat) -> dict | None:
@@ -269,15 +263,21 @@ def order_from_hash(order_id: str, flat) -> dict | None:
     is unit_price * qty."""
     if not flat:
         return None
-    where = split_order_id(order_id)
     it = iter(flat)
     d = {k.decode(): v.decode() for k, v in zip(it, it, strict=True)}
     for f in _ORDER_INT_FIELDS:
         if f in d:
             d[f] = int(d[f])
-    qty, unit_price = d.pop("qty", 0), d.pop("unit_price", 0)
     for derived in ("order_id", "event_id", "sku", "amount"):
         d.pop(derived, None)  # (hashes written before the key said them hold them too)
+    return _api_order(order_id, d)
+
+
+def _api_order(order_id: str, d: dict) -> dict:
+    """The API's order object from the stored fields ``d`` (emptied): the id names the
+    event and the SKU, amount is unit_price * qty, the rest is as stored."""
+    where = split_order_id(order_id)
+    qty, unit_price = d.pop("qty", 0), d.pop("unit_price", 0)
     order = {"order_id": order_id, "event_id": where[0] if where else "",
              "sku": where[1] if where else "", "user_id": d.pop("user_id", ""),
              "qty": qty, "unit_price": unit_price, "amount": unit_price * qty}

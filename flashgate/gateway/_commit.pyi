@@ -73,10 +73,13 @@ class BuyPath:
                  rejects: dict[int, tuple[str, bytes]], r_unauth: bytes, r_not_found: bytes,
                  r_unavailable: bytes, flush: Any) -> None: ...
     def bind(self, loop: Any) -> None: ...
+    def sku_of(self, body: bytes, ert: EventCore) -> tuple[Any, int] | bytes:
+        """``(SKU runtime, qty)`` of a buy body for this event, or its 400/404 answer
+        (counted)."""
     def buy_body(self, body: bytes) -> Any:
         """``(sku, qty)`` of a buy body, or its 400 answer (cached)."""
     def dev_user(self, headers: dict[bytes, bytes]) -> str | None:
-        """The user of an ``X-User-Id`` header, or None (cached)."""
+        """The user of an ``X-User-Id`` header, or None (checked in C)."""
     def handle(self, req: Any) -> Any:
         """The HTTP entry: the common buy request here, everything else in Python."""
     def enqueue(self, p: Purchase) -> Any:

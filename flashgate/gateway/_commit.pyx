@@ -477,17 +477,25 @@ cdef class BuyPath:
         if user is None:
             counts["unauthenticated"] += 1
             return self.r_unauth
-        parsed = self.buy_body(req.body)
-        if type(parsed) is bytes:  # the body's 400 answer
-            counts["bad_request"] += 1
-            return parsed
-        sku_id, qty = parsed
-        srt = ert.by_id.get(sku_id)
-        if srt is None:
-            counts["not_found"] += 1
-            return self.r_not_found
+        got = self.sku_of(req.body, ert)
+        if type(got) is bytes:  # its 400 or 404
+            return got
+        srt, qty = <tuple>got
         ert.uv.add(user)
         return self._admit(<SkuCore?>srt, user, qty, counts)
+
+    cpdef object sku_of(self, bytes body, EventCore ert):
+        """``(SKU runtime, qty)`` of a buy body for this event, or its answer, counted:
+        400 for a body that is not a buy, 404 for a SKU the event does not have."""
+        parsed = self.buy_body(body)
+        if type(parsed) is bytes:  # the body's 400 answer
+            ert.counts["bad_request"] += 1
+            return parsed
+        srt = ert.by_id.get((<tuple>parsed)[0])
+        if srt is None:
+            ert.counts["not_found"] += 1
+            return self.r_not_found
+        return srt, (<tuple>parsed)[1]
 
     cpdef object buy_body(self, bytes body):
         """``(sku, qty)`` of a buy body, or its 400 answer (app._parse_buy_body), from a

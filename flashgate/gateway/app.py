@@ -430,15 +430,10 @@ class Gateway:
             if wait:
                 counts["rate_limited"] += 1
                 return _rate_limited(wait)
-        parsed = self.path.buy_body(req.body)
-        if type(parsed) is bytes:  # the body's 400 answer
-            counts["bad_request"] += 1
-            return parsed
-        sku_id, qty = parsed
-        srt = ert.by_id.get(sku_id)
-        if srt is None:
-            counts["not_found"] += 1
-            return R_NOT_FOUND
+        got = self.path.sku_of(req.body, ert)
+        if type(got) is bytes:  # its 400 or 404
+            return got
+        srt, qty = got
         idem = req.headers.get(b"idempotency-key")
         if idem is not None:
             try:
@@ -458,7 +453,7 @@ class Gateway:
             counts["unavailable"] += 1
             return R_UNAVAILABLE
         if idem is not None:
-            return self._buy_with_key(srt, user, qty, idem, f"{sku_id}:{qty}")
+            return self._buy_with_key(srt, user, qty, idem, f"{srt.sku.id}:{qty}")
         return self._admit(srt, user, qty, None, "")
 
     def _admit(self, srt: SkuRuntime, user: str, qty: int, idem, fp: str):

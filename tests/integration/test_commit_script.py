@@ -26,7 +26,13 @@ def raw_commit(r, p, reservations, resent=False, n=None):
     argv = [p, len(reservations) if n is None else n, 1 if resent else 0]
     for item in reservations:
         argv += store.reservation_args(*item)
-    return r.eval(store.COMMIT.source, len(store.commit_keys(p)), *store.commit_keys(p), *argv)
+    return eval_commit(r, p, argv)
+
+
+def eval_commit(r, p, argv):
+    """The commit script on SKU prefix ``p`` with these arguments, as the worker calls it."""
+    keys = store.commit_keys(p)
+    return r.eval(store.COMMIT.source, len(keys), *keys, *argv)
 
 
 def commit(r, ev, sku, orders, resent):
@@ -287,7 +293,7 @@ def test_a_malformed_spec_is_refused_before_anything_is_written(r, spec):
     p = store.sku_prefix(ev, "s0")
     argv = [p, 2, 0, f"{ev}.s0.g1", "u1", 1, f"{ev}.s0.g2", "u2", spec]
     with pytest.raises(redis.ResponseError, match="commit: bad"):
-        r.eval(store.COMMIT.source, len(store.commit_keys(p)), *store.commit_keys(p), *argv)
+        eval_commit(r, p, argv)
     assert r.get(p + "sold") == b"0" and not r.exists(p + "buyers", p + "orders")
     check_invariants(r, None, ev, body, [])
 
