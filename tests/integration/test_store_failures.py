@@ -75,6 +75,7 @@ def test_a_replay_whose_order_vanished_is_answered_and_frees_nothing(gw, r):
     gw.put_event(ev, body)
     status, order, _ = gw.buy(ev, "s0", "u0", headers={"Idempotency-Key": "k"})
     assert status == 200
+    record = r.hget(sku_key(ev, "s0", "order_by_id"), order["order_id"])
     r.hdel(sku_key(ev, "s0", "order_by_id"), order["order_id"])  # e.g. deleted by hand
     status, data, _ = gw.buy(ev, "s0", "u0", headers={"Idempotency-Key": "k"})
     assert (status, data["error"]) == (404, "not_found")
@@ -84,6 +85,9 @@ def test_a_replay_whose_order_vanished_is_answered_and_frees_nothing(gw, r):
     status, data, _ = gw.buy(ev, "s0", "u3")
     assert (status, data["error"]) == (409, "sold_out")
     assert int(r.get(sku_key(ev, "s0", "sold"))) == 3
+    # nothing else changed: with the record put back, every invariant holds
+    r.hset(sku_key(ev, "s0", "order_by_id"), order["order_id"], record)
+    check_invariants(r, gw, ev, body, [order, *acked])
 
 
 def test_a_script_failing_mid_batch_can_only_undersell(gw, r):
