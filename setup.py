@@ -15,6 +15,7 @@ EXTENSIONS = [
     ("flashgate.limiter._gcra", "flashgate/limiter/_gcra.pyx"),
     ("flashgate.gateway._http", "flashgate/gateway/_http.pyx"),
     ("flashgate.gateway._protocol", "flashgate/gateway/_protocol.pyx"),
+    ("flashgate.gateway._buy", "flashgate/gateway/_buy.pyx"),
     ("flashgate.gateway._commit", "flashgate/gateway/_commit.pyx"),
 ]
 

@@ -70,7 +70,8 @@ class TokenVerifier:
 
 
 def admin_ok(header: bytes | None, expected: bytes) -> bool:
-    """``Authorization: Bearer <admin_token>``, compared in constant time."""
-    if header is None or not header.startswith(b"Bearer "):
+    """``Authorization: Bearer <admin_token>``, compared in constant time; an empty
+    expected token never matches."""
+    if not expected or header is None or not header.startswith(b"Bearer "):
         return False
     return hmac.compare_digest(header[7:].strip(), expected)

@@ -16,7 +16,7 @@ from http.client import HTTPConnection
 
 import redis
 
-from flashgate.core import store
+from flashgate.core import keys, orders
 
 ADMIN = "test-admin-token"
 
@@ -207,16 +207,6 @@ async def http_session(port: int, requests, results: list, *, timeout=30.0):
 # -- invariants -----------------------------------------------------------------------
 
 
-def _stored_order(r: redis.Redis, p: str, order_id: str, record: bytes | None) -> dict | None:
-    """An order as Redis holds it: its record, or the hash of the earlier layout (a key
-    per order) that some tests write."""
-    order = store.order_from_record(order_id, record)
-    if order is None:
-        flat = [x for kv in r.hgetall(p + "order:" + order_id).items() for x in kv]
-        order = store.order_from_hash(order_id, flat)
-    return order
-
-
 def check_invariants(r: redis.Redis, gw: Gateway | None, event_id: str, event: dict,
                      acked: list[dict], *, exact: bool = True) -> dict:
     """The promises, checked against Redis (and the API when ``gw`` is given):
@@ -229,30 +219,31 @@ def check_invariants(r: redis.Redis, gw: Gateway | None, event_id: str, event: d
     assert len(acked_ids) == len(set(acked_ids)), "an order id was acknowledged twice"
     all_stream_ids: set[str] = set()
     for sku in event["skus"]:
-        p = "fg:{" + event_id + ":" + sku["id"] + "}:"
-        stock = int(r.get(p + "stock") or 0)
-        sold = int(r.get(p + "sold") or 0)
-        buyers = {k.decode(): int(v) for k, v in r.hgetall(p + "buyers").items()}
-        entries = r.xrange(p + "orders")
+        k = keys.SkuKeys(event_id, sku["id"])
+        stock = int(r.get(k.stock) or 0)
+        sold = int(r.get(k.sold) or 0)
+        buyers = {u.decode(): int(v) for u, v in r.hgetall(k.buyers).items()}
+        entries = r.xrange(k.orders)
         created = [f for _, f in entries if f[b"type"] == b"created"]
         ids = [f[b"order_id"].decode() for f in created]
         units = sum(int(f[b"qty"]) for f in created)
         assert len(ids) == len(set(ids)), f"{sku['id']}: duplicate order ids in the stream"
+        assert stock == sku["stock"], f"{sku['id']}: stock {stock}, defined {sku['stock']}"
         assert sold <= stock, f"{sku['id']}: oversold {sold} > {stock}"
         assert sum(buyers.values()) == sold, f"{sku['id']}: sum(buyers) {sum(buyers.values())} != sold {sold}"
         assert units == sold, f"{sku['id']}: units in the stream {units} != sold {sold}"
-        assert int(r.get(p + "orders_n") or 0) == len(ids)
+        assert int(r.get(k.orders_n) or 0) == len(ids)
         # every order of the stream has its record, and no record is without its entry
         records = {}
         for i in range(0, len(ids), 1000):
             chunk = ids[i:i + 1000]
-            records.update(zip(chunk, r.hmget(p + "order_by_id", chunk), strict=True))
+            records.update(zip(chunk, r.hmget(k.order_by_id, chunk), strict=True))
         for f in created:
             o = f[b"order_id"].decode()
-            got = _stored_order(r, p, o, records[o])
+            got = orders.from_record(o, records[o])
             assert got is not None, f"{sku['id']}: order {o} of the stream has no record"
             assert (got["user_id"], got["qty"]) == (f[b"user"].decode(), int(f[b"qty"])), o
-        assert r.hlen(p + "order_by_id") == sum(v is not None for v in records.values()), (
+        assert r.hlen(k.order_by_id) == sum(v is not None for v in records.values()), (
             f"{sku['id']}: records without a stream entry")
         over = {u: n for u, n in buyers.items() if n > sku["per_user_limit"]}
         assert not over, f"{sku['id']}: users over the limit: {over}"
@@ -267,8 +258,8 @@ def check_invariants(r: redis.Redis, gw: Gateway | None, event_id: str, event: d
     missing = [o for o in acked_ids if o not in all_stream_ids]
     assert not missing, f"acknowledged orders missing from Redis: {missing[:5]}"
     for o in acked:
-        p = "fg:{" + event_id + ":" + o["sku"] + "}:"
-        stored = _stored_order(r, p, o["order_id"], r.hget(p + "order_by_id", o["order_id"]))
+        k = keys.SkuKeys(event_id, o["sku"])
+        stored = orders.from_record(o["order_id"], r.hget(k.order_by_id, o["order_id"]))
         assert stored and stored["user_id"] == o["user_id"], f"order {o['order_id']} not stored"
         assert stored["qty"] == o["qty"]
     if exact:

@@ -34,14 +34,6 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 cdef extern from "Python.h":
     const char* PyUnicode_AsUTF8AndSize(object s, Py_ssize_t* size) except NULL
 
-cdef enum:
-    P = 14
-    REGISTERS = 16384  # 1 << P
-    Q = 50  # 64 - P
-    BITS = 6
-    HEADER = 16
-    DENSE = 12288  # REGISTERS * BITS / 8
-
 cdef uint64_t SEED = 0xadc83b19
 
 
@@ -78,9 +70,6 @@ cdef inline uint64_t murmur64a(const uint8_t* data, Py_ssize_t length) noexcept 
 
 cdef class HyperLogLog:
     """The registers of one HyperLogLog; ``add(str)``, then ``dump()`` for PFMERGE."""
-
-    cdef uint8_t regs[REGISTERS]
-    cdef public bint dirty  # a register grew since the last dump()
 
     def __cinit__(self):
         memset(self.regs, 0, REGISTERS)

@@ -1,14 +1,8 @@
 # C-level declarations of the stock ledger (see _stock.pyx for the theory of operation).
 
-cdef enum:
-    C_OK = 0
-    C_SOLD_OUT = 1
-    C_LIMIT_EXCEEDED = 2
-    C_NOT_STARTED = 3
-    C_ENDED = 4
-    C_PAUSED = 5
-    C_WAIT = 6
-    C_PROBE = 7
+from flashgate.core.outcomes cimport (
+    O_ENDED, O_LIMIT_EXCEEDED, O_NOT_STARTED, O_PAUSED, O_PROBE, O_SOLD, O_SOLD_OUT, O_WAIT,
+)
 
 
 cdef struct BuyerSlot:

@@ -76,15 +76,16 @@ cdef extern from *:
     bint FLASHGATE_DEBUG
 
 
-# Outcome codes shared with the gateway and the commit script's reply.
-OK = C_OK
-SOLD_OUT = C_SOLD_OUT
-LIMIT_EXCEEDED = C_LIMIT_EXCEEDED
-NOT_STARTED = C_NOT_STARTED
-ENDED = C_ENDED
-PAUSED = C_PAUSED
-WAIT = C_WAIT
-PROBE = C_PROBE
+# Outcome codes (core/outcomes.py: one table for the ledger, the commit script and the
+# HTTP answers).
+OK = O_SOLD
+SOLD_OUT = O_SOLD_OUT
+LIMIT_EXCEEDED = O_LIMIT_EXCEEDED
+NOT_STARTED = O_NOT_STARTED
+ENDED = O_ENDED
+PAUSED = O_PAUSED
+WAIT = O_WAIT
+PROBE = O_PROBE
 
 # Users per shard of a buyer table (at most, while the stock does not grow), and the
 # most shards a SKU gets.
@@ -271,37 +272,37 @@ cdef class Ledger:
         if qty < 1:
             raise ValueError("qty must be >= 1")
         if now_ms < s.starts_ms:
-            return C_NOT_STARTED
+            return O_NOT_STARTED
         if now_ms >= s.ends_ms:
-            return C_ENDED
+            return O_ENDED
         if s.paused:
-            return C_PAUSED
+            return O_PAUSED
         left = s.stock - s.sold
         if left <= 0:
-            return C_SOLD_OUT
+            return O_SOLD_OUT
         held = _bought(s, _key_of(user))
         if held + qty > s.limit:
-            return C_LIMIT_EXCEEDED
+            return O_LIMIT_EXCEEDED
         v = PyDict_GetItem(<dict>self.holding[sku], user)
         if v != NULL and held + <long long>(<object>v) + qty > s.limit:
-            return C_WAIT  # the user's own units in flight may make it limit_exceeded
+            return O_WAIT  # the user's own units in flight may make it limit_exceeded
         if qty <= left - s.inflight:
-            return C_OK
+            return O_SOLD
         if s.inflight > 0:
-            return C_WAIT
-        return C_SOLD_OUT
+            return O_WAIT
+        return O_SOLD_OUT
 
     cpdef int reserve(self, int sku, str user, int qty, long long now_ms, bint idem) except -1:
         cdef int code = self.check(sku, user, qty, now_ms)
         cdef dict h
-        if code == C_OK:
+        if code == O_SOLD:
             self.skus[sku].inflight += qty
             h = <dict>self.holding[sku]
             h[user] = h.get(user, 0) + qty
             if FLASHGATE_DEBUG:
                 self._check(sku)
-            return C_OK
-        return C_PROBE if idem else code
+            return O_SOLD
+        return O_PROBE if idem else code
 
     cpdef void push(self, int sku, object item) except *:
         """Queue an admitted reservation for the next group commit of its SKU."""

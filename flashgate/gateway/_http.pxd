@@ -85,3 +85,18 @@ cdef class RequestParser:
     cdef int _head_done(self, const unsigned char *head) except -100
     cdef int _fail(self, int code, str reason) noexcept
     cdef void _reset(self) noexcept
+
+
+# One parsed request, as the connection hands it to the app (the parts the parser
+# found, its body, and who sent it). A C type, so the purchase path reads its fields
+# without an attribute lookup.
+@cython.final
+cdef class Request:
+    cdef public bytes method       # b"GET"
+    cdef public str path           # latin-1 decoded, not percent-decoded, no query
+    cdef public bytes query        # raw, without '?'; b"" if none
+    cdef public dict headers       # lower-case name -> value (last one wins)
+    cdef public bytes body
+    cdef public bint keep_alive
+    cdef public str peer_ip        # the client's address ("" for unix sockets)
+    cdef public object peer        # the connection's client, resolved once (_net.Peer), or None

@@ -101,3 +101,20 @@ class RequestParser:
         next head, or None (``error`` tells a failure from a need for data)."""
     def take(self, n: int) -> bytes | None:
         """Consume the next ``n`` bytes, or None while fewer are buffered."""
+
+class Request:
+    """One parsed request, as handed to ``app.handle``."""
+
+    method: bytes
+    path: str
+    query: bytes
+    headers: dict[bytes, bytes]
+    body: bytes
+    keep_alive: bool
+    peer_ip: str
+    peer: object
+    def __init__(self, method: bytes = b"GET", path: str = "/", query: bytes = b"",
+                 headers: dict[bytes, bytes] | None = None, body: bytes = b"",
+                 keep_alive: bool = True, peer_ip: str = "", peer: object = None) -> None: ...
+    def header(self, name: bytes, default: object = None) -> object:
+        """Value of header ``name`` (lower-case bytes), or ``default``."""

@@ -64,6 +64,7 @@ Rules everything else follows:
    comma-separated tokens (empty elements allowed), over all Connection lines.
 """
 
+cimport cython
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Realloc
@@ -742,3 +743,29 @@ cdef class RequestParser:
         if self._has_query:
             return self.path.encode("latin-1") + b"?" + self.query
         return self.path.encode("latin-1")
+
+
+# ------------------------------------------------------------------- the request
+
+
+@cython.final
+cdef class Request:
+    """One parsed request, as handed to ``app.handle`` (fields: see _http.pxd)."""
+
+    def __init__(self, method=b"GET", path="/", query=b"", headers=None, body=b"",
+                 keep_alive=True, peer_ip="", peer=None):
+        self.method = method
+        self.path = path
+        self.query = query
+        self.headers = {} if headers is None else headers
+        self.body = body
+        self.keep_alive = keep_alive
+        self.peer_ip = peer_ip
+        self.peer = peer
+
+    def header(self, name: bytes, default=None):
+        """Value of header ``name`` (lower-case bytes), or ``default``."""
+        return self.headers.get(name, default)
+
+    def __repr__(self):
+        return f"<Request {self.method.decode('latin-1')} {self.path!r} from {self.peer_ip!r}>"

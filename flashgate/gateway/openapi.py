@@ -26,6 +26,7 @@ from flashgate.core.events import (
     MAX_TIERS,
     MAX_TIME_MS,
 )
+from flashgate.gateway.routes import ROUTES
 
 ID_PATTERN = "^[A-Za-z0-9_-]{1,64}$"
 IDEM_PATTERN = "^[!-~]{1,255}$"  # 1-255 visible ASCII characters
@@ -165,7 +166,7 @@ def _content(media_type: str, description: str, line_schema: dict | None = None)
 
 def _op(op_id: str, summary: str, tag: str, security: list, responses: dict,
         errors: tuple[str, ...] = (), *, description: str = "", params: list | None = None,
-        body: dict | None = None, planned: bool = False) -> dict:
+        body: dict | None = None) -> dict:
     """One operation. ``responses``: by status, a response object or, for an error
     specific to the operation, ``(codes, description)``; ``errors``: names of
     COMMON_ERRORS it answers. The HTTP layer's errors are added."""
@@ -186,8 +187,6 @@ def _op(op_id: str, summary: str, tag: str, security: list, responses: dict,
     if body is not None:
         op["requestBody"] = {"required": True,
                              "content": {"application/json": {"schema": body}}}
-    if planned:
-        op["x-flashgate-status"] = "planned"
     return op
 
 
@@ -292,6 +291,9 @@ def _schemas() -> dict:
             {"left": _int(), "orders": _int(), "revenue": _int(),
              "sold_out_at_ms": _ms(nullable=True)}),
         "Report": {"type": "object", "description": "The post-event report."},
+        "EventSummary": _obj({"id": _id("event id"), "name": _str(),
+                              "state": _str(enum=EVENT_STATES),
+                              "starts_at_ms": _ms(), "ends_at_ms": _ms()}),
         "StreamStock": _obj({"sku": _str(), "left": _int(), "sold": _int()}),
         "StreamOrder": _obj({"sku": _str(), "qty": _int(1),
                              "user": _str("masked user id, e.g. u***2"), "ts_ms": _ms()}),
@@ -353,158 +355,149 @@ def _path_param(name: str, schema: dict) -> dict:
 ADMIN_ERRORS = ("Unauthenticated", "NotFound", "Unavailable")
 
 
-def _paths() -> dict:
-    ev = [_ref("EventId", "parameters")]
-    order = [_ref("OrderId", "parameters")]
+def _operations() -> dict:
+    """Every operation by its operationId (routes.py names the one of each route);
+    paths, methods, path parameters, security and ``planned`` come from the route."""
     conflict = (["conflict"], "The change would break a sale in progress.")
-    paths = {
-        "/api/v1/admin/events/{event_id}": {
-            "parameters": ev,
-            "put": _op(
-                "putEvent", "Create or replace an event", "admin", ADMIN,
-                {200: _json(_ref("StoredEvent"), "Replaced."),
-                 201: _json(_ref("StoredEvent"), "Created."),
-                 409: conflict},
-                ("BadRequest", "Unauthenticated", "Unavailable"),
-                body=_ref("EventDefinition"),
-                description="After the start, moving the start, removing a SKU, lowering "
-                            "stock below units sold or lowering a per-user limit is 409."),
-            "get": _op("getEventDefinition", "An event's stored definition", "admin", ADMIN,
-                       {200: _json(_ref("StoredEvent"), "The definition.")}, ADMIN_ERRORS),
-        },
-        "/api/v1/events/{event_id}": {
-            "parameters": ev,
-            "get": _op("getEvent", "Public view of an event, served from memory", "events",
-                       PUBLIC, {200: _json(_ref("EventView"), "The event.")}, ("NotFound",),
-                       description="`left` may lag the truth by at most one broadcast tick "
-                                   "(1 s) but is never below 0."),
-        },
-        "/api/v1/events/{event_id}/register": {
-            "parameters": ev,
-            "post": _op(
-                "register", "Pre-register (remind me)", "events", BUYER,
-                {200: _json(_ref("Registration"), "Registered; repeating it is harmless."),
-                 409: (["ended", "not_started"],
-                       "The event has ended, or registration has not opened yet.")},
-                ("Unauthenticated", "NotFound", "RateLimited", "Unavailable"),
-                description="Open from preheat_at_ms (or creation) until ends_at_ms. When "
-                            "registration_required, only registered users can buy."),
-        },
-        "/api/v1/events/{event_id}/buy": {
-            "parameters": ev,
-            "post": _op(
-                "buy", "Buy units of a SKU", "buying", BUYER,
-                {200: _json(_ref("Order"), "The order is committed in Redis and will not "
-                                           "be lost."),
-                 400: (["bad_request"], "Body not JSON, missing sku, qty < 1 or not an "
-                                        "integer (or a malformed Idempotency-Key)."),
-                 409: (BUY_REFUSALS, "Not started, ended, paused, sold out, over the "
-                                     "per-user limit, or not registered."),
-                 422: (["idempotency_mismatch"], "The key was used with a different body.")},
-                ("Unauthenticated", "NotFound", "RateLimited", "Unavailable"),
-                params=[_ref("IdempotencyKey", "parameters")], body=_ref("BuyRequest")),
-        },
-        "/api/v1/orders/{order_id}": {
-            "parameters": order,
-            "get": _op("getOrder", "An order (its buyer, or the operator)", "orders",
-                       BUYER + ADMIN,
-                       {200: _json(_ref("Order"), "The order."),
-                        404: (["not_found"], "No such order, or not the caller's.")},
-                       ("Unauthenticated", "Unavailable")),
-        },
-        "/api/v1/admin/orders/{order_id}/paid": {
-            "parameters": order,
-            "post": _op("markPaid", "Payment confirmed", "orders", ADMIN,
+    ops = {
+        "putEvent": _op(
+            "putEvent", "Create or replace an event", "admin", ADMIN,
+            {200: _json(_ref("StoredEvent"), "Replaced."),
+             201: _json(_ref("StoredEvent"), "Created."),
+             409: conflict},
+            ("BadRequest", "Unauthenticated", "Unavailable"),
+            body=_ref("EventDefinition"),
+            description="After the start, moving the start, removing a SKU, lowering "
+                        "stock below units sold or lowering a per-user limit is 409. "
+                        "The answer comes once every worker of the instance serves the "
+                        "new definition."),
+        "getEventDefinition": _op("getEventDefinition", "An event's stored definition", "admin",
+                                  ADMIN, {200: _json(_ref("StoredEvent"), "The definition.")},
+                                  ADMIN_ERRORS),
+        "listEvents": _op("listEvents", "Every event", "admin", ADMIN,
+                          {200: _json(_obj({"events": _array(_ref("EventSummary"))}),
+                                      "The events.")},
+                          ("Unauthenticated", "Unavailable")),
+        "getEvent": _op("getEvent", "Public view of an event, served from memory", "events",
+                        PUBLIC, {200: _json(_ref("EventView"), "The event.")}, ("NotFound",),
+                        description="`left` may lag the truth by at most one broadcast tick "
+                                    "(1 s) but is never below 0."),
+        "register": _op(
+            "register", "Pre-register (remind me)", "events", BUYER,
+            {200: _json(_ref("Registration"), "Registered; repeating it is harmless."),
+             409: (["ended", "not_started"],
+                   "The event has ended, or registration has not opened yet.")},
+            ("Unauthenticated", "NotFound", "RateLimited", "Unavailable"),
+            description="Open from preheat_at_ms (or creation) until ends_at_ms. When "
+                        "registration_required, only registered users can buy."),
+        "buy": _op(
+            "buy", "Buy units of a SKU", "buying", BUYER,
+            {200: _json(_ref("Order"), "The order is committed in Redis and will not "
+                                       "be lost."),
+             400: (["bad_request"], "Body not JSON, missing sku, qty < 1 or not an "
+                                    "integer (or a malformed Idempotency-Key)."),
+             409: (BUY_REFUSALS, "Not started, ended, paused, sold out, over the "
+                                 "per-user limit, or not registered."),
+             422: (["idempotency_mismatch"], "The key was used with a different body.")},
+            ("Unauthenticated", "NotFound", "RateLimited", "Unavailable"),
+            params=[_ref("IdempotencyKey", "parameters")], body=_ref("BuyRequest")),
+        "getOrder": _op("getOrder", "An order (its buyer, or the operator)", "orders",
+                        BUYER + ADMIN,
+                        {200: _json(_ref("Order"), "The order."),
+                         404: (["not_found"], "No such order, or not the caller's.")},
+                        ("Unauthenticated", "Unavailable")),
+        "markPaid": _op("markPaid", "Payment confirmed", "orders", ADMIN,
                         {200: _json(_ref("Order"), "The order (status paid); repeating is "
                                                    "harmless."),
                          409: (["conflict"], "The order already expired or was cancelled.")},
-                        ADMIN_ERRORS, planned=True),
-        },
-        "/api/v1/admin/orders/{order_id}/cancel": {
-            "parameters": order,
-            "post": _op("cancelOrder", "Cancel an order", "orders", ADMIN,
-                        {200: _json(_ref("Order"), "The order (status cancelled); its units "
-                                                   "return to the pool if the event has "
-                                                   "not ended."),
-                         409: (["conflict"], "The order is paid.")},
-                        ADMIN_ERRORS, planned=True),
-        },
-        "/api/v1/admin/events/{event_id}/skus/{sku}/stock": {
-            "parameters": ev + [_ref("SkuId", "parameters")],
-            "post": _op("addStock", "Add stock to a SKU", "admin", ADMIN,
+                        ADMIN_ERRORS),
+        "cancelOrder": _op("cancelOrder", "Cancel an order", "orders", ADMIN,
+                           {200: _json(_ref("Order"), "The order (status cancelled); its "
+                                                      "units return to the pool if the event "
+                                                      "has not ended."),
+                            409: (["conflict"], "The order is paid.")},
+                           ADMIN_ERRORS),
+        "addStock": _op("addStock", "Add stock to a SKU", "admin", ADMIN,
                         {200: _json({"type": "object"}, "Stock added."),
                          409: (["ended"], "At or after ends_at_ms.")},
-                        ("BadRequest",) + ADMIN_ERRORS, body=_ref("StockAdd"), planned=True),
-        },
-        "/api/v1/admin/events/{event_id}/stats": {
-            "parameters": ev,
-            "get": _op("getStats", "Totals of an event", "admin", ADMIN,
-                       {200: _json(_ref("Stats"), "The figures.")}, ADMIN_ERRORS),
-        },
-        "/api/v1/admin/events/{event_id}/orders": {
-            "parameters": ev,
-            "get": _op("exportOrders", "Every order of an event, as JSON lines", "admin", ADMIN,
-                       {200: _content("application/x-ndjson",
-                                      "One Order (JSON object) per line.",
-                                      line_schema=_ref("Order"))},
-                       ADMIN_ERRORS),
-        },
-        "/api/v1/admin/events/{event_id}/report": {
-            "parameters": ev,
-            "get": _op("getReport", "The post-event report", "admin", ADMIN,
-                       {200: {"description": "The report (JSON), or the page with format=html.",
-                              "content": {"application/json": {"schema": _ref("Report")},
-                                          "text/html": {"schema": {"type": "string"}}}}},
-                       ADMIN_ERRORS,
-                       params=[{"name": "format", "in": "query", "required": False,
-                                "schema": {"type": "string", "enum": ["json", "html"],
-                                           "default": "json"}}],
-                       planned=True),
-        },
-        "/api/v1/events/{event_id}/stream": {
-            "parameters": ev,
-            "get": _op("streamEvent", "Live updates (Server-Sent Events)", "events", PUBLIC,
-                       {200: _content("text/event-stream",
-                                      "Events `state`, `stock` (StreamStock), `order` "
-                                      "(StreamOrder) and `milestone`.")
-                        | {"x-flashgate-sse-events": {
-                            "state": {"type": "object"}, "stock": _ref("StreamStock"),
-                            "order": _ref("StreamOrder"), "milestone": {"type": "object"}}}},
-                       ("NotFound",), planned=True),
-        },
-        "/dashboard/{event_id}": {
-            "parameters": ev,
-            "get": _op("dashboard", "The live dashboard page", "operations", PUBLIC,
-                       {200: _content("text/html", "The page.")}, ("NotFound",),
-                       planned=True),
-        },
-        "/livez": {
-            "get": _op("livez", "Liveness", "operations", PUBLIC,
-                       {200: _json(_ref("Live"), "The process runs.")}),
-        },
-        "/readyz": {
-            "get": _op("readyz", "Readiness", "operations", PUBLIC,
-                       {200: _json(_ref("Ready"), "The worker can sell."),
-                        503: (["unavailable"], "Redis unreachable, events not loaded, clock "
-                                               "off or draining.")}),
-        },
-        "/metrics": {
-            "get": _op("metrics", "Prometheus metrics (names start with flashgate_)",
+                        ("BadRequest",) + ADMIN_ERRORS, body=_ref("StockAdd")),
+        "getStats": _op("getStats", "Totals of an event", "admin", ADMIN,
+                        {200: _json(_ref("Stats"), "The figures.")}, ADMIN_ERRORS),
+        "exportOrders": _op("exportOrders", "Every order of an event, as JSON lines", "admin",
+                            ADMIN,
+                            {200: _content("application/x-ndjson",
+                                           "One Order (JSON object) per line.",
+                                           line_schema=_ref("Order"))},
+                            ADMIN_ERRORS),
+        "exportRegistrations": _op(
+            "exportRegistrations", "Every registration of an event, as JSON lines", "admin",
+            ADMIN,
+            {200: _content("application/x-ndjson",
+                           "One {\"user_id\", \"registered_ms\"} per line.",
+                           line_schema=_obj({"user_id": _str(), "registered_ms": _ms()}))},
+            ADMIN_ERRORS),
+        "getSeries": _op(
+            "getSeries", "Per-second figures of an event", "admin", ADMIN,
+            {200: _json(_obj({"step_ms": _int(1), "points": _array({"type": "object"})}),
+                        "The series.")},
+            ADMIN_ERRORS,
+            params=[{"name": n, "in": "query", "required": False, "schema": _ms()}
+                    for n in ("from_ms", "to_ms")]),
+        "getReport": _op("getReport", "The post-event report", "admin", ADMIN,
+                         {200: {"description": "The report (JSON), or the page with "
+                                               "format=html.",
+                                "content": {"application/json": {"schema": _ref("Report")},
+                                            "text/html": {"schema": {"type": "string"}}}}},
+                         ADMIN_ERRORS,
+                         params=[{"name": "format", "in": "query", "required": False,
+                                  "schema": {"type": "string", "enum": ["json", "html"],
+                                             "default": "json"}}]),
+        "streamEvent": _op("streamEvent", "Live updates (Server-Sent Events)", "events", PUBLIC,
+                           {200: _content("text/event-stream",
+                                          "Events `state`, `stock` (StreamStock), `order` "
+                                          "(StreamOrder) and `milestone`.")
+                            | {"x-flashgate-sse-events": {
+                                "state": {"type": "object"}, "stock": _ref("StreamStock"),
+                                "order": _ref("StreamOrder"), "milestone": {"type": "object"}}}},
+                           ("NotFound",)),
+        "salePage": _op("salePage", "The buyer's sale page", "pages", PUBLIC,
+                        {200: _content("text/html", "The page.")}, ("NotFound",)),
+        "dashboard": _op("dashboard", "The live dashboard page", "pages", PUBLIC,
+                         {200: _content("text/html", "The page.")}, ("NotFound",)),
+        "livez": _op("livez", "Liveness", "operations", PUBLIC,
+                     {200: _json(_ref("Live"), "The process runs.")}),
+        "readyz": _op("readyz", "Readiness", "operations", PUBLIC,
+                      {200: _json(_ref("Ready"), "The worker can sell."),
+                       503: (["unavailable"], "Redis unreachable, events not loaded, clock "
+                                              "off or draining.")}),
+        "metrics": _op("metrics", "Prometheus metrics (names start with flashgate_)",
                        "operations", PUBLIC,
-                       {200: _content("text/plain; version=0.0.4", "Prometheus text format.")},
-                       planned=True),
-        },
-        "/openapi.json": {
-            "get": _op("openapi", "This document", "operations", PUBLIC,
+                       {200: _content("text/plain; version=0.0.4", "Prometheus text format.")}),
+        "openapi": _op("openapi", "This document", "operations", PUBLIC,
                        {200: _json({"type": "object"}, "The OpenAPI document.")}),
-        },
     }
     for action in ("pause", "resume"):
-        paths[f"/api/v1/admin/events/{{event_id}}/{action}"] = {
-            "parameters": ev,
-            "post": _op(f"{action}Event", f"Kill switch: {action} the sale", "admin", ADMIN,
-                        {200: _json(_ref("PauseState"), "Done.")}, ADMIN_ERRORS),
-        }
+        ops[f"{action}Event"] = _op(f"{action}Event", f"Kill switch: {action} the sale", "admin",
+                                    ADMIN, {200: _json(_ref("PauseState"), "Done.")},
+                                    ADMIN_ERRORS)
+    return ops
+
+
+_PARAMETERS = {"event_id": "EventId", "order_id": "OrderId", "sku": "SkuId"}
+
+
+def _paths() -> dict:
+    """The paths of the route table (routes.py), each route with its operation."""
+    ops = _operations()
+    paths: dict = {}
+    for route in ROUTES:
+        op = ops[route.op]
+        if route.handler is None:
+            op["x-flashgate-status"] = "planned"
+        item = paths.setdefault(route.pattern, {})
+        if route.params:
+            item["parameters"] = [_ref(_PARAMETERS[n], "parameters") for n in route.params]
+        item[route.method.lower()] = op
     return dict(sorted(paths.items()))
 
 
@@ -518,7 +511,8 @@ def _build() -> dict:
         "openapi": "3.1.0",
         "info": {"title": "flashgate HTTP API", "version": f"1 (flashgate {__version__})",
                  "description": DESCRIPTION},
-        "tags": [{"name": n} for n in ("events", "buying", "orders", "admin", "operations")],
+        "tags": [{"name": n} for n in ("events", "buying", "orders", "admin", "pages",
+                                       "operations")],
         "security": PUBLIC,
         "paths": _paths(),
         "components": _components(),

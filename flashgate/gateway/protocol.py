@@ -100,6 +100,7 @@ from flashgate.gateway._http import (
     E_URI_TOO_LONG,
     E_VERSION,
     F_CONTENT_LENGTH,
+    Request,
 )
 
 __all__ = [
@@ -169,28 +170,6 @@ class HttpLimits:
     def __repr__(self) -> str:
         inner = ", ".join(f"{name}={getattr(self, name)!r}" for name in self._FIELDS)
         return f"HttpLimits({inner})"
-
-
-class Request:
-    """One parsed request, as handed to ``app.handle``."""
-
-    __slots__ = ("method", "path", "query", "headers", "body", "keep_alive", "peer_ip")
-
-    def __init__(self, method, path, query, headers, body, keep_alive, peer_ip):
-        self.method: bytes = method  # b"GET"
-        self.path: str = path  # latin-1 decoded, not percent-decoded, no query
-        self.query: bytes = query  # raw, without '?'; b"" if none
-        self.headers: dict = headers  # lower-case name -> value (last one wins)
-        self.body: bytes = body
-        self.keep_alive: bool = keep_alive
-        self.peer_ip: str = peer_ip  # "" for unix sockets
-
-    def header(self, name: bytes, default=None):
-        """Value of header ``name`` (lower-case bytes), or ``default``."""
-        return self.headers.get(name, default)
-
-    def __repr__(self) -> str:
-        return f"<Request {self.method.decode('latin-1')} {self.path!r} from {self.peer_ip!r}>"
 
 
 # --------------------------------------------------------------------------- responses
@@ -278,9 +257,6 @@ def _apply_fix(answer: bytes, fix: int) -> bytes:
             extra = b"Connection: close\r\n" if fix & _FIX_CLOSE else b"Connection: keep-alive\r\n"
             answer = answer[:cut] + extra + answer[cut:]
     return answer
-
-
-_new_request = Request.__new__
 
 
 # What the parser's refusals are answered with (anything else: 400 malformed request).

@@ -20,7 +20,7 @@ from pathlib import Path
 import orjson
 
 from flashgate.config import Config
-from flashgate.core import store
+from flashgate.core import scripts, store
 from flashgate.core.events import EventError, parse_event
 from flashgate.core.redisconn import RedisConnection, RedisError, RedisUnavailable
 
@@ -85,7 +85,10 @@ async def prepare(cfg: Config) -> list[tuple[str, str]]:
             log.warning("waiting for Redis: %s", e)
             await asyncio.sleep(0.5)
     try:
-        await store.load_scripts(conn.execute)
+        await scripts.load(conn.execute)
+        moved = await store.migrate_layout(conn)
+        if moved:
+            log.info("moved %d orders of the earlier layout into their SKUs' hashes", moved)
         with contextlib.suppress(RedisError):  # INFO may be disabled on a managed Redis
             policy = store.evicting_policy(await conn.execute("INFO", "memory"))
             if policy:

@@ -82,7 +82,7 @@ class Acceptor:
 
 async def _serve(cfg: Config, worker_id: int, ready, parent: int) -> int:
     loop = asyncio.get_running_loop()
-    gateway = Gateway(cfg, worker_id)
+    gateway = Gateway(cfg, worker_id, instance=str(parent))
     await gateway.start()
     # Everything allocated so far (modules, tables) lives as long as the process:
     # move it out of the collector's sight, so a full collection scans only what

@@ -51,12 +51,13 @@ class History:
                 "indeterminate_committed": len(set(stored) & self.indeterminate)}
 
 
-async def buyer_loop(port: int, ev: str, history: History, users, until: float):
-    """One keep-alive client buying for fresh users until ``until``; reconnects when
-    the server closes or resets the connection."""
+async def buyer_loop(port: int, ev: str, history: History, users, until: float,
+                     enough=None):
+    """One keep-alive client buying for fresh users until ``until`` (or until
+    ``enough()`` says so); reconnects when the server closes or resets the connection."""
     reader = writer = None
     for user in users:
-        if time.monotonic() >= until:
+        if time.monotonic() >= until or (enough is not None and enough()):
             break
         try:
             if writer is None:
@@ -212,12 +213,14 @@ def test_the_whole_gateway_restarts_during_a_sale(tmp_path, capsys):
         first = Gateway(server.url, tmp_path / "gw1", workers=2).start()
         first.put_event(ev, body)
 
-        async def load(port, prefix, seconds):
+        async def load(port, prefix, seconds, enough=None):
             until = time.monotonic() + seconds
             users = [[f"{prefix}{k}-{i}" for i in range(100_000)] for k in range(8)]
-            await asyncio.gather(*(buyer_loop(port, ev, history, u, until) for u in users))
+            await asyncio.gather(*(buyer_loop(port, ev, history, u, until, enough)
+                                   for u in users))
 
-        asyncio.run(load(first.port, "a", 0.3))
+        # the restart comes mid-sale: after some hundreds of units, whatever the speed
+        asyncio.run(load(first.port, "a", 30.0, enough=lambda: len(history.ok) >= 300))
         sold_before = int(r.get("fg:{" + ev + ":s0}:sold"))
         assert 0 < sold_before < 10_000, sold_before  # the restart comes mid-sale
         assert first.stop() == 0

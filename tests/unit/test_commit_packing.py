@@ -5,33 +5,36 @@ import random
 
 import hiredis
 import pytest
+from flashgate.gateway._buy import Purchase, SkuCore, hex_id
 
-from flashgate.core import store
-from flashgate.gateway._commit import Purchase, hex_id, pack_commit, reply_offsets
+from flashgate.core import keys, scripts
+from flashgate.gateway._commit import pack_bulks, pack_commit, reply_offsets
 
-KEYS = store.commit_keys("fg:{ev:s1}:")
+SKU = keys.SkuKeys("ev", "s1")
+KEYS = SKU.commit()
+PACKED_KEYS = pack_bulks(KEYS)
 
 
 def reference(items, whole=False) -> bytes:
-    """The call as the argument list the script documents, packed by hiredis."""
-    argv = ["fg:{ev:s1}:", len(items), 0]
+    """The call as lua/commit.lua documents it, packed by hiredis."""
+    idem_keys = [p.idem_key for p in items if p.idem_key is not None]
+    argv = [len(items), 0]
     for p in items:
-        argv += store.reservation_args(p.order_id, p.user, p.qty, p.idem, p.fp)
-    args = store.COMMIT.args(KEYS, argv)
+        argv += scripts.reservation_args(p.order_id, p.user, p.qty, p.fp)
+    args = scripts.COMMIT.args(KEYS + idem_keys, argv)
     if whole:
-        args[0:2] = ["EVAL", store.COMMIT.source]
+        args[0:2] = ["EVAL", scripts.COMMIT.source]
     return hiredis.pack_command(tuple(args))
 
 
 def purchase(rng: random.Random, seq: int) -> Purchase:
     user = "".join(rng.choice("abcXYZ019_-") for _ in range(rng.randint(1, 64)))
     qty = rng.choice((1, 1, 2, 9, 10, 99, 100, 12345, 10**9))
-    idem = None
-    fp = ""
+    p = Purchase(SkuCore(), user, qty)
     if rng.random() < 0.3:
-        idem = "".join(chr(rng.randint(0x21, 0x7E)) for _ in range(rng.randint(1, 255)))
-        fp = f"s1:{qty}"
-    p = Purchase(None, user, qty, idem, fp, None, 0)
+        key = "".join(chr(rng.randint(0x21, 0x7E)) for _ in range(rng.randint(1, 255)))
+        p.fp = f"s1:{qty}"
+        p.idem_key = SKU.idem(user, key)
     p.order_id = b"ev.s1.b00t%x" % seq
     return p
 
@@ -39,7 +42,7 @@ def purchase(rng: random.Random, seq: int) -> Purchase:
 @pytest.mark.parametrize("whole", [False, True])
 def test_packed_commit_equals_hiredis_packing(whole):
     rng = random.Random(7)
-    head, count = store.COMMIT.packed_head(KEYS, ["fg:{ev:s1}:"], whole=whole)
+    head = scripts.COMMIT.packed_head(whole=whole)
     seq = 0
     for n in (0, 1, 2, 9, 10, 11, 99, 100, 256):
         for _ in range(5):
@@ -47,17 +50,22 @@ def test_packed_commit_equals_hiredis_packing(whole):
             for _ in range(n):
                 seq += rng.randint(1, 1 << 20)
                 items.append(purchase(rng, seq))
-            assert pack_commit(head, count, items) == reference(items, whole)
+            assert pack_commit(head, PACKED_KEYS, items) == reference(items, whole)
+
+
+def test_packed_keys_are_bulk_strings():
+    assert pack_bulks(["a", b"bc", ""]) == b"$1\r\na\r\n$2\r\nbc\r\n$0\r\n\r\n"
 
 
 def test_packing_refuses_what_is_not_a_purchase_or_a_positive_qty():
-    head, count = store.COMMIT.packed_head(KEYS, ["fg:{ev:s1}:"])
+    head = scripts.COMMIT.packed_head()
     with pytest.raises(TypeError):
-        pack_commit(head, count, [object()])
-    bad = Purchase(None, "u", 1, None, "", None, 0)
+        pack_commit(head, PACKED_KEYS, [object()])
+    bad = Purchase(SkuCore(), "u", 1)
+    bad.order_id = b"o"
     bad.qty = 0
     with pytest.raises(ValueError):
-        pack_commit(head, count, [bad])
+        pack_commit(head, PACKED_KEYS, [bad])
 
 
 def test_reply_offsets_of_each_part_shape():
@@ -82,22 +90,20 @@ def test_order_ids_are_the_prefix_and_the_sequence_in_hex():
 
 
 def test_the_c_functions_refuse_what_would_crash_them():
-    # None where C reads bytes or str, and a key that is not a str: errors, never a
-    # read of memory that is not there
-    from flashgate.gateway._commit import answer_sale, sale_template
-
-    head, count = store.COMMIT.packed_head(KEYS, ["fg:{ev:s1}:"])
-    p = Purchase(None, "u", 1, None, "", None, 0)
+    # None where C reads bytes or str: errors, never a read of memory that is not there
+    head = scripts.COMMIT.packed_head()
+    p = Purchase(SkuCore(), "u", 1)
     p.order_id = None
     with pytest.raises(TypeError):
-        pack_commit(head, count, [p])
+        pack_commit(head, PACKED_KEYS, [p])
     with pytest.raises(TypeError):
-        pack_commit(None, count, [])
+        pack_commit(None, PACKED_KEYS, [])
     with pytest.raises(TypeError):
-        Purchase(None, "u", 1, b"key", "", None, 0)
+        pack_commit(head, None, [])
     with pytest.raises(TypeError):
-        answer_sale(None, b"o", "u")
-    t = sale_template(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n{%s,%s}", 3)
-    assert answer_sale(t, b"o", "u") == b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n{o,u}"
+        Purchase(SkuCore(), "u", 1, b"fingerprint")
+    p = Purchase(SkuCore(), "u", 1)
+    p.order_id = b"o"
+    p.fp = None
     with pytest.raises(TypeError):
-        answer_sale(t, None, "u")
+        pack_commit(head, PACKED_KEYS, [p])

@@ -331,7 +331,7 @@ def test_pending_answers_once_and_only_bytes(caplog):
 
 
 def test_commit_answer_template_is_build_response():
-    from flashgate.gateway.app import _OK_JSON_HEAD
+    from flashgate.gateway.answers import OK_JSON_HEAD as _OK_JSON_HEAD
 
     body = b'{"order_id":"e.s.1"}'
     assert _OK_JSON_HEAD % len(body) + body == build_response(200, body)

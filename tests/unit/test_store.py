@@ -2,52 +2,47 @@
 
 import pytest
 
-from flashgate.core.store import evicting_policy, order_from_hash, order_from_record, order_record
+from flashgate.core.orders import from_record, record, record_of_hash
+from flashgate.core.store import evicting_policy
 
 
 def flat(d: dict) -> list[bytes]:
     return [str(x).encode() for kv in d.items() for x in kv]
 
 
-def test_an_order_hash_reads_as_the_api_object():
-    h = {"user_id": "u1", "qty": 2, "unit_price": 1999, "status": "reserved",
-         "created_ms": 1000, "pay_by_ms": 61000}
-    assert order_from_hash("ev.s0.ab1", flat(h)) == {
+def test_an_order_record_reads_as_the_api_object():
+    raw = record("reserved", "u1", 2, 1999, 1000, 61000).encode()
+    assert raw == b"reserved|u1|2|1999|1000|61000"
+    assert from_record("ev.s0.ab1", raw) == {
         "order_id": "ev.s0.ab1", "event_id": "ev", "sku": "s0", "user_id": "u1", "qty": 2,
         "unit_price": 1999, "amount": 3998, "status": "reserved", "created_ms": 1000,
         "pay_by_ms": 61000}
 
 
-def test_a_hash_written_with_all_ten_fields_reads_the_same():
-    legacy = {"order_id": "ev.s0.ab1", "event_id": "ev", "sku": "s0", "user_id": "u1",
-              "qty": 2, "unit_price": 1999, "amount": 3998, "status": "reserved",
-              "created_ms": 1000, "pay_by_ms": 61000}
-    new = {k: v for k, v in legacy.items() if k not in ("order_id", "event_id", "sku", "amount")}
-    assert order_from_hash("ev.s0.ab1", flat(legacy)) == order_from_hash("ev.s0.ab1", flat(new))
-    assert order_from_hash("ev.s0.ab1", flat(legacy))["amount"] == 3998
-
-
-def test_no_hash_is_no_order():
-    assert order_from_hash("ev.s0.ab1", []) is None
-
-
-def test_an_order_record_reads_as_the_api_object():
-    raw = order_record("reserved", "u1", 2, 1999, 1000, 61000).encode()
-    assert raw == b"reserved|u1|2|1999|1000|61000"
-    h = {"user_id": "u1", "qty": 2, "unit_price": 1999, "status": "reserved",
-         "created_ms": 1000, "pay_by_ms": 61000}
-    assert order_from_record("ev.s0.ab1", raw) == order_from_hash("ev.s0.ab1", flat(h))
-
-
 def test_fields_a_later_state_adds_are_read():
-    raw = order_record("paid", "u1", 1, 100, 1000, 61000, paid_ms=5000, by="op-1").encode()
-    order = order_from_record("ev.s0.ab1", raw)
+    raw = record("paid", "u1", 1, 100, 1000, 61000, paid_ms=5000, by="op-1").encode()
+    order = from_record("ev.s0.ab1", raw)
     assert (order["status"], order["paid_ms"], order["by"]) == ("paid", 5000, "op-1")
 
 
 @pytest.mark.parametrize("raw", [None, b"", b"reserved|u1|1|100", b"reserved|u1|x|100|7|8"])
 def test_no_record_or_a_broken_one_is_no_order(raw):
-    assert order_from_record("ev.s0.ab1", raw) is None
+    assert from_record("ev.s0.ab1", raw) is None
+
+
+def test_an_order_hash_of_the_earlier_layout_becomes_its_record():
+    h = {"user_id": "u1", "qty": 2, "unit_price": 1999, "status": "reserved",
+         "created_ms": 1000, "pay_by_ms": 61000}
+    assert record_of_hash(flat(h)) == "reserved|u1|2|1999|1000|61000"
+    # hashes written before the id said them hold order_id, event_id, sku and amount too
+    legacy = {"order_id": "ev.s0.ab1", "event_id": "ev", "sku": "s0", "amount": 3998, **h}
+    assert record_of_hash(flat(legacy)) == record_of_hash(flat(h))
+
+
+@pytest.mark.parametrize("h", [{}, {"qty": 1}, {"user_id": "u", "qty": "x", "unit_price": 1,
+                                                 "created_ms": 1, "pay_by_ms": 2}])
+def test_a_hash_that_is_not_an_order_has_no_record(h):
+    assert record_of_hash(flat(h)) is None
 
 
 @pytest.mark.parametrize(("info", "policy"), [

@@ -1,35 +1,38 @@
 -- Group commit of one SKU's batch of reservations. Redis decides every sale here.
 --
--- KEYS: 1 meta (hash), 2 stock, 3 sold, 4 buyers (hash user -> units),
+-- KEYS (every key the script touches, all of one SKU's hash tag, core/keys.py):
+--       1 meta (hash), 2 stock, 3 sold, 4 buyers (hash user -> units),
 --       5 orders (stream), 6 orders_n (orders created), 7 order_by_id (hash order id ->
---       "<status>|<user>|<qty>|<unit_price>|<created_ms>|<pay_by_ms>", store.order_record)
--- ARGV: 1 key prefix "fg:{<event>:<sku>}:" (idem, reg and earlier order keys share the tag),
---       2 n, 3 "1" when this batch was sent before (its reply was lost): then each
+--       "<status>|<user>|<qty>|<unit_price>|<created_ms>|<pay_by_ms>", core/orders.py),
+--       8 reg (set of registered users), 9 revenue, 10 sold_out_ms,
+--       then one key per reservation that carries an Idempotency-Key, in the order of
+--       those reservations: where its order id is kept ("<order id>|<fingerprint>").
+-- ARGV: 1 n, 2 "1" when this batch was sent before (its reply was lost): then each
 --       order id is looked up first, so nothing is sold twice (ids are unique, so a
 --       first send needs no lookup), then n times: order_id, user, spec, where spec is
---       the qty, or "<qty>|<fingerprint>|<idempotency key>" for a request with a key
---       (a fingerprint holds no "|"; the key, last, may). Three values per
---       reservation, not five: each value costs Redis an object and Lua a string.
+--       the qty, or "<qty>|<fingerprint>" for a request with a key (its key is the next
+--       of KEYS 11...; a fingerprint holds no "|"). Three values per reservation: each
+--       value costs Redis an object and Lua a string.
 -- Reply: {sold, stock, created_ms, pay_by_ms (of this batch's new orders), then per
---        reservation, by its code: 0 (sold): code, unit_price; 9 and 10 (an order that
---        exists): code, order_id, unit_price, qty, created_ms, pay_by_ms; any other
+--        reservation, by its code: SOLD: code, unit_price; EXISTS and REPLAY (an order
+--        that exists): code, order_id, unit_price, qty, created_ms, pay_by_ms; any other
 --        code: the code alone}
 --
--- Codes: 0 sold (new order), 1 sold_out, 2 limit_exceeded, 3 not_started, 4 ended,
---        5 paused, 7 not_registered, 8 idempotency_mismatch, 9 this order id exists
---        already (a re-sent batch: nothing sold twice), 10 idempotent replay of another
---        order, 11 not_found (the SKU has no definition).
--- Malformed arguments (n not the count of reservations that follow, a qty that is
--- not an integer from 1 to 10^9, a spec with a "|" but no key) are an error before
--- anything is written.
+-- Codes (core/outcomes.py; the locals are put in front of this source): SOLD (a new
+-- order), SOLD_OUT, LIMIT_EXCEEDED, NOT_STARTED, ENDED, PAUSED, NOT_REGISTERED,
+-- IDEMPOTENCY_MISMATCH, EXISTS (this order id is stored already: a re-sent batch, nothing
+-- sold twice), REPLAY (an Idempotency-Key's other order), NOT_FOUND (the SKU has no
+-- definition, or a re-sent batch's order is gone).
+-- Malformed arguments (n not the count of reservations that follow, not one key per
+-- reservation with a key, a qty that is not an integer from 1 to 10^9, a spec with a
+-- "|" but no fingerprint) are an error before anything is written.
 -- Variadic commands take at most CHUNK names (or name/value pairs) at a time (Lua's unpack()
 -- has a limit of a few thousand values); the worker sends at most 256 per call.
 local CHUNK = 1000
-local P = ARGV[1]
-local n = tonumber(ARGV[2])
-local resent = ARGV[3] == '1'
-if not n or n < 0 or n ~= math.floor(n) or #ARGV ~= 3 + 3 * n then
-  return redis.error_reply('ERR commit: ' .. #ARGV .. ' arguments for ' .. tostring(ARGV[2]) ..
+local n = tonumber(ARGV[1])
+local resent = ARGV[2] == '1'
+if not n or n < 0 or n ~= math.floor(n) or #ARGV ~= 2 + 3 * n then
+  return redis.error_reply('ERR commit: ' .. #ARGV .. ' arguments for ' .. tostring(ARGV[1]) ..
                            ' reservations')
 end
 local m = redis.call('HMGET', KEYS[1], 'starts', 'ends', 'paused', 'limit', 'price',
@@ -42,7 +45,7 @@ if n == 0 then
   return out
 end
 if not m[1] then
-  for i = 1, n do out[#out + 1] = 11 end
+  for i = 1, n do out[#out + 1] = NOT_FOUND end
   out[1] = sold
   return out
 end
@@ -72,29 +75,24 @@ end
 local function refuse(code)
   out[#out + 1] = code
 end
--- an order that exists (9: this very order, 10: an idempotent replay) and its figures
+-- an order that exists (EXISTS: this very order, REPLAY: an idempotent replay) and its figures
 local function order_part(code, oid, unit_price, qty, created, payby)
   out[#out + 1] = code; out[#out + 1] = oid; out[#out + 1] = tonumber(unit_price)
   out[#out + 1] = tonumber(qty); out[#out + 1] = tonumber(created)
   out[#out + 1] = tonumber(payby)
 end
--- an order stored before this batch: its record, or the hash of the earlier layout
--- (a key per order, `order:<id>`, still read: store.order_from_hash)
+-- an order stored before this batch, from its record
 local function existing(code, oid)
   local v = redis.call('HGET', KEYS[7], oid)
+  local qty, up, created, payby
   if v then
-    local qty, up, created, payby = string.match(v, '^[^|]*|[^|]*|(%d+)|(%d+)|(%d+)|(%d+)')
-    if qty then
-      order_part(code, oid, up, qty, created, payby)
-      return
-    end
+    qty, up, created, payby = string.match(v, '^[^|]*|[^|]*|(%d+)|(%d+)|(%d+)|(%d+)')
   end
-  local o = redis.call('HMGET', P .. 'order:' .. oid, 'unit_price', 'qty', 'created_ms', 'pay_by_ms')
-  if not o[2] then
-    -- the order is gone (deleted by hand): say so, keep the reply aligned
-    refuse(11)
+  if qty then
+    order_part(code, oid, up, qty, created, payby)
   else
-    order_part(code, oid, o[1], o[2], o[3], o[4])
+    -- the order is gone (deleted by hand): say so, keep the reply aligned
+    refuse(NOT_FOUND)
   end
 end
 -- The sales of this batch, in order, one array per field (no table per sale):
@@ -113,7 +111,7 @@ end
 -- is what a write per sale would leave, with 2 commands per sale instead of 4.
 -- What each buyer of the batch already holds: one HMGET for the whole batch.
 local names = {}
-for i = 0, n - 1 do names[i + 1] = ARGV[5 + i * 3] end
+for i = 0, n - 1 do names[i + 1] = ARGV[4 + i * 3] end
 local held = {}
 for c = 1, n, CHUNK do
   local part = redis.call('HMGET', KEYS[4], unpack(names, c, math.min(c + CHUNK - 1, n)))
@@ -123,64 +121,67 @@ local made = {}      -- order id -> its place in the sales
 local total = {}     -- user -> units they hold once this batch's sales so far count
 local claimed = {}   -- idempotency key -> the place in the sales of the order it made
 local sold0, revenue = sold, 0
+local nkeys = 10        -- KEYS used so far: the next reservation with a key takes the next
 for i = 0, n - 1 do
-  local b = 4 + i * 3
+  local b = 3 + i * 3
   local oid, user, spec = ARGV[b], ARGV[b + 1], ARGV[b + 2]
-  local qty_s, idem, fp = spec, '', ''
+  local qty_s, fp = spec, ''
+  local ikey = nil
   local bar = string.find(spec, '|', 1, true)
   if bar then
-    local bar2 = string.find(spec, '|', bar + 1, true)
-    if not bar2 or bar2 == #spec then
+    if bar == #spec or string.find(spec, '|', bar + 1, true) then
       return redis.error_reply('ERR commit: bad spec ' .. spec)
     end
-    qty_s, fp, idem = string.sub(spec, 1, bar - 1), string.sub(spec, bar + 1, bar2 - 1),
-                      string.sub(spec, bar2 + 1)
+    nkeys = nkeys + 1
+    ikey = KEYS[nkeys]
+    if not ikey then
+      return redis.error_reply('ERR commit: no key for the Idempotency-Key of reservation ' ..
+                               (i + 1))
+    end
+    qty_s, fp = string.sub(spec, 1, bar - 1), string.sub(spec, bar + 1)
   end
   local qty = tonumber(qty_s)
   if not qty or qty < 1 or qty % 1 ~= 0 or qty > 1e9 then
     -- (nothing is written before every reservation of the batch has been decided)
     return redis.error_reply('ERR commit: bad qty ' .. qty_s)
   end
-  local ikey = nil
   local prior = nil
   local mine = nil
-  if idem ~= '' then
-    ikey = P .. 'idem:' .. user .. ':' .. idem
+  if ikey then
     mine = claimed[ikey]
     if not mine then prior = redis.call('GET', ikey) end
   end
   if made[oid] then
     -- the same order id twice in one batch (never from the worker): it is sold once
-    made_here(9, made[oid])
-  elseif resent and (redis.call('HEXISTS', KEYS[7], oid) == 1
-                     or redis.call('EXISTS', P .. 'order:' .. oid) == 1) then
-    existing(9, oid)
+    made_here(EXISTS, made[oid])
+  elseif resent and redis.call('HEXISTS', KEYS[7], oid) == 1 then
+    existing(EXISTS, oid)
   elseif mine then
     -- the key's order was made earlier in this very batch
     if s_fp[mine] == fp then
-      made_here(10, mine)
+      made_here(REPLAY, mine)
     else
-      refuse(8)
+      refuse(IDEMPOTENCY_MISMATCH)
     end
   elseif prior then
     local sep = string.find(prior, '|', 1, true)
     if string.sub(prior, sep + 1) == fp then
-      existing(10, string.sub(prior, 1, sep - 1))
+      existing(REPLAY, string.sub(prior, 1, sep - 1))
     else
-      refuse(8)
+      refuse(IDEMPOTENCY_MISMATCH)
     end
   elseif now < starts then
-    refuse(3)
+    refuse(NOT_STARTED)
   elseif now >= ends then
-    refuse(4)
+    refuse(ENDED)
   elseif paused then
-    refuse(5)
-  elseif reg and redis.call('SISMEMBER', P .. 'reg', user) == 0 then
-    refuse(7)
+    refuse(PAUSED)
+  elseif reg and redis.call('SISMEMBER', KEYS[8], user) == 0 then
+    refuse(NOT_REGISTERED)
   elseif (total[user] or tonumber(held[i + 1]) or 0) + qty > limit then
-    refuse(2)
+    refuse(LIMIT_EXCEEDED)
   elseif sold + qty > stock then
-    refuse(1)
+    refuse(SOLD_OUT)
   else
     local up, up_s = unit_price(sold)
     sold = sold + qty
@@ -192,8 +193,12 @@ for i = 0, n - 1 do
       oid, user, qty_s, up_s, ikey or false, fp
     made[oid] = ns
     if ikey then claimed[ikey] = ns end
-    out[#out + 1] = 0; out[#out + 1] = up
+    out[#out + 1] = SOLD; out[#out + 1] = up
   end
+end
+if nkeys ~= #KEYS then
+  return redis.error_reply('ERR commit: ' .. #KEYS .. ' keys for ' .. (nkeys - 10) ..
+                           ' Idempotency-Keys')
 end
 if ns > 0 then
   -- sold first: scripts do not roll back, so a failure below can only undersell
@@ -231,10 +236,10 @@ if ns > 0 then
                'qty', qty, 'unit_price', up, 'ts', now)
     if s_ikey[k] then redis.call('SET', s_ikey[k], oid .. '|' .. s_fp[k], 'EX', 86400) end
   end
-  if sold >= stock then redis.call('SET', P .. 'sold_out_ms', now, 'NX') end
+  if sold >= stock then redis.call('SET', KEYS[10], now, 'NX') end
   -- per batch, not per order (counters for stats; the stream is the record)
   redis.call('INCRBY', KEYS[6], ns)
-  redis.call('INCRBY', P .. 'revenue', revenue)
+  redis.call('INCRBY', KEYS[9], revenue)
 end
 out[1] = sold
 return out

@@ -1,0 +1,117 @@
+"""Every Redis key flashgate uses, spelled here and nowhere else.
+
+A SKU's keys share one hash tag, ``{<event>:<sku>}``, so every script runs on one
+Redis Cluster slot; the event-wide keys carry the event's own tag or none.
+
+    fg:{<event>:<sku>}:meta        hash: window, pause flag, limit, prices, ids
+    fg:{<event>:<sku>}:stock       units in total (configured, plus units added)
+    fg:{<event>:<sku>}:sold        units held by live orders
+    fg:{<event>:<sku>}:buyers      hash user -> units held
+    fg:{<event>:<sku>}:orders      stream of order events (type=created, ...)
+    fg:{<event>:<sku>}:orders_n    orders created
+    fg:{<event>:<sku>}:order_by_id hash order id -> the order's record (core/orders.py);
+                                   also the order ids' guard against a re-sent batch
+    fg:{<event>:<sku>}:idem:<user>:<key>  "<order id>|<fingerprint>", 24 h
+    fg:{<event>:<sku>}:reg         set of pre-registered users
+    fg:{<event>:<sku>}:revenue     sum of the amounts of orders created
+    fg:{<event>:<sku>}:sold_out_ms Redis TIME when sold first reached stock
+    fg:{<event>}:idem:<user>:<key> the request fingerprint that first used the key, 24 h
+    fg:event:<event>               the definition (JSON; its "paused" is not read back)
+    fg:paused:<event>              "1" while the operator has paused the event
+    fg:events                      set of event ids
+    fg:events:version              bumped on every change of any definition
+    fg:stats:<event>               hash of counters summed over workers and instances
+    fg:stats:<event>:uv            HyperLogLog of the event's visitors
+    fg:layout                      the version of the order layout the data is in
+
+Order ids are ``<event>.<sku>.<unique>``: the id names its SKU's keys.
+"""
+
+from __future__ import annotations
+
+EVENTS = "fg:events"
+VERSION = "fg:events:version"
+LAYOUT = "fg:layout"
+
+
+def sku_prefix(event_id: str, sku_id: str) -> str:
+    """The start every key of one SKU shares (its hash tag included)."""
+    return "fg:{" + event_id + ":" + sku_id + "}:"
+
+
+class SkuKeys:
+    """The keys of one SKU."""
+
+    __slots__ = ("prefix", "meta", "stock", "sold", "buyers", "orders", "orders_n",
+                 "order_by_id", "reg", "revenue", "sold_out_ms")
+
+    def __init__(self, event_id: str, sku_id: str):
+        p = self.prefix = sku_prefix(event_id, sku_id)
+        self.meta = p + "meta"
+        self.stock = p + "stock"
+        self.sold = p + "sold"
+        self.buyers = p + "buyers"
+        self.orders = p + "orders"
+        self.orders_n = p + "orders_n"
+        self.order_by_id = p + "order_by_id"
+        self.reg = p + "reg"
+        self.revenue = p + "revenue"
+        self.sold_out_ms = p + "sold_out_ms"
+
+    def idem(self, user: str, key: str) -> str:
+        """The order an Idempotency-Key made on this SKU."""
+        return self.prefix + "idem:" + user + ":" + key
+
+    def commit(self) -> list[str]:
+        """The fixed KEYS of the commit script, in its order (lua/commit.lua)."""
+        return [self.meta, self.stock, self.sold, self.buyers, self.orders, self.orders_n,
+                self.order_by_id, self.reg, self.revenue, self.sold_out_ms]
+
+    def configure(self) -> list[str]:
+        """The KEYS of the configure script (lua/configure_sku.lua)."""
+        return [self.meta, self.stock, self.sold]
+
+
+def event(event_id: str) -> str:
+    return "fg:event:" + event_id
+
+
+def paused(event_id: str) -> str:
+    return "fg:paused:" + event_id
+
+
+def stats(event_id: str) -> str:
+    return "fg:stats:" + event_id
+
+
+def stats_uv(event_id: str) -> str:
+    return stats(event_id) + ":uv"
+
+
+def stats_uv_part(event_id: str, worker: str) -> str:
+    """A worker's visitor registers on their way into ``stats_uv`` (PFMERGE): its hash
+    tag is the whole name of that key, so both share a slot."""
+    return "{" + stats_uv(event_id) + "}:" + worker
+
+
+def event_idem(event_id: str, user: str, key: str) -> str:
+    """The fingerprint of the request that first used an Idempotency-Key (event-wide:
+    the same key with another body, even on another SKU, is refused)."""
+    return "fg:{" + event_id + "}:idem:" + user + ":" + key
+
+
+def earlier_order(prefix: str, order_id: str) -> str:
+    """An order of the earlier layout (a hash per order), read only to move it into
+    its SKU's ``order_by_id`` (store.migrate_layout)."""
+    return prefix + "order:" + order_id
+
+
+EARLIER_ORDER_PATTERN = "fg:{*}:order:*"
+
+
+def split_order_id(order_id: str) -> tuple[str, str] | None:
+    """``(event, sku)`` of an order id, or None if it is not one of ours."""
+    parts = order_id.split(".")
+    if len(parts) != 3 or not all(parts):
+        return None
+    return parts[0], parts[1]

@@ -1,0 +1,73 @@
+"""An order as Redis keeps it, and as the API shows it.
+
+Every order of a SKU is one field of the SKU's ``order_by_id`` hash (core/keys.py):
+order id -> ``<status>|<user_id>|<qty>|<unit_price>|<created_ms>|<pay_by_ms>``, then
+any field a later state adds as ``|<name>=<value>``. No part holds a ``|``: user ids
+are ``[A-Za-z0-9_-]``, the rest are numbers and status names. The commit script
+writes the first six; the id names the event and the SKU, and amount is
+unit_price * qty, so neither is stored.
+"""
+
+from __future__ import annotations
+
+from flashgate.core.keys import split_order_id
+
+STATUSES = ("reserved", "paid", "cancelled", "expired")
+# the fields of a record, in order (lua/commit.lua writes them)
+RECORD_FIELDS = ("status", "user_id", "qty", "unit_price", "created_ms", "pay_by_ms")
+_INT_FIELDS = ("qty", "unit_price", "created_ms", "pay_by_ms")
+
+
+def record(status: str, user_id: str, qty: int, unit_price: int, created_ms: int,
+           pay_by_ms: int, **later: str | int) -> str:
+    """An order's record (see the module docstring)."""
+    parts = [status, user_id, str(qty), str(unit_price), str(created_ms), str(pay_by_ms)]
+    parts += [f"{k}={v}" for k, v in later.items()]
+    return "|".join(parts)
+
+
+def from_record(order_id: str, raw: bytes | None) -> dict | None:
+    """The API's order object from its record, or None for none (or for a record that
+    is not one)."""
+    if not raw:
+        return None
+    parts = raw.decode().split("|")
+    if len(parts) < len(RECORD_FIELDS):
+        return None
+    d: dict = dict(zip(RECORD_FIELDS, parts, strict=False))
+    for extra in parts[len(RECORD_FIELDS):]:
+        name, _, value = extra.partition("=")
+        d[name] = int(value) if value.isdigit() else value
+    try:
+        for f in _INT_FIELDS:
+            d[f] = int(d[f])
+    except ValueError:
+        return None
+    return api_order(order_id, d)
+
+
+def record_of_hash(flat) -> str | None:
+    """The record of an order kept in the earlier layout (a hash per order; HGETALL
+    reply: user_id, qty, unit_price, status, created_ms, pay_by_ms), or None if the
+    hash is not one (store.migrate_layout moves such orders into their SKU's hash)."""
+    if not flat:
+        return None
+    it = iter(flat)
+    d = {k.decode(): v.decode() for k, v in zip(it, it, strict=True)}
+    try:
+        return record(d.get("status", "reserved"), d["user_id"],
+                      *(int(d[f]) for f in _INT_FIELDS))
+    except (KeyError, ValueError):
+        return None
+
+
+def api_order(order_id: str, d: dict) -> dict:
+    """The API's order object from the stored fields ``d`` (emptied): the id names the
+    event and the SKU, amount is unit_price * qty, the rest is as stored."""
+    where = split_order_id(order_id)
+    qty, unit_price = d.pop("qty", 0), d.pop("unit_price", 0)
+    order = {"order_id": order_id, "event_id": where[0] if where else "",
+             "sku": where[1] if where else "", "user_id": d.pop("user_id", ""),
+             "qty": qty, "unit_price": unit_price, "amount": unit_price * qty}
+    order.update(d)  # status, created_ms, pay_by_ms (and whatever later states add)
+    return order

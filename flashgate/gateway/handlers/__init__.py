@@ -1,0 +1,21 @@
+"""The handlers of the routes (gateway/routes.py), one module per area.
+
+A handler is ``handler(req, match, who) -> answer``: ``match`` carries the route's
+parameters and, for an event's path, the event's runtime (``match.ert``, None for
+an event the worker does not know); ``who`` is the caller the router let in (None
+for a public route, ``routes.OPERATOR``, or the buyer's user id). The answer is
+bytes, a ``Pending`` or an awaitable of bytes.
+"""
+
+from __future__ import annotations
+
+from flashgate.gateway.handlers.buyer import Buyer
+from flashgate.gateway.handlers.operations import Operations
+from flashgate.gateway.handlers.operator import Operator
+from flashgate.gateway.handlers.public import Public
+
+
+def make(gw) -> dict[str, object]:
+    """The handlers of every area, by the name routes.py gives it."""
+    return {"public": Public(gw), "buyer": Buyer(gw), "operator": Operator(gw),
+            "operations": Operations(gw)}

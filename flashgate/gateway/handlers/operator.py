@@ -1,0 +1,125 @@
+"""The operator's API: event definitions, the kill switch, the figures, the orders.
+
+A change of a definition (PUT, pause, resume) is answered only once every worker of
+this instance serves it (``Gateway.changed``: the other workers are told through the
+instance's peer channel and answer when they have reloaded); other instances see it
+on their next refresh tick.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import orjson
+
+from flashgate.core import keys, store
+from flashgate.core.events import EventError, parse_event
+from flashgate.core.outcomes import REJECTIONS
+from flashgate.core.redisconn import RedisError, RedisUnavailable
+from flashgate.gateway import answers
+from flashgate.gateway.counters import LATENCY_BUCKETS, latency_percentiles
+from flashgate.gateway.protocol import build_response, error_response
+from flashgate.gateway.runtime import state_of
+
+log = logging.getLogger("flashgate.operator")
+
+
+class Operator:
+    def __init__(self, gw):
+        self.gw = gw
+
+    async def put_event(self, req, m, who) -> bytes:
+        event_id = m.params["event_id"]
+        try:
+            data = orjson.loads(req.body)
+        except orjson.JSONDecodeError:
+            return answers.BAD_JSON
+        gw = self.gw
+        try:
+            event = parse_event(event_id, data)
+            created = await store.save_event(gw.conn, event)
+        except EventError as e:
+            return error_response(409 if e.code == "conflict" else 400, e.code, e.message)
+        except (RedisUnavailable, RedisError) as e:
+            log.warning("cannot save event %s: %s", event_id, e)
+            return answers.UNAVAILABLE
+        if not await gw.changed():
+            return answers.UNAVAILABLE
+        return build_response(201 if created else 200, orjson.dumps(event.to_dict()))
+
+    def get_event(self, req, m, who) -> bytes:
+        if m.ert is None:
+            return answers.NOT_FOUND
+        return build_response(200, orjson.dumps(m.ert.event.to_dict()))
+
+    def pause(self, req, m, who):
+        return self._pause(m, True)
+
+    def resume(self, req, m, who):
+        return self._pause(m, False)
+
+    async def _pause(self, m, paused: bool) -> bytes:
+        ert = m.ert
+        if ert is None:
+            return answers.NOT_FOUND
+        gw = self.gw
+        try:
+            await store.set_paused(gw.conn, ert.event, paused)
+        except (RedisUnavailable, RedisError):
+            return answers.UNAVAILABLE
+        for srt in ert.skus:
+            gw.ledger.set_paused(srt.idx, paused)
+        if not await gw.changed():
+            return answers.UNAVAILABLE
+        ert = gw.runtimes.events.get(ert.event.id, ert)
+        return build_response(200, orjson.dumps({
+            "id": ert.event.id, "paused": paused,
+            "state": state_of(ert, gw.ledger, gw.path.now_ms())}))
+
+    async def stats(self, req, m, who) -> bytes:
+        ert = m.ert
+        if ert is None:
+            return answers.NOT_FOUND
+        gw = self.gw
+        ev = ert.event
+        key = keys.stats(ev.id)
+        try:
+            await gw.counters.flush()
+            raw, uv = await gw.conn.pipeline([["HGETALL", key], ["PFCOUNT", keys.stats_uv(ev.id)]])
+            skus = await store.sku_totals(gw.conn, ev)
+            so = await gw.conn.pipeline([["GET", s.keys.sold_out_ms] for s in ert.skus])
+        except (RedisUnavailable, RedisError):
+            return answers.UNAVAILABLE
+        it = iter(raw)
+        c = {k.decode(): int(v) for k, v in zip(it, it, strict=True)}
+        lat = [c.get(f"lat:{i}", 0) for i in range(LATENCY_BUCKETS)]
+        orders = sum(s["orders"] for s in skus)
+        units = sum(s["sold"] for s in skus)
+        uv = int(uv or 0)
+        sold_out_ms = None
+        if skus and all(s["sold"] >= s["stock"] for s in skus) and all(so):
+            sold_out_ms = max(int(x) for x in so) - ev.starts_at_ms
+        for s, t in zip(skus, so, strict=True):
+            s["left"] = max(0, s["stock"] - s["sold"])
+            s["sold_out_at_ms"] = int(t) if t else None
+        return build_response(200, orjson.dumps({
+            "event_id": ev.id,
+            "pv": c.get("pv", 0), "uv": uv, "attempts": c.get("attempts", 0),
+            "orders": orders, "units_sold": units, "units_paid": 0,
+            "revenue": sum(s["revenue"] for s in skus),
+            "rejections": {k: c.get(k, 0) for k in REJECTIONS},
+            "conversion": round(orders / uv, 4) if uv else 0.0,
+            "sold_out_ms": sold_out_ms,
+            "latency_ms": latency_percentiles(lat),
+            "skus": skus,
+        }))
+
+    async def orders(self, req, m, who) -> bytes:
+        if m.ert is None:
+            return answers.NOT_FOUND
+        try:
+            orders = await store.export_orders(self.gw.conn, m.ert.event)
+        except (RedisUnavailable, RedisError):
+            return answers.UNAVAILABLE
+        body = b"".join(orjson.dumps(o) + b"\n" for o in orders)
+        return build_response(200, body, content_type=b"application/x-ndjson")

@@ -1,0 +1,45 @@
+"""What anyone may read: an event's public view, served from memory."""
+
+from __future__ import annotations
+
+import orjson
+
+from flashgate.gateway import answers
+from flashgate.gateway.protocol import build_response
+from flashgate.gateway.runtime import EventRuntime, state_of
+
+
+class Public:
+    def __init__(self, gw):
+        self.gw = gw
+
+    def event_view(self, req, m, who) -> bytes:
+        ert: EventRuntime | None = m.ert
+        if ert is None:
+            return answers.NOT_FOUND
+        ert.pv += 1
+        return build_response(200, orjson.dumps(self.view(ert)))
+
+    def view(self, ert: EventRuntime) -> dict:
+        """The public view of an event (API.md), as of this worker's ledger."""
+        gw = self.gw
+        ev = ert.event
+        now = gw.path.now_ms()
+        skus = []
+        total_sold = 0
+        for srt in ert.skus:
+            s = srt.sku
+            stock, sold, _, _ = gw.ledger.state(srt.idx)
+            total_sold += sold
+            skus.append({"id": s.id, "name": s.name, "price": s.price,
+                         "original_price": s.original_price, "stock": stock,
+                         "left": max(0, stock - sold), "sold": sold,
+                         "per_user_limit": s.per_user_limit})
+        return {
+            "id": ev.id, "name": ev.name, "state": state_of(ert, gw.ledger, now),
+            "server_time_ms": now, "starts_at_ms": ev.starts_at_ms, "ends_at_ms": ev.ends_at_ms,
+            "preheat_at_ms": ev.preheat_at_ms,
+            "registration_required": ev.registration_required, "skus": skus,
+            "milestones": [{"sold": n, "reward": r, "reached": total_sold >= n}
+                           for n, r in ev.milestones],
+        }

@@ -1,0 +1,141 @@
+"""What a worker learns from Redis besides its own commit replies.
+
+Every ``--refresh-interval`` (0.1 s) the refresher reads, in one pipelined write:
+Redis ``TIME`` (this host's clock is checked against it: beyond
+``--max-clock-skew-ms`` the worker refuses to sell), the definitions' version
+(``fg:events:version``, bumped by every change of any definition: a new version
+reloads them all), and every SKU's stock and sold (so the sold-out flag and the
+public ``left`` follow what other workers and instances sell).
+
+Replies are applied by callbacks, in wire order with the commit replies on the same
+connection: a refresh never overwrites what a later commit reported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from flashgate.core import keys, store
+from flashgate.core._stock import Ledger
+from flashgate.core.redisconn import RedisConnection, RedisError, RedisUnavailable
+from flashgate.gateway._buy import BuyPath
+from flashgate.gateway.runtime import Runtimes, SkuRuntime
+
+log = logging.getLogger("flashgate.refresh")
+
+_now_ns = time.time_ns
+
+
+class Refresher:
+    def __init__(self, conn: RedisConnection, ledger: Ledger, path: BuyPath,
+                 runtimes: Runtimes, on_events, *, max_clock_skew_ms: int):
+        self.conn = conn
+        self.ledger = ledger
+        self.path = path
+        self.runtimes = runtimes
+        self.on_events = on_events  # called after every reload (the router's routes)
+        self.max_clock_skew_ms = max_clock_skew_ms
+        self.version = -1  # of the definitions loaded
+        self.loaded = False
+        self._reloading: asyncio.Future | None = None
+
+    def forget(self) -> None:
+        """Reload everything on the next tick (after a reconnect: whatever happened
+        while this worker was away)."""
+        self.version = -1
+
+    async def reload(self) -> int:
+        """Load every definition now; returns the version loaded. Concurrent calls
+        share one load."""
+        if self._reloading is not None:
+            return await asyncio.shield(self._reloading)
+        fut = self._reloading = asyncio.get_running_loop().create_future()
+        try:
+            version, events = await store.load_events(self.conn)
+            self.runtimes.apply(events)
+            # every SKU's stock and sold before the new definitions are served (a change
+            # of stock is the configure script's, in Redis)
+            await self.read_counts(self.runtimes.all_skus())
+            self.on_events(self.runtimes)
+            self.version = version
+            self.loaded = True
+            fut.set_result(version)
+            return version
+        except BaseException as e:
+            fut.set_exception(e)
+            fut.exception()  # (retrieved: the other waiters see it too)
+            raise
+        finally:
+            self._reloading = None
+
+    def read_counts(self, skus: list[SkuRuntime]) -> asyncio.Future:
+        """Read the SKUs' stock and sold; the Future resolves when all are applied."""
+        done = asyncio.get_running_loop().create_future()
+        if not skus:
+            done.set_result(None)
+            return done
+        left = [len(skus)]
+
+        def applier(srt):
+            def apply(reply):
+                try:
+                    if isinstance(reply, list):
+                        self.observe(srt, int(reply[0] or 0), int(reply[1] or 0))
+                finally:
+                    left[0] -= 1
+                    if not left[0] and not done.done():
+                        done.set_result(None)
+            return apply
+
+        self.conn.send_many([["MGET", s.keys.stock, s.keys.sold] for s in skus],
+                            [applier(s) for s in skus])
+        return done
+
+    def observe(self, srt: SkuRuntime, stock: int, sold: int) -> None:
+        old_stock, old_sold, _, _ = self.ledger.state(srt.idx)
+        if sold < old_sold:
+            # units came back (cancel / expire): the local buyer table may be too strict
+            self.ledger.forget_buyers(srt.idx)
+        self.ledger.observe(srt.idx, sold, stock)
+        if (sold != old_sold or stock != old_stock) and srt.waiters:
+            self.path.retry_waiters(srt)
+
+    async def run(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.tick()
+            except Exception:  # a bug here must not stop learning what Redis knows
+                log.exception("refresh failed")
+
+    async def tick(self) -> None:
+        if not self.conn.connected:
+            return
+        t0 = _now_ns()
+        try:
+            now, version = await self.conn.pipeline([["TIME"], ["GET", keys.VERSION]])
+        except (RedisUnavailable, RedisError):
+            return
+        t1 = _now_ns()
+        if isinstance(now, list) and t1 - t0 < 100_000_000:
+            # a sample that took long says nothing of the clocks: skip it
+            self._clock(int(now[0]) * 1000 + int(now[1]) // 1000 - (t0 + t1) // 2_000_000)
+        await self.read_counts(self.runtimes.all_skus())
+        if not isinstance(version, Exception) and int(version or 0) != self.version:
+            try:
+                await self.reload()
+            except (RedisUnavailable, RedisError) as e:
+                log.warning("cannot reload events: %s", e)
+
+    def _clock(self, offset_ms: int) -> None:
+        path = self.path
+        path.clock_offset_ms = offset_ms
+        ok = abs(offset_ms) <= self.max_clock_skew_ms
+        if ok != path.clock_ok:
+            if ok:
+                log.warning("clock back within %d ms of Redis", self.max_clock_skew_ms)
+            else:
+                log.error("clock differs from Redis TIME by %d ms: refusing to sell", offset_ms)
+        path.clock_ok = ok
