@@ -4,6 +4,12 @@ Starts everything itself (private Redis servers, flashgate, nginx, the FastAPI p
 wrk), all on 127.0.0.1, and stops it all at the end, also on Ctrl-C or failure.
 Exit status: 0 all invariants held, 1 an invariant failed (e.g. oversold),
 2 the bench could not run (a process did not start, wrk failed, ...).
+
+flashgate runs in the configuration operators run, prod: signed buyer tokens
+(--user-secret), X-Forwarded-For from a trusted proxy with a client IP per user
+(--trusted-proxies 127.0.0.0/8), the default rate limits, Redis with appendonly yes
+and appendfsync everysec. soldout and commit also run dev in the same run, as a second
+column: X-User-Id, --ip-rate 0 --user-rate 0, the same Redis.
 """
 
 from __future__ import annotations
@@ -19,8 +25,8 @@ import time
 from pathlib import Path
 
 from . import report
-from .runner import BENCH_DIR, BenchError, Processes, flashgate_argv
-from .scenarios import SCENARIOS, TARGETS, Bench, Settings
+from .runner import BENCH_DIR, BenchError, Processes, flashgate_argv, flashgate_limits
+from .scenarios import CONFIGS, SCENARIOS, TARGETS, Bench, Settings
 
 MEMORY_FLAGS = ("--ip-rate 1000000 --ip-burst 1000000 --user-rate 1000000 "
                 "--user-burst 1000000 --global-rate 0")
@@ -41,34 +47,46 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "  commit   10,000,000 units, limit 1, a new user per request: every buy commits\n"
         "  rush     5 SKUs x 500 units, 200,000 users, 90% buys / 10% views, through sell-out\n"
         "  scale    flashgate only: connections x workers, then RSS per worker after N distinct users\n"
+        "\nconfigurations (--config):\n"
+        "  prod     signed tokens, a trusted proxy's X-Forwarded-For (a client IP per user),\n"
+        "           the default rate limits, Redis AOF everysec: what operators run\n"
+        "  dev      X-User-Id, rate limits off, Redis AOF everysec\n"
+        "  default: soldout and commit both (nginx, flashgate-prod, flashgate-dev, fastapi,\n"
+        "  repeated), rush and scale prod\n"
         "\nexamples:\n"
         "  python -m bench --quick                    # seconds-long smoke run of everything\n"
         "  python -m bench soldout commit --reps 3 --duration 10\n"
-        "  python -m bench commit --targets flashgate,fastapi --auth both\n",
+        "  python -m bench commit --targets flashgate,fastapi --config prod\n",
     )
     p.add_argument("scenarios", nargs="*", metavar="SCENARIO",
                    help=f"scenarios to run, in order: {', '.join(SCENARIOS)} "
                         "(default: soldout commit rush; with --quick: all)")
     p.add_argument("--quick", action="store_true",
-                   help="smoke run: 1 repetition of 1 s, 1 s warm-up, small scale sweep; "
+                   help="smoke run: 1 repetition of 1 s, no warm-up, small scale sweep; "
                         "finishes in well under a minute (numbers are not meaningful)")
     p.add_argument("--targets", default=",".join(TARGETS),
                    help="comma-separated servers to run: flashgate,fastapi,nginx (default: all)")
     p.add_argument("--reps", type=int, help="repetitions per target, alternating A B A B (default 3)")
     p.add_argument("--duration", type=int, help="seconds per repetition (default 10)")
-    p.add_argument("--warmup", type=int, help="seconds of warm-up per target (default 3)")
+    p.add_argument("--warmup", type=int,
+                   help="seconds of warm-up per target (default 3; 0 = none, as with --quick)")
     p.add_argument("--connections", "-c", type=int, default=64,
                    help="wrk connections for soldout/commit/rush (default 64)")
     p.add_argument("--threads", "-t", type=int, default=1, help="wrk threads (default 1)")
     p.add_argument("--workers", "-w", type=int, default=1,
                    help="flashgate workers for soldout/commit/rush (default 1)")
-    p.add_argument("--auth", choices=["dev", "token", "both"], default="dev",
-                   help="buyer identity: dev = X-User-Id header, token = HMAC-signed bearer "
-                        "token computed by wrk per user, both = run each scenario twice")
-    p.add_argument("--aof", action="store_true",
-                   help="run the Redis servers with appendonly yes (everysec) instead of no persistence")
-    p.add_argument("--users", type=int, default=200_000,
-                   help="size of the random user pool for soldout and rush (default 200000)")
+    p.add_argument("--config", choices=["prod", "dev", "both"], default=None,
+                   help="flashgate's configuration(s): prod (signed tokens, trusted proxy's "
+                        "X-Forwarded-For, default rate limits), dev (X-User-Id, limits off), "
+                        "both = two columns of the same run (default: both for soldout and "
+                        "commit, prod for rush and scale)")
+    p.add_argument("--no-aof", dest="aof", action="store_false",
+                   help="run the Redis servers without persistence instead of appendonly yes, "
+                        "appendfsync everysec (not a configuration operators run)")
+    p.add_argument("--users", type=int,
+                   help="size of the random user pool of soldout, rush and scale; large "
+                        "enough that the per-user and per-IP limits of prod refuse no "
+                        "buyer (default 200000; 50000 with --quick)")
     p.add_argument("--rush-run", type=int, help="seconds of rush after the start (default 6)")
     p.add_argument("--scale-connections", type=_ints,
                    help="connection counts for scale (default 16,64,256,1024)")
@@ -117,13 +135,14 @@ def settings_from(args: argparse.Namespace) -> Settings:
         targets=args.target_list,
         reps=pick(args.reps, 3, 1),
         duration=pick(args.duration, 10, 1),
-        warmup=pick(args.warmup, 3, 1),
+        warmup=pick(args.warmup, 3, 0),
         connections=args.connections,
         threads=args.threads,
         workers=args.workers,
-        auth=["dev", "token"] if args.auth == "both" else [args.auth],
+        configs=None if args.config is None
+        else list(CONFIGS) if args.config == "both" else [args.config],
         aof=args.aof,
-        users=args.users,
+        users=pick(args.users, 200_000, 50_000),
         rush_lead=1,
         rush_run=pick(args.rush_run, 6, 1),
         scale_connections=pick(args.scale_connections, [16, 64, 256, 1024], [64]),
@@ -148,10 +167,16 @@ def main(argv: list[str] | None = None) -> int:
     needs_flashgate = "flashgate" in s.targets and any(
         sc in ("soldout", "commit", "rush", "scale") for sc in s.scenarios)
     if needs_flashgate:
-        s.flashgate_argv = shlex.split(args.flashgate) if args.flashgate else flashgate_argv()
+        s.flashgate_argv, help_text = flashgate_argv(
+            shlex.split(args.flashgate) if args.flashgate else None)
         if s.flashgate_argv is None:
             print("bench: `flashgate serve --help` does not work; install flashgate "
                   "(pip install -e .) or leave it out with --targets fastapi,nginx", file=sys.stderr)
+            return 2
+        s.limits = flashgate_limits(help_text)
+        if s.limits is None:
+            print("bench: cannot read the default rate limits from `flashgate serve --help`",
+                  file=sys.stderr)
             return 2
     if "scale" in s.scenarios and "flashgate" not in s.targets:
         print("bench: scale measures flashgate only; skipping it", file=sys.stderr)
@@ -183,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         "machine": report.machine(),
         "load_average": {"before": load_before, "after": os.getloadavg()},
         "settings": {k: v for k, v in vars(s).items()},
+        # what each configuration is, per kind of server; every row names its own
+        "setups": bench.setups(),
         "configs": bench.configs,
         "audits": bench.audits,
         "notes": bench.notes,

@@ -175,8 +175,13 @@ class Processes:
     workdir: Path
     procs: list[Proc] = field(default_factory=list)
 
-    def start(self, name: str, argv: list[str], env: dict | None = None, cwd=None) -> Proc:
+    def start(self, name: str, argv: list[str], env: dict | None = None, cwd=None,
+              drop_env: str | None = None) -> Proc:
+        """Starts argv in its own session; `drop_env`: a prefix of environment variables
+        the child must not inherit."""
         log = self.workdir / f"{name}.log"
+        inherited = {k: v for k, v in os.environ.items()
+                     if drop_env is None or not k.startswith(drop_env)}
         f = open(log, "ab")  # noqa: SIM115 - kept open by the child
         try:
             popen = subprocess.Popen(
@@ -184,7 +189,7 @@ class Processes:
                 stdin=subprocess.DEVNULL,
                 stdout=f,
                 stderr=subprocess.STDOUT,
-                env={**os.environ, **(env or {})},
+                env={**inherited, **(env or {})},
                 cwd=cwd or REPO_DIR,
                 start_new_session=True,
             )
@@ -269,13 +274,20 @@ class Redis:
                            socket_timeout=600, retry=Retry(NoBackoff(), 0))
 
 
-def start_redis(procs: Processes, name: str, aof: bool = False) -> Redis:
+def redis_persistence(aof: bool) -> list[str]:
+    """The persistence flags of every Redis the bench starts."""
+    if aof:
+        return ["--save", "", "--appendonly", "yes", "--appendfsync", "everysec"]
+    return ["--save", "", "--appendonly", "no"]
+
+
+def start_redis(procs: Processes, name: str, aof: bool = True) -> Redis:
     port = free_port()
     data = procs.workdir / name
     data.mkdir(exist_ok=True)
     argv = [
         "redis-server", "--bind", HOST, "--port", str(port), "--dir", str(data),
-        "--save", "", "--appendonly", "yes" if aof else "no",
+        *redis_persistence(aof),
         "--daemonize", "no", "--protected-mode", "yes", "--loglevel", "warning",
     ]  # fmt: skip
     proc = procs.start(name, argv)
@@ -353,23 +365,59 @@ def start_fastapi(procs: Processes, redis: Redis, event_file: Path, admin_token:
 # ------------------------------------------------------------------ flashgate
 
 
-def flashgate_argv() -> list[str] | None:
-    """How to start flashgate: the console script, else `python -m flashgate`."""
-    import shutil
+def _serve_help(argv0: list[str]) -> str | None:
+    import tempfile
 
-    exe = shutil.which("flashgate")
-    probe = [exe] if exe else [sys.executable, "-m", "flashgate"]
+    # not from the checkout: a `python -c ...` command must import the flashgate the
+    # servers will run (PYTHONPATH's), as start_flashgate does
     try:
-        out = subprocess.run(probe + ["serve", "--help"], capture_output=True, text=True,
-                             timeout=30, cwd=REPO_DIR)
+        out = subprocess.run(argv0 + ["serve", "--help"], capture_output=True, text=True,
+                             timeout=30, cwd=tempfile.gettempdir(), env=_server_env())
     except (OSError, subprocess.TimeoutExpired):
         return None
-    return probe if out.returncode == 0 and "--workers" in out.stdout else None
+    return out.stdout if out.returncode == 0 else None
+
+
+def _server_env() -> dict:
+    # flashgate reads FLASHGATE_<NAME> variables as flags: none may reach the servers
+    # the bench starts, or a configuration would not be what the report says
+    return {k: v for k, v in os.environ.items() if not k.startswith("FLASHGATE_")}
+
+
+def flashgate_argv(argv0: list[str] | None = None) -> tuple[list[str] | None, str]:
+    """How to start flashgate (argv0, else the console script, else `python -m
+    flashgate`) if `serve --help` works, and that help's text."""
+    import shutil
+
+    if argv0 is None:
+        exe = shutil.which("flashgate")
+        argv0 = [exe] if exe else [sys.executable, "-m", "flashgate"]
+    text = _serve_help(argv0)
+    ok = text is not None and "--workers" in text
+    return (argv0 if ok else None), text or ""
+
+
+LIMIT_FLAGS = ("ip_rate", "ip_burst", "user_rate", "user_burst", "global_rate", "global_burst")
+
+
+def flashgate_limits(help_text: str) -> dict[str, float] | None:
+    """The limiter defaults in flashgate's `serve --help` ("[env FLASHGATE_IP_RATE,
+    default 50.0]"): what a server started without limit flags applies, per worker."""
+    import re
+
+    text = " ".join(help_text.split())
+    out = {}
+    for name in LIMIT_FLAGS:
+        m = re.search(rf"FLASHGATE_{name.upper()}, default ([0-9.eE+-]+)\]", text)
+        if m is None:
+            return None
+        out[name] = float(m.group(1))
+    return out
 
 
 def start_flashgate(procs: Processes, argv0: list[str], redis: Redis, event_file: Path,
                     admin_token: str, user_secret: str | None, workers: int,
-                    extra: list[str] | None = None, name: str = "flashgate") -> tuple[Proc, int]:
+                    flags: list[str], name: str = "flashgate") -> tuple[Proc, int]:
     port = free_port()
     data = procs.workdir / f"{name}-data"
     data.mkdir(exist_ok=True)
@@ -380,10 +428,10 @@ def start_flashgate(procs: Processes, argv0: list[str], redis: Redis, event_file
     ]  # fmt: skip
     if user_secret:
         argv += ["--user-secret", user_secret]
-    argv += extra if extra is not None else ["--ip-rate", "0", "--user-rate", "0", "--global-rate", "0"]
+    argv += flags
     # run from the work dir: a `--flashgate "python -c ..."` command then imports the
     # flashgate that PYTHONPATH names (e.g. a snapshot), not the checkout's
-    proc = procs.start(name, argv, cwd=procs.workdir)
+    proc = procs.start(name, argv, cwd=procs.workdir, drop_env="FLASHGATE_")
     wait_until("flashgate", lambda: "listening on" in proc.log.read_text(errors="replace"), 90, proc)
     wait_until("flashgate /readyz", lambda: http_ok(f"http://{HOST}:{port}/readyz"), 60, proc)
     return proc, port
@@ -416,6 +464,16 @@ class WrkResult:
     def codes(self) -> dict[str, int]:
         cd = self.data.get("codes") or {}
         return cd if isinstance(cd, dict) else {}
+
+    @property
+    def signed_live(self) -> int:
+        """Tokens wrk signed while it ran (its pool ran out)."""
+        return int(self.data.get("signed_live") or 0)
+
+    @property
+    def init_cpu_s(self) -> float:
+        """CPU time of the script's init(), before the run (reading token pools)."""
+        return float(self.data.get("init_cpu_us") or 0) / 1e6
 
 
 def run_wrk(port: int, path: str, seconds: float, connections: int, threads: int,

@@ -11,13 +11,20 @@ scale    flashgate alone: requests/s and p99 over connections x workers on the
 Each scenario starts its servers (one private Redis per Redis-backed target), warms
 every target up, then runs R repetitions alternating between targets (A B A B ...),
 audits the invariants, and stops what it started.
+
+Configurations (`Setup`): flashgate runs in the one an operator runs, `prod` (signed
+buyer tokens, a trusted proxy's X-Forwarded-For with a client IP per user, the
+server's default rate limits, Redis with AOF fsynced every second) and, as a second
+column of the same run, `dev` (X-User-Id, rate limits off, the same Redis). soldout
+and commit run both by default (nginx, flashgate-prod, flashgate-dev, fastapi, ...,
+repeated); rush and scale run prod. The peers get the main configuration's requests
+(prod's when it runs): nginx ignores them, the FastAPI peer verifies the tokens.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
+import math
 import secrets
 import statistics
 import time
@@ -42,17 +49,100 @@ from .runner import (
     start_redis,
     status_kib,
 )
+from .tokens import Signer
 
 SCENARIOS = ("soldout", "commit", "rush", "scale")
 TARGETS = ("flashgate", "fastapi", "nginx")
-# nginx answers a fixed 200: a floor for loopback HTTP, meaningless in a sale.
+# the order of a repetition; nginx answers a fixed 200: a floor for loopback HTTP,
+# meaningless in a sale
 SCENARIO_TARGETS = {
-    "soldout": TARGETS,
-    "commit": TARGETS,
+    "soldout": ("nginx", "flashgate", "fastapi"),
+    "commit": ("nginx", "flashgate", "fastapi"),
     "rush": ("flashgate", "fastapi"),
     "scale": ("flashgate",),
 }
+CONFIGS = ("prod", "dev")
+# what each scenario runs without --config
+DEFAULT_CONFIGS = {"soldout": ["prod", "dev"], "commit": ["prod", "dev"], "rush": ["prod"],
+                   "scale": ["prod"]}
+TRUSTED_PROXIES = "127.0.0.0/8"
 DAY_MS = 86_400_000
+# new users' tokens signed for a run of a target before any rate of it is known (per s)
+FIRST_RATE_GUESS = 50_000
+
+
+@dataclass(frozen=True)
+class Setup:
+    """A configuration of the servers under test, and of the requests wrk sends them.
+
+    prod: signed buyer tokens (`--user-secret`), `X-Forwarded-For: 10.x.y.z` per user
+    from a trusted proxy (`--trusted-proxies 127.0.0.0/8`), the server's default rate
+    limits (no limit flag), Redis with `appendonly yes`, `appendfsync everysec`.
+    dev: `X-User-Id`, `--ip-rate 0 --user-rate 0`, the same Redis.
+    """
+
+    name: str
+    tokens: bool
+    xff: bool
+    limited: bool
+    aof: bool
+    limits: tuple = ()  # the server's defaults (name, value), when limited
+
+    @classmethod
+    def make(cls, name: str, aof: bool = True, limits: dict | None = None) -> Setup:
+        prod = name == "prod"
+        return cls(name, tokens=prod, xff=prod, limited=prod, aof=aof,
+                   limits=tuple((limits or {}).items()) if prod else ())
+
+    def flashgate_flags(self) -> list[str]:
+        """Flags besides `--user-secret` (which start_target adds with the secret)."""
+        flags = ["--trusted-proxies", TRUSTED_PROXIES] if self.xff else []
+        if not self.limited:
+            flags += ["--ip-rate", "0", "--user-rate", "0"]
+        return flags
+
+    def limits_text(self) -> str:
+        if not self.limited:
+            return "off (--ip-rate 0 --user-rate 0)"
+        lim = dict(self.limits)
+        if not lim:
+            return "the server's defaults (not read)"
+
+        def rate(prefix):
+            r = lim.get(f"{prefix}_rate", 0)
+            return f"{r:g}/s burst {lim.get(f'{prefix}_burst', 0):g}" if r > 0 else "off"
+
+        return (f"defaults, per worker: per IP {rate('ip')}, per user {rate('user')}, "
+                f"global {rate('global')}")
+
+    def describe(self, kind: str) -> dict:
+        """What a row of `kind` ran with, in words, for the reports."""
+        redis = ("appendonly yes, appendfsync everysec" if self.aof
+                 else "no persistence (appendonly no)")
+        xff = f"X-Forwarded-For 10.x.y.z, one per user, sent through a trusted proxy " \
+              f"({TRUSTED_PROXIES})"
+        if kind == "flashgate":
+            flags = (["--user-secret", "<secret>"] if self.tokens else []) + self.flashgate_flags()
+            return {
+                "identity": "signed bearer token per user (--user-secret)" if self.tokens
+                            else "X-User-Id (dev mode)",
+                "client_ip": xff if self.xff else "the connection's (127.0.0.1)",
+                "limits": self.limits_text(),
+                "redis": redis,
+                "flags": " ".join(flags),
+            }
+        sent = "signed bearer token" if self.tokens else "X-User-Id"
+        if kind == "fastapi":
+            return {
+                "identity": f"{sent}, verified (HMAC-SHA256, stdlib hmac)" if self.tokens
+                            else "X-User-Id",
+                "client_ip": "X-Forwarded-For sent, not used" if self.xff else "not used",
+                "limits": "none",
+                "redis": redis,
+                "flags": "PEER_USER_SECRET set" if self.tokens else "",
+            }
+        return {"identity": f"{sent} sent, not read", "client_ip": "not used",
+                "limits": "none", "redis": "none", "flags": "return 200"}
 
 
 @dataclass
@@ -65,8 +155,9 @@ class Settings:
     connections: int = 64
     threads: int = 1
     workers: int = 1
-    auth: list[str] = field(default_factory=lambda: ["dev"])
-    aof: bool = False
+    configs: list[str] | None = None  # None: DEFAULT_CONFIGS per scenario
+    aof: bool = True
+    limits: dict | None = None  # flashgate's default limits, read from `serve --help`
     users: int = 200_000
     commit_stock: int = 10_000_000
     rush_skus: int = 5
@@ -83,12 +174,18 @@ class Settings:
 
 @dataclass
 class Target:
-    name: str
+    kind: str  # flashgate, fastapi, nginx
+    setup: Setup
     proc: Proc
     port: int
     redis: Redis | None = None
     workers: int = 1
     client: object = None
+
+    @property
+    def name(self) -> str:
+        """The column: flashgate-prod, flashgate-dev, fastapi, nginx."""
+        return f"flashgate-{self.setup.name}" if self.kind == "flashgate" else self.kind
 
     def __post_init__(self):
         if self.redis is not None:
@@ -133,6 +230,10 @@ class Bench:
         self.log = log
         self.admin_token = secrets.token_hex(16)
         self.secret = secrets.token_hex(16)
+        self.signer = Signer(self.secret.encode(), now_ms() + 2 * DAY_MS)
+        self.pools: dict[int, Path] = {}  # random users' tokens, by pool size
+        self.next_user: dict[str, int] = {}  # per column: the next new user's number
+        self.rate_seen: dict[str, float] = {}  # per column: its fastest run so far
         self.wrk_runs = 0
         self.configs: list[dict] = []
         self.audits: list[dict] = []
@@ -140,39 +241,72 @@ class Bench:
 
     # ------------------------------------------------------------ set-up
 
+    def setups_for(self, scenario: str) -> list[Setup]:
+        names = self.s.configs or DEFAULT_CONFIGS[scenario]
+        return [Setup.make(n, self.s.aof, self.s.limits) for n in CONFIGS if n in names]
+
+    def setups(self) -> dict[str, dict]:
+        """The configurations the run measured: per name, per kind of server that ran in
+        it, what that server was given."""
+        out: dict[str, dict] = {}
+        for c in self.configs:
+            if "setup" in c:
+                out.setdefault(c["config"], {}).setdefault(c["target"], c["setup"])
+        return {n: out[n] for n in CONFIGS if n in out}
+
     def write_event(self, event: dict, tag: str) -> Path:
         path = self.procs.workdir / f"event-{tag}.json"
         path.write_text(json.dumps(event))
         return path
 
-    def start_target(self, kind: str, event: dict, tag: str, auth: str,
-                     workers: int = 1, flashgate_flags: list[str] | None = None) -> Target:
-        secret = self.secret if auth == "token" else None
-        name = f"{kind}-{tag}"
+    def start_target(self, kind: str, setup: Setup, event: dict, tag: str, workers: int = 1,
+                     flashgate_flags: list[str] | None = None) -> Target:
+        secret = self.secret if setup.tokens else None
+        name = f"flashgate-{setup.name}-{tag}" if kind == "flashgate" else f"{kind}-{tag}"
         if kind == "nginx":
             proc, port = start_nginx(self.procs)
-            return Target("nginx", proc, port)
-        redis = start_redis(self.procs, f"redis-{name}", aof=self.s.aof)
+            return Target("nginx", setup, proc, port)
+        redis = start_redis(self.procs, f"redis-{name}", aof=setup.aof)
         event_file = self.write_event(event, name)
         if kind == "fastapi":
             proc, port = start_fastapi(self.procs, redis, event_file, self.admin_token, secret)
-            return Target("fastapi", proc, port, redis)
+            return Target("fastapi", setup, proc, port, redis)
         if self.s.flashgate_argv is None:
             raise BenchError("flashgate is not available (`flashgate serve --help` failed)")
+        flags = setup.flashgate_flags() if flashgate_flags is None else flashgate_flags
         proc, port = start_flashgate(self.procs, self.s.flashgate_argv, redis, event_file,
-                                     self.admin_token, secret, workers, flashgate_flags, name)
-        return Target("flashgate", proc, port, redis, workers)
+                                     self.admin_token, secret, workers, flags, name)
+        return Target("flashgate", setup, proc, port, redis, workers)
+
+    def start_targets(self, scenario: str, setups: list[Setup], event: dict,
+                      prepare=None) -> list[Target]:
+        """The columns of a scenario, in the order of a repetition: nginx, flashgate in
+        each configuration, the FastAPI peer. The peers get the first configuration's
+        requests (prod's when it runs)."""
+        started: list[Target] = []
+        try:
+            for kind in SCENARIO_TARGETS[scenario]:
+                if kind not in self.s.targets:
+                    continue
+                for setup in setups if kind == "flashgate" else setups[:1]:
+                    t = self.start_target(kind, setup, event, scenario, self.s.workers)
+                    started.append(t)
+                    if prepare and t.redis is not None:
+                        prepare(t)
+        except BaseException:
+            for t in started:
+                self.stop_target(t)
+            raise
+        return started
 
     def stop_target(self, t: Target) -> None:
         self.procs.stop(t.proc)
         if t.redis is not None:
             self.procs.stop(t.redis.proc)
 
-    def identity(self, user: str, auth: str) -> dict:
-        if auth == "token":
-            exp = now_ms() + 3_600_000
-            sig = hmac.new(self.secret.encode(), f"{user}.{exp}".encode(), hashlib.sha256)
-            return {"Authorization": f"Bearer {user}.{exp}.{sig.hexdigest()}"}
+    def identity(self, user: str, setup: Setup) -> dict:
+        if setup.tokens:
+            return {"Authorization": f"Bearer {self.signer.token(user)}"}
         return {"X-User-Id": user}
 
     def put_event(self, t: Target, event: dict) -> None:
@@ -182,9 +316,9 @@ class Bench:
         if status not in (200, 201):
             raise BenchError(f"{t.name}: PUT event {event['id']} answered {status}: {resp[:300]!r}")
 
-    def buy(self, t: Target, event_id: str, sku: str, user: str, auth: str) -> tuple[int, bytes]:
+    def buy(self, t: Target, event_id: str, sku: str, user: str) -> tuple[int, bytes]:
         return http("POST", f"http://{HOST}:{t.port}/api/v1/events/{event_id}/buy",
-                    {"sku": sku, "qty": 1}, self.identity(user, auth))
+                    {"sku": sku, "qty": 1}, self.identity(user, t.setup))
 
     def wait_visible(self, t: Target, event_id: str) -> None:
         """An event put through the admin API reaches every worker within a tick."""
@@ -194,19 +328,62 @@ class Bench:
                 raise BenchError(f"{t.name}: event {event_id} not visible after PUT")
             time.sleep(0.05)
 
+    # ------------------------------------------------------------ tokens
+
+    def random_pool(self, users: int) -> Path:
+        """Tokens of users u1..u<users>, one a line: signed once per bench."""
+        path = self.pools.get(users)
+        if path is None:
+            path = self.procs.workdir / f"tokens-u{users}.txt"
+            self.signer.write(path, "u", 1, users)
+            self.pools[users] = path
+        return path
+
+    def attach_pool(self, t: Target, lua: dict, seconds: float, connections: int) -> list[Path]:
+        """Adds the signed tokens of a run to its wrk arguments; returns the files to
+        delete after it. Random users: the bench's pool. New users: files of this run's
+        users, numbered on from the column's previous runs (commit needs every user
+        new), sized by the column's fastest run so far; nginx reads the random pool
+        round and round (it answers 200 to anything)."""
+        if lua.get("auth") != "token" or lua.get("limit"):
+            return []  # the memory run signs in wrk: its client's CPU is not measured
+        users = int(lua.get("users") or 0)
+        if users > 0:
+            lua["pool"] = self.random_pool(users)
+            return []
+        if t.kind == "nginx":
+            lua.update(pool=self.random_pool(self.s.users), cycle=1, first=1, per=0)
+            return []
+        rate = self.rate_seen.get(t.name, FIRST_RATE_GUESS)
+        need = int(seconds * rate * 1.3) + 2 * connections
+        threads = self.s.threads
+        per = math.ceil(need / threads)
+        first = self.next_user.get(t.name, 1)
+        self.next_user[t.name] = first + threads * per
+        base = self.procs.workdir / f"tokens-{t.name}-{self.wrk_runs}-"
+        files = []
+        for i in range(1, threads + 1):
+            path = Path(f"{base}{i}")
+            self.signer.write(path, "c", first + (i - 1) * per, per)
+            files.append(path)
+        lua.update(pool=base, first=first, per=per)
+        return files
+
     # ------------------------------------------------------------ measuring
 
-    def lua_args(self, event: dict, auth: str, **extra) -> dict:
+    def lua_args(self, event: dict, setup: Setup, **extra) -> dict:
         self.wrk_runs += 1
         args = {
             "event": event["id"],
             "skus": ",".join(s["id"] for s in event["skus"]),
             "prefix": f"r{self.wrk_runs}x",
-            "auth": auth,
+            "auth": "token" if setup.tokens else "dev",
             "seed": self.wrk_runs,
         }
-        if auth == "token":
+        if setup.tokens:
             args["secret"] = self.secret
+        if setup.xff:
+            args["xff"] = 1
         args.update(extra)
         return args
 
@@ -228,33 +405,52 @@ class Bench:
     def one_run(self, t: Target, event: dict, seconds: int, connections: int,
                 lua: dict, rep: int, flag_dir: Path | None = None) -> dict:
         t.proc.check_alive()
-        before = self.snapshot(t, event)
-        w = run_wrk(t.port, f"/api/v1/events/{event['id']}/buy", seconds, connections,
-                    self.s.threads, lua, flag_dir=flag_dir)
-        after = self.snapshot(t, event)
+        files = self.attach_pool(t, lua, seconds, connections)
+        try:
+            before = self.snapshot(t, event)
+            w = run_wrk(t.port, f"/api/v1/events/{event['id']}/buy", seconds, connections,
+                        self.s.threads, lua, flag_dir=flag_dir)
+            after = self.snapshot(t, event)
+        finally:
+            for f in files:
+                f.unlink(missing_ok=True)
+        self.rate_seen[t.name] = max(self.rate_seen.get(t.name, 0.0), w.rps)
         n = max(1, w.requests)
         statuses = w.statuses()
-        ours = after["cpu"] - before["cpu"] + after["wrk"] - before["wrk"]
+        answered = sum(statuses.values())
+        wrk_cpu = after["wrk"] - before["wrk"]
+        ours = after["cpu"] - before["cpu"] + wrk_cpu
         if t.redis is not None:
             ours += after["redis_cpu"] - before["redis_cpu"]
         elapsed = after["t"] - before["t"]
+        orders_acked = int(w.data.get("orders") or 0)
         rec = {
             "rep": rep,
             "rps": w.rps,
+            "orders_per_s": orders_acked / w.seconds if w.seconds else 0.0,
             "requests": w.requests,
             "seconds": w.seconds,
             "latency_us": w.data["latency_us"],
             "statuses": statuses,
+            # share of each HTTP status among the answers (429 = rate_limited)
+            "answers": {k: v / answered for k, v in statuses.items()} if answered else {},
             "non2xx": {k: v for k, v in statuses.items() if not k.startswith("2")},
             "codes": w.codes(),
-            "orders_acked": int(w.data.get("orders") or 0),
+            "orders_acked": orders_acked,
             "socket_errors": w.data.get("errors"),
             "sales_latency_us": w.data.get("sales"),
             "cpu_us_per_req": (after["cpu"] - before["cpu"]) * 1e6 / n,
-            "wrk_cpu_pct": (after["wrk"] - before["wrk"]) * 100 / elapsed,
+            "wrk_cpu_pct": wrk_cpu * 100 / elapsed,
+            # the client's CPU per request while it ran (init, reading token pools, excluded)
+            "wrk_cpu_us_per_req": max(0.0, wrk_cpu - w.init_cpu_s) * 1e6 / n,
+            "wrk_init_cpu_s": w.init_cpu_s,
+            "tokens_signed_live": w.signed_live,
             # busy CPU of everything else on the machine, in % of one core
             "other_cpu_pct": max(0.0, after["busy"] - before["busy"] - ours) * 100 / elapsed,
         }
+        if w.signed_live and rep >= 0 and not lua.get("limit"):
+            self.notes.append(f"{t.name}: wrk signed {w.signed_live:,} tokens during a run "
+                              "(its pool ran out): that run's client did more per request")
         if t.redis is not None:
             orders = after["sold"] - before["sold"]
             cmds = after["cmds"] - before["cmds"]
@@ -269,59 +465,78 @@ class Bench:
             })
         return rec
 
-    def summarize(self, reps: list[dict]) -> dict:
+    def summarize(self, reps: list[dict], scenario: str) -> dict:
         def col(key, sub=None):
             return [(r[key] or {}).get(sub) if sub else r.get(key) for r in reps]
 
-        rps, p99 = col("rps"), col("latency_us", "p99")
+        rps, p99, ops = col("rps"), col("latency_us", "p99"), col("orders_per_s")
         non2xx: dict[str, int] = {}
+        statuses: dict[str, int] = {}
         for r in reps:
+            for k, v in r["statuses"].items():
+                statuses[k] = statuses.get(k, 0) + v
             for k, v in r["non2xx"].items():
                 non2xx[k] = non2xx.get(k, 0) + v
             # wrk's socket errors (its "status" count is the non-2xx above)
             for k, v in (r.get("socket_errors") or {}).items():
                 if v and k != "status":
                     non2xx[k] = non2xx.get(k, 0) + v
+        answered = sum(statuses.values())
+        # commit is judged in orders/s (200s to a buy), the others in answers/s
+        rate = ops if scenario == "commit" else rps
         return {
             "rps": median(rps), "rps_min": min(rps), "rps_max": max(rps),
+            "orders_per_s": median(ops),
+            "rate": median(rate), "rate_min": min(rate), "rate_max": max(rate),
+            "rate_unit": "orders/s" if scenario == "commit" else "req/s",
             "p50_us": median(col("latency_us", "p50")),
             "p99_us": median(p99), "p99_us_min": min(p99), "p99_us_max": max(p99),
             "p999_us": median(col("latency_us", "p999")),
             "cpu_us_per_req": median(col("cpu_us_per_req")),
             "wrk_cpu_pct": median(col("wrk_cpu_pct")),
+            "wrk_cpu_us_per_req": median(col("wrk_cpu_us_per_req")),
             "other_cpu_pct": median(col("other_cpu_pct")),
             "redis_cpu_us_per_req": median(col("redis_cpu_us_per_req")),
             "redis_cmds_per_req": median(col("redis_cmds_per_req")),
             "redis_cmds_per_order": median(col("redis_cmds_per_order")),
             "redis_scripts_per_order": median(col("redis_scripts_per_order")),
             "requests": sum(col("requests")),
+            "statuses": statuses,
+            "answers": {k: v / answered for k, v in statuses.items()} if answered else {},
             "non2xx": non2xx,
+            "tokens_signed_live": sum(col("tokens_signed_live")),
         }
 
     def peak_rss(self, t: Target) -> list[int]:
         return [status_kib(p, "VmHWM") or 0 for p in t.proc.workers()]
 
-    def measure(self, scenario: str, targets: list[Target], event: dict, auth: str,
+    def row(self, scenario: str, t: Target, connections: int) -> dict:
+        """A column of the report: what ran, in which configuration; its repetitions."""
+        return {"scenario": scenario, "target": t.kind, "label": t.name,
+                "config": t.setup.name, "setup": t.setup.describe(t.kind),
+                "workers": t.workers, "connections": connections, "threads": self.s.threads,
+                "reps": []}
+
+    def measure(self, scenario: str, targets: list[Target], event: dict,
                 connections: int, lua_extra: dict) -> list[dict]:
         """Warm-up, then R repetitions alternating between the targets."""
         s = self.s
-        cfgs = {t.name: {"scenario": scenario, "target": t.name, "workers": t.workers,
-                         "connections": connections, "threads": s.threads, "auth": auth,
-                         "reps": []} for t in targets}
-        for t in targets:
+        cfgs = {t.name: self.row(scenario, t, connections) for t in targets}
+        for t in targets if s.warmup > 0 else ():
             self.log(f"  {scenario}: warm-up {t.name} ({s.warmup} s)")
-            self.one_run(t, event, s.warmup, connections, self.lua_args(event, auth, **lua_extra), -1)
+            self.one_run(t, event, s.warmup, connections,
+                         self.lua_args(event, t.setup, **lua_extra), -1)
         for rep in range(s.reps):
             for t in targets:
                 rec = self.one_run(t, event, s.duration, connections,
-                                   self.lua_args(event, auth, **lua_extra), rep)
+                                   self.lua_args(event, t.setup, **lua_extra), rep)
                 cfgs[t.name]["reps"].append(rec)
                 self.log(f"  {scenario}: {t.name} rep {rep + 1}/{s.reps}: {rec['rps']:,.0f} req/s, "
                          f"p99 {rec['latency_us']['p99'] / 1000:.2f} ms, non-2xx {rec['non2xx']}")
         out = []
         for t in targets:
             cfg = cfgs[t.name]
-            cfg["summary"] = self.summarize(cfg["reps"])
+            cfg["summary"] = self.summarize(cfg["reps"], scenario)
             cfg["peak_rss_kib"] = self.peak_rss(t)
             out.append(cfg)
         return out
@@ -332,10 +547,10 @@ class Bench:
     def audit(self, scenario: str, t: Target, event: dict, acked: int, cfgs: list[dict]) -> dict:
         res = invariants.check_event(t.redis.client(audit=True), event, acked, t.port,
                                      self.admin_token)
-        res.update({"scenario": scenario, "target": t.name})
+        res.update({"scenario": scenario, "target": t.name, "config": t.setup.name})
         self.audits.append(res)
         for cfg in cfgs:
-            if cfg["target"] == t.name:
+            if cfg["label"] == t.name:
                 cfg["invariants_ok"] = cfg.get("invariants_ok", True) and res["ok"]
         state = "passed" if res["ok"] else "FAILED: " + "; ".join(res["problems"])
         self.log(f"  {scenario}: invariants on {t.name} ({res['orders']} orders): {state}")
@@ -344,24 +559,16 @@ class Bench:
     # ------------------------------------------------------------ scenarios
 
     def run(self) -> None:
-        for auth in self.s.auth:
-            for name in self.s.scenarios:
-                self.log(f"scenario {name} (auth {auth})")
-                getattr(self, f"scenario_{name}")(auth)
+        for name in self.s.scenarios:
+            setups = self.setups_for(name)
+            self.log(f"scenario {name} ({', '.join(x.name for x in setups)})")
+            getattr(self, f"scenario_{name}")(setups)
 
-    def targets_for(self, scenario: str) -> list[str]:
-        return [t for t in SCENARIO_TARGETS[scenario] if t in self.s.targets]
-
-    def _steady(self, scenario: str, auth: str, event: dict, lua_extra: dict,
+    def _steady(self, scenario: str, setups: list[Setup], event: dict, lua_extra: dict,
                 prepare=None) -> None:
-        started: list[Target] = []
+        started = self.start_targets(scenario, setups, event, prepare)
         try:
-            for kind in self.targets_for(scenario):
-                t = self.start_target(kind, event, scenario, auth, self.s.workers)
-                started.append(t)
-                if prepare and t.redis is not None:
-                    prepare(t)
-            cfgs = self.measure(scenario, started, event, auth, self.s.connections, lua_extra)
+            cfgs = self.measure(scenario, started, event, self.s.connections, lua_extra)
             self.configs.extend(cfgs)
             for t, cfg in zip(started, cfgs, strict=True):
                 if t.redis is not None:
@@ -371,36 +578,33 @@ class Bench:
             for t in started:
                 self.stop_target(t)
 
-    def scenario_soldout(self, auth: str) -> None:
+    def buy_the_last_unit(self, t: Target, event: dict) -> None:
+        sku = event["skus"][0]["id"]
+        status, body = self.buy(t, event["id"], sku, "early-bird")
+        if status != 200:
+            raise BenchError(f"{t.name}: the pre-run buy answered {status}: {body[:300]!r}")
+
+    def scenario_soldout(self, setups: list[Setup]) -> None:
         event = make_event("soldout", [make_sku("last-one", 1)])
+        self._steady("soldout", setups, event, {"users": self.s.users},
+                     lambda t: self.buy_the_last_unit(t, event))
 
-        def buy_the_last_unit(t: Target) -> None:
-            status, body = self.buy(t, event["id"], "last-one", "early-bird", auth)
-            if status != 200:
-                raise BenchError(f"{t.name}: the pre-run buy answered {status}: {body[:300]!r}")
-
-        self._steady("soldout", auth, event, {"users": self.s.users}, buy_the_last_unit)
-
-    def scenario_commit(self, auth: str) -> None:
+    def scenario_commit(self, setups: list[Setup]) -> None:
         event = make_event("commit", [make_sku("plenty", self.s.commit_stock)])
-        self._steady("commit", auth, event, {"users": 0})
+        self._steady("commit", setups, event, {"users": 0})
 
-    def scenario_rush(self, auth: str) -> None:
+    def scenario_rush(self, setups: list[Setup]) -> None:
         s = self.s
         skus = [make_sku(f"sku{i + 1}", s.rush_stock) for i in range(s.rush_skus)]
         placeholder = make_event("rush-warm", skus)
-        started: list[Target] = []
+        started = self.start_targets("rush", setups, placeholder)
         try:
-            for kind in self.targets_for("rush"):
-                started.append(self.start_target(kind, placeholder, "rush", auth, s.workers))
-            cfgs = {t.name: {"scenario": "rush", "target": t.name, "workers": t.workers,
-                             "connections": s.connections, "threads": s.threads, "auth": auth,
-                             "reps": []} for t in started}
+            cfgs = {t.name: self.row("rush", t, s.connections) for t in started}
             events: dict[str, list[tuple[dict, int]]] = {t.name: [] for t in started}
-            for t in started:
+            for t in started if s.warmup > 0 else ():
                 self.log(f"  rush: warm-up {t.name}")
                 self.one_run(t, placeholder, s.warmup, s.connections,
-                             self.lua_args(placeholder, auth, users=s.users, views=10), -1)
+                             self.lua_args(placeholder, t.setup, users=s.users, views=10), -1)
             for rep in range(s.reps):
                 for t in started:
                     event = make_event(f"rush{rep + 1}", skus, now_ms() + 60_000)
@@ -410,7 +614,7 @@ class Bench:
                     event["starts_at_ms"] = now_ms() + s.rush_lead * 1000 + 200
                     event["ends_at_ms"] = event["starts_at_ms"] + DAY_MS
                     self.put_event(t, event)
-                    lua = self.lua_args(event, auth, users=s.users, views=10, codes=1, track=1)
+                    lua = self.lua_args(event, t.setup, users=s.users, views=10, codes=1, track=1)
                     rec = self.one_run(t, event, s.rush_lead + s.rush_run, s.connections, lua, rep)
                     rec.update(self.sellout(t, event))
                     cfgs[t.name]["reps"].append(rec)
@@ -423,7 +627,7 @@ class Bench:
             out = []
             for t in started:
                 cfg = cfgs[t.name]
-                cfg["summary"] = self.summarize(cfg["reps"])
+                cfg["summary"] = self.summarize(cfg["reps"], "rush")
                 cfg["summary"].update(self.rush_summary(cfg["reps"]))
                 cfg["peak_rss_kib"] = self.peak_rss(t)
                 out.append(cfg)
@@ -461,44 +665,47 @@ class Bench:
             "rejection_mix": mix,
         }
 
-    def scenario_scale(self, auth: str) -> None:
+    def scenario_scale(self, setups: list[Setup]) -> None:
         s = self.s
         event = make_event("scale", [make_sku("last-one", 1)])
-        for workers in s.scale_workers:
-            t = self.start_target("flashgate", event, f"scale-w{workers}", auth, workers)
-            try:
-                status, body = self.buy(t, event["id"], "last-one", "early-bird", auth)
-                if status != 200:
-                    raise BenchError(f"flashgate: the pre-run buy answered {status}: {body[:200]!r}")
-                acked = 1
-                for conns in s.scale_connections:
-                    cfgs = self.measure("scale", [t], event, auth, conns, {"users": s.users})
-                    acked += self.acked(cfgs[0])
-                    self.configs.extend(cfgs)
-                self.audit("scale", t, event, acked, [c for c in self.configs if c["scenario"] == "scale"])
-            finally:
-                self.stop_target(t)
-            self.memory(event, auth, workers)
+        for setup in setups:
+            for workers in s.scale_workers:
+                t = self.start_target("flashgate", setup, event, f"scale-w{workers}", workers)
+                try:
+                    self.buy_the_last_unit(t, event)
+                    acked = 1
+                    rows = []
+                    for conns in s.scale_connections:
+                        cfgs = self.measure("scale", [t], event, conns, {"users": s.users})
+                        acked += self.acked(cfgs[0])
+                        rows += cfgs
+                    self.configs.extend(rows)
+                    self.audit("scale", t, event, acked, rows)
+                finally:
+                    self.stop_target(t)
+                self.memory(event, setup, workers)
 
-    def memory(self, event: dict, auth: str, workers: int) -> None:
+    def memory(self, event: dict, setup: Setup, workers: int) -> None:
         """RSS per worker before and after `distinct` new users (and IPs) hit it."""
         s = self.s
         flags = s.memory_flags + s.xff_flags
-        t = self.start_target("flashgate", event, f"memory-w{workers}", auth, workers,
-                              flashgate_flags=flags or None)
+        t = self.start_target("flashgate", setup, event, f"memory-w{workers}", workers,
+                              flashgate_flags=flags)
         try:
-            self.buy(t, event["id"], "last-one", "early-bird", auth)
+            self.buy(t, event["id"], "last-one", "early-bird")
             before = {p: status_kib(p, "VmRSS") for p in t.proc.workers()}
             per_thread = -(-s.distinct // s.threads)
             cap = max(10, int(s.distinct / 5_000) + 10)  # a fixed cap; ends when all are sent
-            lua = self.lua_args(event, auth, users=0, limit=per_thread,
+            lua = self.lua_args(event, setup, users=0, limit=per_thread,
                                 xff=1 if s.xff_flags else 0)
             rec = self.one_run(t, event, cap, s.connections, lua, 0, flag_dir=self.procs.workdir)
             after = {p: status_kib(p, "VmRSS") for p in t.proc.workers()}
             hwm = {p: status_kib(p, "VmHWM") for p in t.proc.workers()}
             grew = [(after[p] or 0) - (before.get(p) or 0) for p in after]
             res = {
-                "scenario": "memory", "target": "flashgate", "workers": workers, "auth": auth,
+                "scenario": "memory", "target": "flashgate", "label": t.name,
+                "config": setup.name, "workers": workers,
+                "identity": "signed tokens" if setup.tokens else "X-User-Id",
                 "distinct_users": rec["requests"],
                 "distinct_ips": rec["requests"] if s.xff_flags else 0,
                 "flags": flags,

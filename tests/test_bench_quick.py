@@ -2,7 +2,8 @@
 
 No timing assertions: the numbers of a seconds-long run on a CI machine mean
 nothing. What must hold is that every process starts and stops, wrk's output is
-understood, the reports are written, and the sale invariants pass.
+understood, the reports are written, both configurations of flashgate (prod and dev)
+ran next to the peers, and the sale invariants pass in each.
 """
 
 import importlib.util
@@ -36,4 +37,35 @@ def test_bench_quick(tmp_path):
     assert results["audits"], "no invariant audit ran"
     assert results["invariants_ok"], results["audits"]
     assert {c["scenario"] for c in results["configs"]} >= {"soldout", "commit", "rush"}
-    assert (tmp_path / "quick.md").read_text().startswith("# flashgate benchmarks")
+    md = (tmp_path / "quick.md").read_text()
+    assert md.startswith("# flashgate benchmarks")
+
+    # soldout and commit ran flashgate in both configurations, next to both peers
+    rows = {(c["scenario"], c["label"]): c for c in results["configs"] if c.get("summary")}
+    for scenario in ("soldout", "commit"):
+        for label in ("nginx", "flashgate-prod", "flashgate-dev", "fastapi"):
+            assert (scenario, label) in rows, f"{scenario} has no {label} column"
+        prod, dev = rows[(scenario, "flashgate-prod")], rows[(scenario, "flashgate-dev")]
+        assert prod["config"] == "prod" and dev["config"] == "dev"
+        assert "--user-secret" in prod["setup"]["flags"]
+        assert "--trusted-proxies" in prod["setup"]["flags"]
+        assert "--ip-rate" not in prod["setup"]["flags"]
+        assert "--ip-rate 0 --user-rate 0" in dev["setup"]["flags"]
+        assert "appendonly yes" in prod["setup"]["redis"]
+        assert dev["setup"]["redis"] == prod["setup"]["redis"]
+        # each column's sale held up: an audit per Redis-backed column, all passed
+        for label in ("flashgate-prod", "flashgate-dev", "fastapi"):
+            audits = [a for a in results["audits"]
+                      if a["scenario"] == scenario and a["target"] == label]
+            assert audits and all(a["ok"] for a in audits), audits
+            assert rows[(scenario, label)]["invariants_ok"] is True
+        # the signed tokens were accepted, and the default limits refused (almost) no buyer
+        for row in (prod, dev, rows[(scenario, "fastapi")]):
+            statuses = row["summary"]["statuses"]
+            assert "401" not in statuses, (row["label"], statuses)
+            assert row["summary"]["answers"].get("429", 0) < 0.01, (row["label"], statuses)
+        want = "409" if scenario == "soldout" else "200"
+        assert prod["summary"]["answers"].get(want, 0) > 0.99, prod["summary"]["statuses"]
+    assert results["setups"]["prod"]["flashgate"]["limits"].startswith("defaults")
+    assert {g["config"] for g in results["goals"]} == {"prod", "dev"}
+    assert "## Configurations" in md and "## Targets" in md

@@ -3,12 +3,23 @@
 -- Options come after `--` on the wrk command line, as key=value:
 --   event=ID        event id                                  (default "bench")
 --   skus=a,b,c      SKUs to buy, one picked at random per request
---   users=N         pick buyers at random among N users; 0 = a new user per request
---   prefix=STR      prefix of user ids (keeps runs apart: "r3-")
+--   users=N         pick buyers at random among N users u1..uN; 0 = a new user per request
+--   prefix=STR      prefix of the new users' ids (keeps runs apart: "r3x")
 --   views=P         percent of requests that are event views (GET /api/v1/events/{id})
---   auth=dev|token  X-User-Id header, or a signed bearer token (HMAC-SHA256 via libcrypto)
---   secret=S        user secret for auth=token;  ttl=SECONDS token lifetime (3600)
---   xff=1           send X-Forwarded-For with a distinct client IP per new user
+--   auth=dev|token  X-User-Id header, or a signed bearer token
+--   pool=PATH       tokens signed by the harness (bench/tokens.py), one a line. With
+--                   users=N: line i is user ui's, all read at init. With users=0:
+--                   PATH<thread number> holds that thread's new users in order, user
+--                   numbers first+(thread-1)*per, +1, ...; read as they are sent
+--   first=N per=N   the numbering of a users=0 pool
+--   cycle=1         with users=0: every thread reads PATH itself, from the start again
+--                   at its end (for a server that reads no identity: nginx)
+--   secret=S        user secret for tokens signed here (HMAC-SHA256 via libcrypto): the
+--                   users of a pool-less run (random ones at init), and new users once
+--                   a pool has run out (counted: signed_live);  ttl=SECONDS their
+--                   lifetime (3600)
+--   xff=1           send X-Forwarded-For with a client IP per user: 10.x.y.z from the
+--                   user's number (also on views, from a random user's)
 --   codes=1         count the "error" code of every non-200 body (rejection mix)
 --   track=1         time every 200 by matching the order's user_id (latency of sales)
 --   limit=N         each thread stops after N requests (wrk's -d still caps the run)
@@ -16,9 +27,14 @@
 --                   caller can end wrk early (SIGINT makes wrk print its summary)
 --   seed=N          random seed (each thread adds its own number)
 --
+-- Identities are built before the run where they can be: a random user's header lines
+-- (X-User-Id, or Authorization from the pool, and X-Forwarded-For) once at init, so a
+-- request costs one table lookup and a concatenation in either identity; a new user's
+-- token is one buffered line read. init() reports its own CPU time (init_cpu_us).
+--
 -- done() prints one line "BENCH_JSON {...}" with wrk's summary, latency percentiles
--- (microseconds), responses by status, orders (200s to a buy), rejection codes and
--- the latency of sales.
+-- (microseconds), responses by status, orders (200s to a buy), rejection codes, the
+-- latency of sales, tokens signed during the run and init's CPU time.
 
 local ffi = require("ffi")
 
@@ -56,7 +72,9 @@ for i = 0, 255 do hex[i] = string.format("%02x", i) end
 local md = ffi.new("unsigned char[32]")
 local md_len = ffi.new("unsigned int[1]")
 local sha256
-local token_cache = {}
+local idents, names, xffs = {}, {}, nil -- random users: header lines, ids, XFF lines
+local seq, seq_n                          -- new users: this thread's pool file, last number
+local view_head
 local pending = {}
 
 -- per-thread results, read by done() through thread:get()
@@ -64,6 +82,8 @@ statuses = {}
 orders = 0
 codes = {}
 sales_us = {}
+signed_live = 0
+init_cpu_us = 0
 
 local function now_us()
    ffi.C.clock_gettime(1, ts) -- CLOCK_MONOTONIC
@@ -75,6 +95,20 @@ local function wall_ms()
    return tonumber(ts.tv_sec) * 1000 + math.floor(tonumber(ts.tv_nsec) / 1000000)
 end
 
+local function thread_cpu_us()
+   ffi.C.clock_gettime(3, ts) -- CLOCK_THREAD_CPUTIME_ID: init() runs on wrk's main thread
+   return tonumber(ts.tv_sec) * 1000000 + math.floor(tonumber(ts.tv_nsec) / 1000)
+end
+
+local octet = {}
+for i = 0, 255 do octet[i] = tostring(i) end
+
+-- user n's client IP, 10.x.y.z (one concatenation: cheaper than string.format)
+local function xff_of(n)
+   return "X-Forwarded-For: 10." .. octet[math.floor(n / 65536) % 256] .. "."
+      .. octet[math.floor(n / 256) % 256] .. "." .. octet[n % 256] .. "\r\n"
+end
+
 local function token(user)
    local exp = tostring(opts.expires)
    local msg = user .. "." .. exp
@@ -84,19 +118,74 @@ local function token(user)
    return msg .. "." .. table.concat(out)
 end
 
-local function identity(user)
-   if opts.auth == "token" then
-      local t = token_cache[user]
-      if not t then
-         t = token(user)
-         if users > 0 then token_cache[user] = t end
+-- the header lines of a new user: the next token of the pool, else made here
+local function new_identity()
+   if seq then
+      local tok = seq:read("*l")
+      if tok then
+         seq_n = seq_n + 1
+         local hdr = "Authorization: Bearer " .. tok .. "\r\n"
+         if opts.xff then hdr = hdr .. xff_of(seq_n) end
+         return hdr, opts.track and tok:match("^[^.]+") or nil
       end
-      return "Authorization: Bearer " .. t .. "\r\n"
+      local first = tonumber(opts.first or "1")
+      if opts.cycle and seq_n >= first then -- a server that reads no identity: again
+         seq:seek("set", 0)
+         seq_n = first - 1
+         return new_identity()
+      end
+      seq:close()
+      seq = nil
    end
-   return "X-User-Id: " .. user .. "\r\n"
+   local user = opts.prefix .. "t" .. thread_id .. "n" .. sent
+   local hdr
+   if opts.auth == "token" then
+      signed_live = signed_live + 1
+      hdr = "Authorization: Bearer " .. token(user) .. "\r\n"
+   else
+      hdr = "X-User-Id: " .. user .. "\r\n"
+   end
+   if opts.xff then hdr = hdr .. xff_of(thread_id * 4194304 + sent) end
+   return hdr, user
+end
+
+-- users 1..users: their header lines (and ids, XFF lines when needed), built once
+local function random_users()
+   local token_of
+   if opts.auth == "token" and opts.pool then
+      local f = assert(io.open(opts.pool, "rb"))
+      local u = 0
+      for line in f:lines() do
+         u = u + 1
+         idents[u] = line
+         if u == users then break end
+      end
+      f:close()
+      assert(u == users, "pool " .. opts.pool .. " has fewer than " .. users .. " tokens")
+      token_of = function(i) return idents[i] end
+   elseif opts.auth == "token" then
+      token_of = function(i) return token("u" .. i) end
+   end
+   if opts.xff and views > 0 then xffs = {} end
+   for u = 1, users do
+      local hdr
+      if token_of then
+         hdr = "Authorization: Bearer " .. token_of(u) .. "\r\n"
+      else
+         hdr = "X-User-Id: u" .. u .. "\r\n"
+      end
+      if opts.xff then
+         local x = xff_of(u)
+         hdr = hdr .. x
+         if xffs then xffs[u] = x end
+      end
+      idents[u] = hdr
+      if opts.track then names[u] = "u" .. u end
+   end
 end
 
 function init(args)
+   local cpu0 = thread_cpu_us()
    for _, a in ipairs(args) do
       local k, v = a:match("^([%w_]+)=(.*)$")
       if k then opts[k] = v end
@@ -126,7 +215,19 @@ function init(args)
       buy_tails[i] = "Content-Type: application/json\r\nContent-Length: " .. #body
          .. "\r\n\r\n" .. body
    end
-   view_req = "GET " .. path .. " HTTP/1.1\r\nHost: " .. host .. "\r\n\r\n"
+   view_head = "GET " .. path .. " HTTP/1.1\r\nHost: " .. host .. "\r\n"
+   view_req = view_head .. "\r\n"
+
+   if users > 0 then
+      random_users()
+   elseif opts.pool then
+      local per = tonumber(opts.per or "0")
+      opts.cycle = opts.cycle == "1"
+      seq = io.open(opts.cycle and opts.pool or opts.pool .. thread_id, "rb")
+      if seq then seq:setvbuf("full", 65536) end
+      seq_n = tonumber(opts.first or "1") + (thread_id - 1) * per - 1
+   end
+   init_cpu_us = thread_cpu_us() - cpu0
 end
 
 function request()
@@ -139,22 +240,19 @@ function request()
       wrk.thread:stop()
    end
    if views > 0 and math.random(100) <= views then
+      if xffs then return view_head .. xffs[math.random(users)] .. "\r\n" end
       return view_req
    end
-   local user, extra
+   local hdr, user
    if users > 0 then
-      user = opts.prefix .. "u" .. math.random(users)
+      local u = math.random(users)
+      hdr, user = idents[u], names[u]
    else
-      user = opts.prefix .. "t" .. thread_id .. "n" .. sent
-   end
-   if opts.xff then
-      local n = thread_id * 4194304 + sent
-      extra = string.format("X-Forwarded-For: 10.%d.%d.%d\r\n",
-         math.floor(n / 65536) % 256, math.floor(n / 256) % 256, n % 256)
+      hdr, user = new_identity()
    end
    local i = math.random(#skus)
-   if opts.track then pending[user] = now_us() end
-   return buy_heads[i] .. identity(user) .. (extra or "") .. buy_tails[i]
+   if user and opts.track then pending[user] = now_us() end
+   return buy_heads[i] .. hdr .. buy_tails[i]
 end
 
 function response(status, headers, body)
@@ -201,9 +299,11 @@ local function encode(v)
 end
 
 function done(summary, latency, requests)
-   local st, cd, sales, sold = {}, {}, {}, 0
+   local st, cd, sales, sold, live, init_us = {}, {}, {}, 0, 0, 0
    for _, t in ipairs(threads) do
       sold = sold + (t:get("orders") or 0)
+      live = live + (t:get("signed_live") or 0)
+      init_us = init_us + (t:get("init_cpu_us") or 0)
       for k, v in pairs(t:get("statuses") or {}) do
          st[tostring(k)] = (st[tostring(k)] or 0) + v
       end
@@ -231,6 +331,8 @@ function done(summary, latency, requests)
       codes = cd,
       sales = { count = #sales, p50 = pct(50), p99 = pct(99), p999 = pct(99.9),
                 max = sales[#sales] },
+      signed_live = live,
+      init_cpu_us = init_us,
    }
    io.write("BENCH_JSON " .. encode(out) .. "\n")
 end
