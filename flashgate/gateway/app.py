@@ -144,22 +144,6 @@ class Gateway:
 
     # -- state ----------------------------------------------------------------
 
-    @property
-    def loaded(self) -> bool:
-        return self.refresher.loaded
-
-    @property
-    def events(self) -> dict:
-        return self.runtimes.events
-
-    @property
-    def queued(self) -> int:
-        return self.path.queued
-
-    @property
-    def waiting(self) -> int:
-        return self.path.waiting
-
     def ready(self) -> bool:
         return (self.refresher.loaded and self.conn.connected and self.path.clock_ok
                 and not self.draining)

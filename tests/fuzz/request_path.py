@@ -503,7 +503,7 @@ class RequestPath:
 
     def check(self, plan: Plan) -> Outcome:
         if (self.reset_every and self.since_reset >= self.reset_every) or (
-            self.max_events and len(self.gateway.events) > self.max_events
+            self.max_events and len(self.gateway.runtimes.events) > self.max_events
         ):
             self.reset()
         self.inputs += 1
@@ -589,13 +589,12 @@ class RequestPath:
         me = asyncio.current_task()
 
         def quiet() -> bool:
-            if gw.queued or gw.waiting or getattr(gw, "_flights", 0) or getattr(
-                gw, "_flush_scheduled", False
-            ):
+            if (gw.path.queued or gw.path.waiting or gw.committer.flights
+                    or gw.path.flush_scheduled):
                 return False
             if not all(f.done() for f in rec.futures):
                 return False
-            background = set(getattr(gw, "_tasks", ()))
+            background = set(gw._tasks)
             background.add(getattr(conn, "_reconnect_task", None))
             background.add(me)
             return all(t in background or t.done() for t in asyncio.all_tasks(loop))
