@@ -152,11 +152,13 @@ class Client:
         return b"".join(parts)
 
     def until_eof(self) -> bytes:
-        """What the server sends until it closes the connection (a close-delimited body)."""
+        """What the server sends until it closes the connection (a close-delimited body);
+        then closes the socket, as a client does on EOF."""
         while True:
             chunk = self.sock.recv(65536)
             if not chunk:
                 data, self.buf = self.buf, b""
+                self.sock.close()
                 return data
             self.buf += chunk
 
