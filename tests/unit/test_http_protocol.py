@@ -1004,6 +1004,24 @@ def test_a_stream_closed_before_its_turn_is_written_whole_when_it_comes():
     run(main())
 
 
+def test_pipelined_streams_take_their_turns():
+    async def main():
+        app = StreamApp()
+        proto, transport, _ = stream_protocol(app)
+        proto.data_received(req("/stream") + req("/stream?early") + req("/b"))
+        first, second = app.streams
+        assert second.send(b"2") and second.buffered == 6  # waits for the first to end
+        assert first.send(b"1") and transport.writes == [HEAD_OUT, b"1\r\n1\r\n"]
+        first.close()
+        assert transport.writes[-1] == LAST_CHUNK + HEAD_OUT + b"6\r\nearly2\r\n"
+        assert second.send(b"3") and transport.writes[-1] == b"1\r\n3\r\n"
+        second.close()
+        assert transport.writes[-1] == LAST_CHUNK + answer("/b")
+        assert app.ended == [(0, "closed"), (1, "closed")]
+
+    run(main())
+
+
 def test_a_stream_returned_by_a_coroutine():
     async def main():
         app = StreamApp()
