@@ -16,12 +16,17 @@ work is done here:
 ``HttpProtocol`` (bottom of the file) is a Python subclass of the compiled
 ``HttpProtocolCore`` and of ``asyncio.Protocol``, so ``isinstance`` checks and
 ``asyncio`` transports see an ordinary protocol; it adds no state.
+
+The answers an app may give besides bytes are compiled here too: ``Pending`` (an
+answer given later) and ``Stream`` (a response written frame by frame, rule 9).
 """
 
 import asyncio
 import collections
 import logging
 
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+from libc.string cimport memcpy
 
 from httptools import HttpParserError, parse_url
 
@@ -33,6 +38,7 @@ from flashgate.gateway.protocol import (
     _CONTINUE,
     _FIX_CLOSE as _PY_FIX_CLOSE,
     _FIX_HEAD as _PY_FIX_HEAD,
+    _FIX_HTTP10 as _PY_FIX_HTTP10,
     _FIX_KEEP as _PY_FIX_KEEP,
     _PARSE_ERRORS,
     _RESP_500,
@@ -43,12 +49,15 @@ from flashgate.gateway.protocol import (
     HttpLimits,
     Request,
     _apply_fix,
+    _check_stream_head,
     error_response,
 )
 
 # ConnectionRegistry and HttpLimits are re-exported, so that a worker switches with
 # one import line: from flashgate.gateway._protocol import ConnectionRegistry, ...
-__all__ = ["ConnectionRegistry", "HttpLimits", "HttpProtocol", "HttpProtocolCore", "Pending"]
+__all__ = [
+    "ConnectionRegistry", "HttpLimits", "HttpProtocol", "HttpProtocolCore", "Pending", "Stream",
+]
 
 log = logging.getLogger("flashgate.http")
 
@@ -67,6 +76,7 @@ cdef int SLOW_FLAGS = ~F_CONTENT_LENGTH
 cdef int FIX_CLOSE = _PY_FIX_CLOSE
 cdef int FIX_KEEP = _PY_FIX_KEEP
 cdef int FIX_HEAD = _PY_FIX_HEAD
+cdef int FIX_HTTP10 = _PY_FIX_HTTP10
 
 # The parser's method constants: the hot path tests identity, as protocol.py does.
 cdef object GET = _http._METHODS[0]
@@ -82,6 +92,16 @@ cdef double LINGER = LINGER_SECONDS
 cdef object ensure_future = asyncio.ensure_future
 cdef object deque = collections.deque
 
+# Why a Stream ended (the reason given to its on_close; compared by identity here).
+cdef str CLOSED = "closed"  # the app's close(), or a HEAD request (the head was all)
+cdef str OVERFLOW = "overflow"  # a frame would have passed max_buffer: the subscriber is dropped
+cdef str DISCONNECT = "disconnect"  # the connection was lost
+cdef str SHUTDOWN = "shutdown"  # the server drains (ConnectionRegistry.close_idle)
+
+cdef bytes TE_CHUNKED = b"Transfer-Encoding: chunked\r\n"
+cdef bytes LAST_CHUNK = b"0\r\n\r\n"
+cdef const char *HEX = b"0123456789abcdef"
+
 
 # ------------------------------------------------------------------- parser buffer
 
@@ -90,12 +110,13 @@ cdef inline Py_ssize_t _buffered(RequestParser parser):
     return len(parser._data) - parser._pos
 
 
-cdef bytes _result_of(object fut):
+cdef object _result_of(object fut):
+    """A completed future's answer: its bytes, a ``Stream``, or the 500 answer."""
     if fut.cancelled() or fut.exception() is not None:
         return RESP_500
     res = fut.result()
-    if type(res) is bytes:
-        return <bytes>res
+    if type(res) is bytes or type(res) is Stream:
+        return res
     if isinstance(res, (bytearray, memoryview)):
         return bytes(res)
     log.error("request handler resolved to %r, not bytes", type(res))
@@ -151,6 +172,168 @@ cdef class Pending:
             if self._value is not None:
                 self._waiter.set_result(self._value)
         return self._waiter.__await__()
+
+
+# ------------------------------------------------------------------- streams
+
+
+cdef bytes _chunk(bytes data):
+    """``data`` as one HTTP/1.1 chunk: hex size, CRLF, data, CRLF (one copy)."""
+    cdef Py_ssize_t n = len(data)
+    cdef Py_ssize_t digits = 1
+    cdef size_t v = <size_t>n >> 4
+    while v:
+        digits += 1
+        v >>= 4
+    cdef bytes frame = PyBytes_FromStringAndSize(NULL, digits + n + 4)
+    cdef char *p = PyBytes_AS_STRING(frame)
+    cdef Py_ssize_t i = digits - 1
+    v = <size_t>n
+    while i >= 0:
+        p[i] = HEX[v & 15]
+        v >>= 4
+        i -= 1
+    p[digits] = 13
+    p[digits + 1] = 10
+    memcpy(p + digits + 2, PyBytes_AS_STRING(data), n)
+    p[digits + 2 + n] = 13
+    p[digits + 3 + n] = 10
+    return frame
+
+
+cdef class Stream:
+    """A response written frame by frame (rule 9 of protocol.py): return it from
+    ``app.handle`` like any answer, then ``send`` frames and ``close`` it.
+
+    ``head`` is the status line and header fields, ending with the empty line, with
+    no Content-Length, Transfer-Encoding or Connection (``build_stream_head`` makes
+    one): the connection frames the body as chunks for HTTP/1.1 and by closing the
+    connection for HTTP/1.0; for a HEAD request it writes the head alone and the
+    stream ends at once. ``max_buffer`` bounds the bytes the stream has queued and
+    not yet handed to the kernel; ``on_close(stream, reason)`` is called once, in
+    the call that ends the stream, with ``"closed"``, ``"overflow"``,
+    ``"disconnect"`` or ``"shutdown"``."""
+
+    cdef bytes _head  # the app's head, unframed
+    cdef readonly Py_ssize_t max_buffer
+    cdef object _on_close  # cleared once called
+    cdef HttpProtocolCore _proto  # the connection, from attachment until the stream ends
+    cdef int _fix  # the connection's rewrites for the head (FIX_*)
+    cdef list _frames  # payloads sent before the stream reached the head of its queue
+    cdef Py_ssize_t _buffered  # their total size
+    cdef bint _attached  # returned as the answer to a request (once only)
+    cdef bint _live  # its head is written: frames go straight to the transport
+    cdef bint _chunked  # framed as chunks (HTTP/1.1), else close-delimited (HTTP/1.0)
+    cdef object _reason  # None while open, else why it ended (one of the str above)
+
+    def __init__(self, head, Py_ssize_t max_buffer=256 * 1024, on_close=None):
+        if max_buffer < 1:
+            raise ValueError("max_buffer must be at least 1")
+        if on_close is not None and not callable(on_close):
+            raise TypeError("on_close must be callable or None")
+        self._head = _check_stream_head(head)
+        self.max_buffer = max_buffer
+        self._on_close = on_close
+        self._proto = None
+        self._fix = 0
+        self._frames = []
+        self._buffered = 0
+        self._attached = self._live = False
+        self._chunked = True
+        self._reason = None
+
+    @property
+    def closed(self):
+        """True once the stream has ended (``send`` refuses frames from then on)."""
+        return self._reason is not None
+
+    @property
+    def reason(self):
+        """Why the stream ended, or None while it is open."""
+        return self._reason
+
+    @property
+    def buffered(self):
+        """Payload bytes held by the stream until it reaches the head of its queue."""
+        return self._buffered
+
+    def send(self, data):
+        """Queue one frame; False (nothing queued) once the stream has ended, or when
+        this frame would pass ``max_buffer`` (the stream then ends with "overflow" and
+        its connection is aborted). An empty frame is a no-op. Never blocks."""
+        if self._reason is not None:
+            return False
+        if type(data) is not bytes:
+            if not isinstance(data, (bytearray, memoryview)):
+                raise TypeError(f"a frame is bytes, not {type(data).__name__}")
+            data = bytes(data)
+        cdef Py_ssize_t n = len(<bytes>data)
+        if n == 0:
+            return True  # (an empty chunk would end the body)
+        if self._live:
+            transport = self._proto._transport
+            frame = _chunk(<bytes>data) if self._chunked else data
+            if transport.get_write_buffer_size() + len(frame) > self.max_buffer:
+                self._end(OVERFLOW)
+                return False
+            transport.write(frame)
+            return True
+        if self._buffered + n > self.max_buffer:
+            self._end(OVERFLOW)
+            return False
+        self._frames.append(data)
+        self._buffered += n
+        return True
+
+    def close(self):
+        """End the stream normally: what it queued is still written, then the last
+        chunk (HTTP/1.1; the connection carries on) or the connection's close
+        (HTTP/1.0). Idempotent."""
+        self._end(CLOSED)
+
+    def __repr__(self):
+        state = "open" if self._reason is None else self._reason
+        return f"<Stream {self._head[9:12].decode('latin-1')} {state}>"
+
+    cdef int _end(self, str reason) except -1:
+        """End the stream once: tell its connection, then ``on_close``."""
+        if self._reason is not None:
+            return 0
+        self._reason = reason
+        proto = self._proto
+        self._proto = None
+        if proto is not None and not proto._closed:
+            try:
+                if reason is OVERFLOW:
+                    self._frames = []
+                    self._buffered = 0
+                    proto._drop()
+                elif self._live:
+                    proto._stream_done(self)
+                # (otherwise it is still queued: its frames go out when it gets there)
+            except Exception:  # the connection's trouble, never the caller's
+                log.exception("ending a stream failed")
+        elif reason is not CLOSED and reason is not SHUTDOWN:
+            self._frames = []
+            self._buffered = 0
+        callback = self._on_close
+        if callback is not None:
+            self._on_close = None
+            try:
+                callback(self, reason)
+            except Exception:
+                log.exception("a stream's on_close failed")
+        return 0
+
+    cdef bytes _framed_head(self, int fix):
+        """The head as written: the framing header, then the connection's rewrites."""
+        head = self._head
+        if self._chunked:
+            cut = head.find(b"\r\n") + 2
+            head = head[:cut] + TE_CHUNKED + head[cut:]
+        if fix & (FIX_CLOSE | FIX_KEEP):
+            head = _apply_fix(head, fix)
+        return head
 
 
 # ------------------------------------------------------------------- protocol
@@ -267,12 +450,17 @@ cdef class HttpProtocolCore:
         # (their done callback sees _closed and only logs failures).
         self._closed = self._closing = True
         self._registry._conns.discard(self)
-        self._queue.clear()
+        queue = self._queue
+        streams = [entry for entry in queue if type(entry) is Stream] if queue else None
+        queue.clear()
         self._out.clear()
         self._state = 0
         self._deadline = 0.0
         self._req = None
         self._parser = None  # drop the buffered input
+        if streams:
+            for stream in streams:
+                (<Stream>stream)._end(DISCONNECT)
 
     def eof_received(self):
         self._peer_eof = True
@@ -393,10 +581,10 @@ cdef class HttpProtocolCore:
         """The unusual parts of a head; 0 when it is refused."""
         if req.method == b"HEAD":
             self._fix |= FIX_HEAD
-        if not req.keep_alive:
+        if flags & F_HTTP10:  # (and keep-alive only if it asked for it)
+            self._fix |= FIX_HTTP10 | (FIX_KEEP if req.keep_alive else FIX_CLOSE)
+        elif not req.keep_alive:
             self._fix |= FIX_CLOSE
-        elif flags & F_HTTP10:  # an HTTP/1.0 client that asked for keep-alive
-            self._fix |= FIX_KEEP
         if not flags & F_NOT_ORIGIN:
             return 1  # origin-form: path and query are the parser's
         target = self._parser.target
@@ -514,7 +702,11 @@ cdef class HttpProtocolCore:
                 entry = pending
             else:
                 entry = _apply_fix(pending._value, fix) if fix else pending._value
-        elif type(answer) is bytes or isinstance(answer, (bytearray, memoryview)):
+        elif type(answer) is bytes:
+            entry = _apply_fix(answer, fix) if fix else answer
+        elif type(answer) is Stream:
+            entry = self._adopt(<Stream>answer, fix)
+        elif isinstance(answer, (bytearray, memoryview)):
             entry = _apply_fix(bytes(answer), fix) if fix else bytes(answer)
         else:
             try:
@@ -532,7 +724,36 @@ cdef class HttpProtocolCore:
         queue.append(entry)
         if len(queue) > self._max_pipeline and not self._rpaused:
             self._update_reading()
+        if len(queue) == 1 and type(entry) is Stream:
+            self._drain()  # a stream at the head: its head goes out now (rule 9)
         return 0
+
+    cdef object _adopt(self, Stream stream, int fix):
+        """Attach a Stream returned as an answer; the entry to queue for it: the
+        stream, or the bytes that answer it whole (HEAD, or a 500 for a reused one)."""
+        if stream._attached:
+            log.error("request handler returned a Stream that already answered a request")
+            return _apply_fix(RESP_500, fix) if fix else RESP_500
+        stream._attached = True
+        stream._chunked = not fix & FIX_HTTP10
+        if fix & FIX_HEAD:  # the head is the whole answer
+            stream._frames = []
+            stream._buffered = 0
+            stream._end(CLOSED)
+            return stream._framed_head(fix)
+        if not stream._chunked:  # HTTP/1.0: the body ends with the connection
+            fix |= FIX_CLOSE
+            if not self._closing:
+                self._closing = True
+                self._update_reading()
+        stream._fix = fix
+        if stream._reason is None:
+            stream._proto = self
+            if self._conn_fix & FIX_CLOSE:  # the server drains: no stream may start
+                stream._end(SHUTDOWN)
+        elif stream._reason is OVERFLOW:  # overflowed before it was returned
+            self._drop()
+        return stream
 
     def _answer_ready(self):
         # a Pending this connection owes was resolved
@@ -546,6 +767,8 @@ cdef class HttpProtocolCore:
             exc = fut.exception()
             if exc is not None:
                 log.error("request handler failed", exc_info=exc)
+            elif type(fut.result()) is Stream and self._closed:
+                (<Stream>fut.result())._end(DISCONNECT)  # its client left before it began
         if self._closed:
             return
         self._drain()
@@ -565,11 +788,19 @@ cdef class HttpProtocolCore:
                 if fix:
                     entry = _apply_fix(entry, fix)
             elif type(entry) is not bytes:
+                if type(entry) is Stream:
+                    if self._stream_at_head(<Stream>entry, out):
+                        break  # it writes on its own until it ends
+                    queue.popleft()
+                    continue
                 fut = (<tuple>entry)[0]
                 fix = (<tuple>entry)[1]
                 if not fut.done():
                     break
                 entry = _result_of(fut)
+                if type(entry) is Stream:
+                    queue[0] = self._adopt(<Stream>entry, fix)
+                    continue
                 if fix:
                     entry = _apply_fix(entry, fix)
             out.append(entry)
@@ -579,6 +810,48 @@ cdef class HttpProtocolCore:
         if out:
             self._last_rx = self._registry.now  # keep-alive idle time starts now
             self._write_out()
+        return 0
+
+    cdef int _stream_at_head(self, Stream stream, list out) except -1:
+        """``stream`` heads the queue: put its head and buffered frames in ``out``.
+        1 while it stays at the head (now live, or dropped), 0 once all of it is out."""
+        if stream._live or stream._reason is OVERFLOW:
+            return 1
+        cdef bint chunked = stream._chunked
+        out.append(stream._framed_head(stream._fix))
+        if stream._buffered:
+            data = b"".join(stream._frames)
+            out.append(_chunk(data) if chunked else data)
+        stream._frames = []
+        stream._buffered = 0
+        if stream._reason is None:
+            stream._live = True
+            return 1
+        if chunked:  # it ended before it got here (closed by the app, or the drain)
+            out.append(LAST_CHUNK)
+        return 0
+
+    cdef int _stream_done(self, Stream stream) except -1:
+        """The live stream at the head of the queue ended normally: end its body and
+        let the answers behind it go."""
+        queue = self._queue
+        if not queue or queue[0] is not stream:  # (cannot happen: a live stream heads it)
+            log.error("a live stream was not at the head of its connection's queue")
+            return 0
+        queue.popleft()
+        if stream._chunked:
+            self._out.append(LAST_CHUNK)
+        self._last_rx = self._registry.now
+        self._drain()  # one write; it finishes the connection if that was the last answer
+        if not stream._chunked:
+            self._finish()  # close-delimited: the FIN ends the body (nothing queued behind)
+        return 0
+
+    cdef int _drop(self) except -1:
+        """A stream overflowed its bound: its client is cut off, with whatever else the
+        connection owed (connection_lost follows)."""
+        self._closing = True
+        self._transport.abort()
         return 0
 
     cdef int _write_out(self) except -1:
@@ -675,6 +948,13 @@ cdef class HttpProtocolCore:
     def _close_when_idle(self):
         if self._closed or self._lingering:
             return
+        # No stream may start from now on; the open ones end (last chunk sent), so
+        # the drain is not held up by a response that never ends.
+        self._conn_fix |= FIX_CLOSE
+        if self._queue:
+            self._end_streams(SHUTDOWN)
+            if self._closed or self._lingering:
+                return
         if self._state:
             # Mid-request: its answer will carry Connection: close and end it.
             self._conn_fix |= FIX_CLOSE
@@ -689,6 +969,8 @@ cdef class HttpProtocolCore:
                 queue[last] = _apply_fix(tail, FIX_CLOSE)
             elif type(tail) is Pending:
                 (<Pending>tail)._fix |= FIX_CLOSE
+            elif type(tail) is Stream:  # (ended above; not begun, or it was not the tail)
+                (<Stream>tail)._fix |= FIX_CLOSE
             else:
                 queue[last] = (tail[0], tail[1] | FIX_CLOSE)
             self._closing = True
@@ -696,6 +978,13 @@ cdef class HttpProtocolCore:
         elif not self._closing:
             self._closing = True
             self._transport.close()
+
+    cdef int _end_streams(self, str reason) except -1:
+        """End every stream this connection owes, in order."""
+        for entry in tuple(self._queue):
+            if type(entry) is Stream:
+                (<Stream>entry)._end(reason)
+        return 0
 
     def _is_busy(self):
         if self._closed:

@@ -7,8 +7,8 @@ One ``HttpProtocol`` per TCP (or unix) connection; the class is compiled Cython
 (``_protocol.pyx``, typed state and ``cdef`` methods) and is imported from here, with
 the helpers below that it shares. It knows nothing of routing: it
 turns bytes into ``Request`` objects, hands each to ``app.handle(request)`` and
-writes back the complete response bytes the app returns. Everything follows from a
-handful of rules:
+writes back the complete response bytes the app returns, or the frames of a
+``Stream`` it returns (rule 9). Everything follows from a handful of rules:
 
 1. **One sans-IO parser, pulled.** ``data_received`` feeds the chunk to a
    ``_http.RequestParser`` (strict RFC 9112, proven against llhttp: see
@@ -21,7 +21,8 @@ handful of rules:
 2. **Answers leave in request order.** An answer is either ready (``bytes``) or
    pending: a ``Pending`` (the purchase path's: resolved with ``set_result``, which
    tells the connection in the call) or any other awaitable (wrapped in a future,
-   whose done callback runs on a later loop turn). Ready answers go to ``_out``
+   whose done callback runs on a later loop turn; it may resolve to a ``Stream``).
+   A ``Stream`` is an answer that stays open (rule 9). Ready answers go to ``_out``
    while ``_queue`` is empty; once one pending answer sits in ``_queue`` every later
    answer, ready or not, queues behind it. A pending answer resolving drains
    ``_queue`` from the head up to the first answer still pending.
@@ -57,7 +58,8 @@ handful of rules:
 7. **Answers are the app's bytes, untouched, except in rare cases** flagged per
    request in ``_fix``: ``Connection: close`` is added when the request ends the
    connection, ``Connection: keep-alive`` for an HTTP/1.0 client that asked for
-   it, and the body is cut off for HEAD.
+   it, and the body is cut off for HEAD. (A Stream's head also gets its framing
+   header, rule 9.)
 
 8. **A load balancer's PROXY header comes first.** On a connection whose socket
    peer is in ``limits.proxy_protocol_from``, the bytes before the first request
@@ -66,6 +68,28 @@ handful of rules:
    the connection is idle like any other); the header's client address
    replaces ``peer_ip`` (a v2 LOCAL health check keeps the socket's); what follows
    goes to the parser. A missing or invalid header is refused like malformed input.
+
+9. **A Stream is an answer written frame by frame, in its turn.** ``Stream(head,
+   max_buffer, on_close)`` is queued like any answer (rule 2) and stays in ``_queue``
+   until it ends, so answers to requests pipelined after it wait behind it. Frames
+   ``send()`` before it heads the queue collect in the stream (``_frames``); when it
+   gets there its head (plus ``Transfer-Encoding: chunked``) and those frames join
+   ``_out``, and from then on (``_live``) each ``send()`` writes one chunk straight to
+   the transport: no await, one copy. ``close()`` writes the last chunk and drains
+   ``_queue`` behind it, so a keep-alive connection carries on. For HTTP/1.0 (flag
+   ``_FIX_HTTP10``) the body is close-delimited: the head says ``Connection: close``,
+   parsing stops (``_closing``) and the connection finishes (rule 4) when the stream
+   ends. A HEAD request gets the head alone; the stream ends at once. Bound: the
+   bytes a stream holds (its ``_frames``, then the transport's whole write buffer
+   while it is the one writing) plus the new frame never pass ``max_buffer``; a
+   frame that would is refused, the connection is aborted and the stream ends with
+   "overflow" - one slow reader is dropped, never waited for. An open stream keeps
+   ``_queue`` non-empty, so it is busy for the sweep (rule 5, no keep-alive close)
+   and for ``busy_count``; ``close_idle`` ends it ("shutdown", last chunk sent) and
+   refuses streams that begin afterwards, so a drain completes; ``connection_lost``
+   ends it ("disconnect"). ``on_close(stream, reason)`` runs once, synchronously, in
+   the call that ended the stream. Only code paths that meet a non-bytes answer
+   look for a Stream: a bytes answer pays nothing for them.
 
 States of the message in progress (``_state``): 0 = between requests, 1 = head
 (request line and headers), 2 = body. ``connection_lost`` drops owed answers but
@@ -108,14 +132,16 @@ __all__ = [
     "HttpLimits",
     "HttpProtocol",
     "Request",
+    "Stream",
     "build_response",
+    "build_stream_head",
     "error_response",
 ]
 
 log = logging.getLogger("flashgate.http")
 
 if TYPE_CHECKING:
-    from flashgate.gateway._protocol import HttpProtocol
+    from flashgate.gateway._protocol import HttpProtocol, Stream
 
 ADMIN_PREFIX = "/api/v1/admin/"
 
@@ -233,6 +259,51 @@ def error_response(
     return build_response(status, body, headers=headers, close=close)
 
 
+def build_stream_head(
+    status: int = 200,
+    content_type: bytes | None = b"text/event-stream",
+    headers: tuple | list = (),
+) -> bytes:
+    """The head of a streamed response, for ``Stream(head)``.
+
+    Status line, ``Content-Type`` (unless None) and the extra ``headers`` (pairs of
+    bytes), ending with the empty line; no ``Content-Length``: the connection adds
+    the framing (``Transfer-Encoding: chunked``, or ``Connection: close`` for an
+    HTTP/1.0 client). ``headers`` must not name Content-Length, Transfer-Encoding or
+    Connection.
+    """
+    parts = [_status_line(status)]
+    if content_type is not None:
+        parts.append(b"Content-Type: " + _check_field(content_type) + b"\r\n")
+    for name, value in headers:
+        parts.append(_check_field(name) + b": " + _check_field(value) + b"\r\n")
+    parts.append(b"\r\n")
+    return _check_stream_head(b"".join(parts))
+
+
+# Header fields a stream's head must leave to the connection (its framing).
+_STREAM_FRAMING_FIELDS = (b"\r\ncontent-length:", b"\r\ntransfer-encoding:", b"\r\nconnection:")
+
+
+def _check_stream_head(head) -> bytes:
+    """``head`` as bytes, if it can start a streamed response; else ValueError/TypeError."""
+    if not isinstance(head, (bytes, bytearray, memoryview)):
+        raise TypeError(f"a stream's head is bytes, not {type(head).__name__}")
+    head = bytes(head)
+    if not head.startswith(b"HTTP/1.1 ") or head.find(b"\r\n\r\n") != len(head) - 4:
+        raise ValueError("a stream's head is an HTTP/1.1 status line and header fields, "
+                         "ending with an empty line")
+    code = head[9:12]
+    if len(code) != 3 or not code.isdigit() or code[:1] == b"1" or code in (b"204", b"304"):
+        raise ValueError(f"a stream needs a status that has a body, not {code!r}")
+    lowered = head.lower()
+    for field in _STREAM_FRAMING_FIELDS:
+        if field in lowered:
+            raise ValueError(f"a stream's head must not carry {field[2:-1].decode()!r}: "
+                             "the connection frames the stream")
+    return head
+
+
 _RESP_500 = error_response(500, "internal", "internal error")
 _RESP_503 = error_response(
     503, "unavailable", "too many connections", headers=((b"Retry-After", b"1"),), close=True
@@ -243,6 +314,7 @@ _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _FIX_CLOSE = 1  # add "Connection: close"; the connection ends after this answer
 _FIX_KEEP = 2  # add "Connection: keep-alive" (HTTP/1.0 client that asked for it)
 _FIX_HEAD = 4  # HEAD request: drop the body, keep the Content-Length
+_FIX_HTTP10 = 8  # HTTP/1.0 request (no rewrite: a Stream answer is close-delimited, not chunked)
 
 
 def _apply_fix(answer: bytes, fix: int) -> bytes:
@@ -339,6 +411,8 @@ class ConnectionRegistry:
 
         A connection that is busy is marked so that it closes as soon as it has
         answered what it is working on (its last answer says ``Connection: close``).
+        Open streams end at once (reason "shutdown", their last chunk written) and no
+        new one may begin, so every connection gets there.
         """
         for proto in tuple(self._conns):
             proto._close_when_idle()
@@ -352,11 +426,11 @@ class ConnectionRegistry:
 
 
 def __getattr__(name: str):
-    # ``HttpProtocol`` is the compiled state machine of _protocol.pyx, which imports
-    # this module's helpers: resolving it on first use keeps the import acyclic.
-    if name == "HttpProtocol":
-        from flashgate.gateway._protocol import HttpProtocol
+    # ``HttpProtocol`` and ``Stream`` are compiled (_protocol.pyx), and that module
+    # imports this one's helpers: resolving them on first use keeps the import acyclic.
+    if name in ("HttpProtocol", "Stream"):
+        from flashgate.gateway import _protocol
 
-        globals()["HttpProtocol"] = HttpProtocol
-        return HttpProtocol
+        value = globals()[name] = getattr(_protocol, name)
+        return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

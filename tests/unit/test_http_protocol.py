@@ -1,23 +1,22 @@
-"""HttpProtocol: a real uvloop server on 127.0.0.1:0 driven by raw sockets, plus
-sans-socket tests that feed a protocol through a fake transport."""
+"""HttpProtocol: a real uvloop server on 127.0.0.1:0 driven by raw sockets
+(``tests/http_support.py``), plus sans-socket tests that feed a protocol through a
+fake transport."""
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import ipaddress
 import logging
 import select
 import socket
 import struct
-import threading
 import time
 
 import orjson
 import pytest
 import uvloop
-from flashgate.gateway._protocol import Pending
 
+from flashgate.gateway._protocol import Pending, Stream
 from flashgate.gateway.clientip import Networks
 from flashgate.gateway.protocol import (
     ConnectionRegistry,
@@ -25,9 +24,11 @@ from flashgate.gateway.protocol import (
     HttpProtocol,
     Request,
     build_response,
+    build_stream_head,
     error_response,
 )
 from flashgate.gateway.proxyproto import V2_SIGNATURE
+from tests.http_support import Client, req, serving, wait_until
 
 # --------------------------------------------------------------------------- test app
 
@@ -97,148 +98,9 @@ class EchoApp:
         raise RuntimeError("secret-internal-detail")
 
 
-# --------------------------------------------------------------------------- server
-
-
-class ServerThread:
-    """A uvloop event loop in a thread, serving HttpProtocol on 127.0.0.1:0."""
-
-    def __init__(self, app, limits: HttpLimits, interval: float = 0.05) -> None:
-        self.app = app
-        self.loop = uvloop.new_event_loop()
-        self.loop_errors: list[dict] = []
-        self.loop.set_exception_handler(lambda loop, ctx: self.loop_errors.append(ctx))
-        self.registry = ConnectionRegistry(interval=interval)
-        ready = threading.Event()
-
-        async def start() -> None:
-            self.registry.start(self.loop)
-            self.server = await self.loop.create_server(
-                lambda: HttpProtocol(app, limits, self.registry), "127.0.0.1", 0
-            )
-            self.port = self.server.sockets[0].getsockname()[1]
-
-        def run() -> None:
-            asyncio.set_event_loop(self.loop)
-            self.loop.run_until_complete(start())
-            ready.set()
-            self.loop.run_forever()
-            self.registry.stop()
-            self.server.close()
-            for proto in self.registry:
-                proto._transport.abort()
-            self.loop.run_until_complete(asyncio.sleep(0.01))
-            self.loop.close()
-
-        self.thread = threading.Thread(target=run, daemon=True)
-        self.thread.start()
-        assert ready.wait(5), "server did not start"
-
-    def call(self, fn):
-        """Run fn() on the loop thread and return its result."""
-        done: concurrent.futures.Future = concurrent.futures.Future()
-
-        def wrapper() -> None:
-            try:
-                done.set_result(fn())
-            except BaseException as exc:  # pragma: no cover - surfaced to the test
-                done.set_exception(exc)
-
-        self.loop.call_soon_threadsafe(wrapper)
-        return done.result(5)
-
-    def stop(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
-
-
 @pytest.fixture
 def serve():
-    servers: list[ServerThread] = []
-
-    def start(app=None, interval: float = 0.05, **limits) -> ServerThread:
-        srv = ServerThread(app or EchoApp(), HttpLimits(**limits), interval)
-        servers.append(srv)
-        return srv
-
-    yield start
-    for srv in servers:
-        srv.stop()
-    for srv in servers:
-        assert not srv.loop_errors, f"event loop reported errors: {srv.loop_errors}"
-
-
-# --------------------------------------------------------------------------- client
-
-
-class Client:
-    def __init__(self, port: int, timeout: float = 3.0) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.buf = b""
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def get(self, target: str = "/echo", headers: str = "") -> tuple[int, dict, bytes]:
-        self.send(f"GET {target} HTTP/1.1\r\nHost: t\r\n{headers}\r\n".encode())
-        return self.response()
-
-    def _fill(self) -> None:
-        chunk = self.sock.recv(65536)
-        if not chunk:
-            raise EOFError(f"connection closed; buffered: {self.buf!r}")
-        self.buf += chunk
-
-    def response(self, head_only: bool = False) -> tuple[int, dict, bytes]:
-        while b"\r\n\r\n" not in self.buf:
-            self._fill()
-        head, self.buf = self.buf.split(b"\r\n\r\n", 1)
-        lines = head.decode("latin-1").split("\r\n")
-        status = int(lines[0].split(" ")[1])
-        headers = {}
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
-        length = 0 if head_only else int(headers.get("content-length", 0))
-        while len(self.buf) < length:
-            self._fill()
-        body, self.buf = self.buf[:length], self.buf[length:]
-        return status, headers, body
-
-    def json(self) -> tuple[int, dict, dict]:
-        status, headers, body = self.response()
-        return status, headers, orjson.loads(body)
-
-    def is_closed(self, timeout: float = 2.0) -> bool:
-        """True when the server closed cleanly (recv gives b"" after any buffered reply)."""
-        self.sock.settimeout(timeout)
-        try:
-            extra = self.sock.recv(65536)
-        except TimeoutError:
-            return False
-        assert not self.buf and not extra, f"unexpected bytes before close: {self.buf + extra!r}"
-        self.sock.close()  # as a client does on EOF; ends the server's linger
-        return True
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-def req(target: str = "/echo", extra: str = "", method: str = "GET", body: bytes = b"") -> bytes:
-    head = f"{method} {target} HTTP/1.1\r\nHost: t\r\n{extra}"
-    if body:
-        head += f"Content-Length: {len(body)}\r\n"
-    return head.encode() + b"\r\n" + body
-
-
-def wait_until(predicate, timeout: float = 2.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
+    yield from serving(EchoApp)
 
 
 # --------------------------------------------------------------------------- basics
@@ -997,3 +859,403 @@ def test_the_protocol_is_the_compiled_class():
 
     assert module.HttpProtocol is _protocol.HttpProtocol
     assert issubclass(module.HttpProtocol, asyncio.Protocol)
+
+
+# --------------------------------------------------------------------------- streams
+
+HEAD_IN = build_stream_head(headers=((b"Cache-Control", b"no-cache"),))
+HEAD_OUT = (  # as written for an HTTP/1.1 request: the framing header after the status line
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Type: text/event-stream\r\n"
+    b"Cache-Control: no-cache\r\n\r\n"
+)
+LAST_CHUNK = b"0\r\n\r\n"
+
+
+def answer(path: str) -> bytes:
+    return build_response(200, path.encode(), b"text/plain")
+
+
+class StreamApp:
+    """/stream: a Stream (in ``streams``; how each ended in ``ended``); /stream?early
+    sends a frame before returning it; /coro-stream: a coroutine that returns one a
+    loop turn later; /pending: a Pending the test resolves (``owed``); /again: the
+    first stream once more; anything else: bytes naming the path."""
+
+    def __init__(self, max_buffer: int = 256 * 1024) -> None:
+        self.max_buffer = max_buffer
+        self.streams: list[Stream] = []
+        self.ended: list[tuple[int, str]] = []
+        self.owed: list[Pending] = []
+        self.paths: list[str] = []
+
+    def new_stream(self) -> Stream:
+        stream = Stream(HEAD_IN, max_buffer=self.max_buffer, on_close=self._on_close)
+        self.streams.append(stream)
+        return stream
+
+    def _on_close(self, stream, reason) -> None:
+        assert stream.closed and stream.reason == reason
+        self.ended.append((self.streams.index(stream), reason))
+
+    def handle(self, req: Request):
+        self.paths.append(req.path)
+        if req.path == "/stream":
+            stream = self.new_stream()
+            if req.query == b"early":
+                assert stream.send(b"early")
+            return stream
+        if req.path == "/coro-stream":
+            return self._coro_stream()
+        if req.path == "/pending":
+            self.owed.append(Pending())
+            return self.owed[-1]
+        if req.path == "/again":
+            return self.streams[0]
+        return answer(req.path)
+
+    async def _coro_stream(self) -> Stream:
+        await asyncio.sleep(0)
+        return self.new_stream()
+
+
+class BufferingTransport(FakeTransport):
+    """A FakeTransport whose write buffer holds ``buffered`` bytes, and which tells an
+    abort from a close."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.buffered = 0
+        self.aborted = False
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffered
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+def stream_protocol(app, **limits):
+    registry = ConnectionRegistry()
+    proto = HttpProtocol(app, HttpLimits(**limits), registry)
+    transport = BufferingTransport()
+    proto.connection_made(transport)
+    return proto, transport, registry
+
+
+def test_stream_frames_are_chunks_and_the_connection_carries_on():
+    async def main():
+        app = StreamApp()
+        proto, transport, registry = stream_protocol(app)
+        proto.data_received(req("/a") + req("/stream") + req("/b"))
+        stream = app.streams[0]
+        assert transport.writes == [answer("/a") + HEAD_OUT]  # one write; /b waits behind
+        assert stream.send(b"data: 10\n\n")  # 10 bytes: a hex size
+        assert transport.writes[-1] == b"a\r\ndata: 10\n\n\r\n"
+        assert stream.send(bytearray(b"x" * 300))
+        assert transport.writes[-1] == b"12c\r\n" + b"x" * 300 + b"\r\n"
+        assert stream.send(b"") and len(transport.writes) == 3  # never an empty chunk
+        assert not stream.closed and stream.reason is None and registry.busy_count() == 1
+        stream.close()
+        assert transport.writes[-1] == LAST_CHUNK + answer("/b")
+        assert app.ended == [(0, "closed")] and stream.closed and stream.reason == "closed"
+        assert stream.send(b"late") is False and len(transport.writes) == 4
+        stream.close()  # idempotent; on_close ran once
+        assert app.ended == [(0, "closed")]
+        proto.data_received(req("/c"))  # the connection carries on
+        assert transport.writes[-1] == answer("/c") and registry.busy_count() == 0
+        assert not transport.closed and not transport.eof
+
+    run(main())
+
+
+def test_a_stream_behind_a_pending_answer_buffers_then_flushes_in_order():
+    async def main():
+        app = StreamApp()
+        proto, transport, _ = stream_protocol(app)
+        proto.data_received(req("/pending") + req("/stream") + req("/b"))
+        stream = app.streams[0]
+        assert stream.send(b"one") and stream.send(b"two")
+        assert transport.writes == [] and stream.buffered == 6
+        app.owed[0].set_result(answer("/pending"))
+        assert transport.writes == [answer("/pending") + HEAD_OUT + b"6\r\nonetwo\r\n"]
+        assert stream.buffered == 0
+        assert stream.send(b"three") and transport.writes[-1] == b"5\r\nthree\r\n"
+        stream.close()
+        assert transport.writes[-1] == LAST_CHUNK + answer("/b")
+
+    run(main())
+
+
+def test_a_stream_closed_before_its_turn_is_written_whole_when_it_comes():
+    async def main():
+        app = StreamApp()
+        proto, transport, _ = stream_protocol(app)
+        proto.data_received(req("/pending") + req("/stream?early") + req("/b"))
+        stream = app.streams[0]
+        assert stream.send(b"-late")
+        stream.close()
+        assert app.ended == [(0, "closed")] and not stream.send(b"refused")
+        assert transport.writes == []
+        app.owed[0].set_result(answer("/pending"))
+        assert transport.writes == [
+            answer("/pending") + HEAD_OUT + b"a\r\nearly-late\r\n" + LAST_CHUNK + answer("/b")
+        ]
+
+    run(main())
+
+
+def test_pipelined_streams_take_their_turns():
+    async def main():
+        app = StreamApp()
+        proto, transport, _ = stream_protocol(app)
+        proto.data_received(req("/stream") + req("/stream?early") + req("/b"))
+        first, second = app.streams
+        assert second.send(b"2") and second.buffered == 6  # waits for the first to end
+        assert first.send(b"1") and transport.writes == [HEAD_OUT, b"1\r\n1\r\n"]
+        first.close()
+        assert transport.writes[-1] == LAST_CHUNK + HEAD_OUT + b"6\r\nearly2\r\n"
+        assert second.send(b"3") and transport.writes[-1] == b"1\r\n3\r\n"
+        second.close()
+        assert transport.writes[-1] == LAST_CHUNK + answer("/b")
+        assert app.ended == [(0, "closed"), (1, "closed")]
+
+    run(main())
+
+
+def test_a_stream_returned_by_a_coroutine():
+    async def main():
+        app = StreamApp()
+        proto, transport, _ = stream_protocol(app)
+        proto.data_received(req("/coro-stream") + req("/b"))
+        assert transport.writes == []
+        await asyncio.sleep(0.01)
+        stream = app.streams[0]
+        assert transport.writes == [HEAD_OUT]
+        stream.send(b"x")
+        stream.close()
+        assert transport.writes[1:] == [b"1\r\nx\r\n", LAST_CHUNK + answer("/b")]
+
+    run(main())
+
+
+def test_the_bound_while_waiting_for_its_turn():
+    async def main():
+        app = StreamApp(max_buffer=100)
+        proto, transport, _ = stream_protocol(app)
+        proto.data_received(req("/pending") + req("/stream"))
+        stream = app.streams[0]
+        assert stream.send(b"x" * 60) and stream.send(b"y" * 40)  # 100: at the bound
+        assert stream.send(b"z") is False  # 101: the subscriber is dropped
+        assert stream.reason == "overflow" and app.ended == [(0, "overflow")]
+        assert transport.aborted and stream.buffered == 0
+        app.owed[0].set_result(answer("/pending"))
+        assert HEAD_OUT not in b"".join(transport.writes)  # never begun
+        proto.connection_lost(None)
+        assert app.ended == [(0, "overflow")]  # once
+
+    run(main())
+
+
+def test_the_bound_while_writing_counts_the_transport_buffer():
+    async def main():
+        app = StreamApp(max_buffer=100)
+        proto, transport, _ = stream_protocol(app)
+        proto.data_received(req("/stream"))
+        stream = app.streams[0]
+        transport.buffered = 54
+        assert stream.send(b"x" * 40)  # a 46-byte chunk ("28" CRLF data CRLF): 100, the bound
+        transport.buffered = 55
+        assert stream.send(b"x" * 40) is False  # 101
+        assert transport.aborted and app.ended == [(0, "overflow")]
+        assert transport.writes == [HEAD_OUT, b"28\r\n" + b"x" * 40 + b"\r\n"]
+        proto.connection_lost(None)
+        assert app.ended == [(0, "overflow")]
+
+    run(main())
+
+
+def test_a_stream_that_overflows_before_it_is_returned_drops_the_connection():
+    class Hasty(StreamApp):
+        def handle(self, req):
+            stream = self.new_stream()
+            assert not stream.send(b"x" * 11)
+            return stream
+
+    async def main():
+        app = Hasty(max_buffer=10)
+        proto, transport, _ = stream_protocol(app)
+        proto.data_received(req("/stream") + req("/ignored"))
+        assert app.ended == [(0, "overflow")] and transport.aborted
+        assert len(app.streams) == 1 and transport.writes == []
+
+    run(main())
+
+
+@pytest.mark.parametrize("extra", ["", "Connection: keep-alive\r\n"])
+def test_a_stream_for_http10_is_close_delimited(extra):
+    async def main():
+        app = StreamApp()
+        proto, transport, _ = stream_protocol(app)
+        proto.data_received(f"GET /stream?early HTTP/1.0\r\n{extra}\r\n".encode() + req("/no"))
+        stream = app.streams[0]
+        assert transport.writes == [
+            b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Type: text/event-stream\r\n"
+            b"Cache-Control: no-cache\r\n\r\nearly"
+        ]
+        assert stream.send(b"raw") and transport.writes[-1] == b"raw"
+        assert not transport.eof
+        stream.close()
+        assert transport.eof and transport.writes[-1] == b"raw"  # the FIN ends the body
+        assert app.paths == ["/stream"]  # what was pipelined behind it is ignored
+
+    run(main())
+
+
+def test_a_head_request_gets_the_head_alone_and_the_stream_ends():
+    async def main():
+        app = StreamApp()
+        proto, transport, _ = stream_protocol(app)
+        proto.data_received(req("/stream?early", method="HEAD") + req("/b"))
+        assert transport.writes == [HEAD_OUT + answer("/b")]
+        assert app.ended == [(0, "closed")] and not app.streams[0].send(b"x")
+
+        proto, transport, _ = stream_protocol(app)
+        proto.data_received(b"HEAD /stream HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        assert transport.writes == [  # no chunked framing for HTTP/1.0, and no body to end
+            b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nContent-Type: text/event-stream\r\n"
+            b"Cache-Control: no-cache\r\n\r\n"
+        ]
+        assert app.ended[1] == (1, "closed") and not transport.eof
+
+    run(main())
+
+
+def test_close_idle_ends_open_streams_then_the_connection():
+    async def main():
+        app = StreamApp()
+        proto, transport, registry = stream_protocol(app)
+        proto.data_received(req("/stream") + req("/pending") + req("/stream?early"))
+        live, queued = app.streams
+        live.send(b"x")
+        registry.close_idle()
+        assert app.ended == [(0, "shutdown"), (1, "shutdown")]
+        assert transport.writes[-1] == LAST_CHUNK  # the live one; the pending answer is owed
+        assert registry.busy_count() == 1 and not transport.eof
+        assert not live.send(b"y") and not queued.send(b"y")
+        app.owed[0].set_result(answer("/pending"))
+        # the last answer owed says Connection: close, and the connection ends after it
+        assert transport.writes[-1] == (
+            answer("/pending") + HEAD_OUT.replace(b"OK\r\n", b"OK\r\nConnection: close\r\n", 1)
+            + b"5\r\nearly\r\n" + LAST_CHUNK
+        )
+        assert transport.eof and registry.busy_count() == 0
+
+    run(main())
+
+
+def test_close_idle_refuses_a_stream_that_begins_afterwards():
+    async def main():
+        app = StreamApp()
+        proto, transport, registry = stream_protocol(app)
+        proto.data_received(req("/coro-stream"))
+        registry.close_idle()  # the coroutine has not returned its stream yet
+        await asyncio.sleep(0.01)
+        assert app.ended == [(0, "shutdown")]
+        assert transport.writes == [
+            HEAD_OUT.replace(b"OK\r\n", b"OK\r\nConnection: close\r\n", 1) + LAST_CHUNK
+        ]
+        assert transport.eof
+
+    run(main())
+
+
+def test_a_stream_is_busy_and_outlives_the_keepalive_sweep():
+    async def main():
+        app = StreamApp()
+        proto, transport, registry = stream_protocol(app, keepalive_timeout=60.0)
+        t0 = asyncio.get_running_loop().time()
+        registry.sweep(t0)
+        proto.data_received(req("/stream"))
+        registry.sweep(t0 + 1000.0)
+        assert not transport.closed and registry.busy_count() == 1
+        app.streams[0].close()  # the idle time starts when the stream ends
+        registry.sweep(t0 + 1059.0)
+        assert not transport.closed
+        registry.sweep(t0 + 1060.001)
+        assert transport.closed and registry.busy_count() == 0
+
+    run(main())
+
+
+def test_connection_lost_ends_every_stream_with_disconnect():
+    async def main():
+        app = StreamApp()
+        proto, transport, registry = stream_protocol(app)
+        proto.data_received(req("/stream") + req("/pending") + req("/stream") + req("/coro-stream"))
+        proto.connection_lost(None)
+        assert app.ended == [(0, "disconnect"), (1, "disconnect")]
+        assert not app.streams[0].send(b"x") and not app.streams[1].send(b"x")
+        app.owed[0].set_result(answer("/pending"))  # harmless
+        await asyncio.sleep(0.01)  # the coroutine returns its stream to a closed connection
+        assert app.ended[2:] == [(2, "disconnect")]
+        assert len(registry) == 0 and transport.writes == [HEAD_OUT]
+
+    run(main())
+
+
+def test_a_stream_answers_one_request_only(caplog):
+    async def main():
+        app = StreamApp()
+        proto, transport, _ = stream_protocol(app)
+        with caplog.at_level(logging.ERROR, logger="flashgate.http"):
+            proto.data_received(req("/stream") + req("/again"))
+            app.streams[0].close()
+        assert transport.writes[-1].startswith(LAST_CHUNK + b"HTTP/1.1 500 ")
+        assert "already answered" in caplog.text
+
+    run(main())
+
+
+def test_on_close_failing_is_logged_not_raised(caplog):
+    def broken(stream, reason):
+        raise RuntimeError("subscriber bookkeeping failed")
+
+    stream = Stream(HEAD_IN, on_close=broken)
+    with caplog.at_level(logging.ERROR, logger="flashgate.http"):
+        stream.close()
+    assert stream.closed and "on_close failed" in caplog.text
+
+
+def test_stream_heads_and_frames_are_checked():
+    assert build_stream_head() == (
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\n"
+    )
+    assert build_stream_head(404, None) == b"HTTP/1.1 404 Not Found\r\n\r\n"
+    for head in (
+        b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\n\r\n",
+        b"HTTP/1.1 204 No Content\r\n\r\n",
+        b"HTTP/1.1 304 Not Modified\r\n\r\n",
+        b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n",  # no empty line
+        b"HTTP/1.1 200 OK\r\n\r\nbody",  # a body is sent with send()
+        b"HTTP/1.0 200 OK\r\n\r\n",
+    ):
+        with pytest.raises(ValueError):
+            Stream(head)
+    with pytest.raises(ValueError):
+        build_stream_head(headers=((b"Content-Length", b"1"),))
+    with pytest.raises(ValueError):
+        build_stream_head(headers=((b"X-A", b"a\r\nSet-Cookie: evil"),))
+    with pytest.raises(TypeError):
+        Stream("HTTP/1.1 200 OK\r\n\r\n")
+    with pytest.raises(ValueError):
+        Stream(HEAD_IN, max_buffer=0)
+    with pytest.raises(TypeError):
+        Stream(HEAD_IN, on_close="not callable")
+    stream = Stream(HEAD_IN, max_buffer=10)
+    assert stream.max_buffer == 10 and not stream.closed and stream.reason is None
+    with pytest.raises(TypeError):
+        stream.send("text")
+    assert stream.send(memoryview(b"abc")) and stream.buffered == 3
