@@ -126,6 +126,15 @@ def test_sha256_every_padding_case(impl):
 
 
 @impls
+def test_hmac_sha256_every_key_length(impl):
+    """Keys shorter than, as long as, and longer than the 64-byte block."""
+    for n in range(0, 200):
+        key = bytes((13 * i + n) & 0xFF for i in range(n))
+        assert hmac_sha256(key, b"u42.1790000000000", impl) == hmac.digest(
+            key, b"u42.1790000000000", "sha256"), n
+
+
+@impls
 @settings(max_examples=300, deadline=None)
 @given(msg=st.binary(max_size=600))
 def test_sha256_is_hashlib(impl, msg):
