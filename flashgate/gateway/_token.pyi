@@ -24,6 +24,9 @@ class TokenKey:
     ``now_ms`` is refused (the operator does not allow tokens to live that long);
     0 (the default): no such limit. ``ValueError`` if negative.
 
+    ``impl``: the SHA-256 compression function, one of ``IMPLEMENTATIONS``
+    (``ValueError`` otherwise); None: the first, the fastest this CPU can run.
+
     A check costs one pass over the header value and, only for a well-formed,
     unexpired token, two or three SHA-256 compressions; nothing is remembered
     between checks.
@@ -51,7 +54,8 @@ class TokenKey:
         """
 
 def sha256(data: bytes, impl: str | None = None) -> bytes:
-    """SHA-256 (FIPS 180-4) of ``data``: 32 bytes. For tests."""
+    """SHA-256 (FIPS 180-4) of ``data``: 32 bytes. For tests (``impl``: as TokenKey's)."""
 
 def hmac_sha256(key: bytes, msg: bytes, impl: str | None = None) -> bytes:
-    """HMAC-SHA256 (RFC 2104) of ``msg`` under ``key``: 32 bytes. For tests."""
+    """HMAC-SHA256 (RFC 2104) of ``msg`` under ``key``: 32 bytes. For tests (``impl``:
+    as TokenKey's)."""

@@ -36,7 +36,20 @@ Constant time.
   all 32 byte pairs: no branch or early exit depends on how many bytes match, so
   the time taken does not tell a forger how close a guess came.
 
-SHA-256 itself (FIPS 180-4) is in ``_sha256.h``: portable C, no crypto library.
+SHA-256 itself (FIPS 180-4) is in ``_sha256.h``, twice: portable C, and the x86
+SHA extensions (two rounds per instruction). The second is used where the CPU has
+them (CPUID, asked once at import; ``IMPLEMENTATIONS``); the tests run everything on
+both. A check costs about 190 ns with the extensions, 600 ns without (2 compressions;
+the shape and expiry pass is 40-50 ns of that).
+
+No cache of verified tokens.
+  Measured against (a) the same token on every request and (b) a new token on every
+  request: a dict of header value -> user id (65536 entries, cleared when full) and
+  a table of verified tokens indexed by their signature both answer (a) in about
+  55 ns instead of 200, but make (b) cost 350-440 ns instead of 200: the entry a new
+  token replaces is cold memory (and so, for the dict, is its growth and the objects
+  it frees). A rush is (b): every buyer's first request. Without a cache a check
+  costs the same whoever sends it, and keeps nothing.
 
 The hot path (c_user) makes one Python object, the user id's str; c_verify does
 the whole check on a C buffer without the GIL.
@@ -79,8 +92,8 @@ _ID_BYTE[:] = [1 if c in ID_CHARS else 0 for c in range(256)]
 
 # the value of a lowercase hex digit; 0x10 for any other byte
 cdef unsigned char _HEX[256]
-_HEX[:] = [b"0123456789abcdef".find(bytes([c])) if bytes([c]) in b"0123456789abcdef"
-           else 0x10 for c in range(256)]
+_HEX[:] = [b"0123456789abcdef".index(c) if c in b"0123456789abcdef" else 0x10
+           for c in range(256)]
 
 # the compression functions this build and CPU can run, by name; the first is the default
 IMPLEMENTATIONS = ("x86-sha", "portable") if FG_SHA256_HW and fg_sha256_hw_available() \
