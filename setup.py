@@ -17,6 +17,7 @@ EXTENSIONS = [
     ("flashgate.gateway._protocol", "flashgate/gateway/_protocol.pyx"),
     ("flashgate.gateway._buy", "flashgate/gateway/_buy.pyx"),
     ("flashgate.gateway._commit", "flashgate/gateway/_commit.pyx"),
+    ("flashgate.gateway._token", "flashgate/gateway/_token.pyx"),
 ]
 
 
