@@ -5,19 +5,21 @@ import time
 import pytest
 
 from bench.tokens import Signer
-from flashgate.auth import TokenVerifier, sign
+from flashgate.auth import sign
+from flashgate.gateway._token import TokenKey
 
 
 @pytest.mark.parametrize("secret", [b"s3cret", b"k" * 64, b"a much longer secret " * 5])
 def test_tokens_are_flashgates(secret):
     expires = int(time.time() * 1000) + 3_600_000
     signer = Signer(secret, expires)
-    verifier = TokenVerifier(secret)
+    verifier = TokenKey(secret)
     for user in ("u1", "c123456789", "early-bird"):
         token = signer.token(user)
         assert token == sign(secret, user, expires)
-        assert verifier.user(token.encode(), expires - 1) == user
-    assert TokenVerifier(secret + b"x").user(signer.token("u1").encode(), expires - 1) is None
+        assert verifier.user(b"Bearer " + token.encode(), expires - 1) == user
+    other = TokenKey(secret + b"x")
+    assert other.user(b"Bearer " + signer.token("u1").encode(), expires - 1) is None
 
 
 def test_pool_file_lines_follow_the_numbering(tmp_path):

@@ -261,11 +261,16 @@ class RedisConnection:
         futs = [loop.create_future() for _ in commands]
         proto.issue(data, futs)
         out = []
-        for f in futs:
-            try:
-                out.append(await f)
-            except RedisError as e:
-                out.append(e)
+        try:
+            for f in futs:
+                try:
+                    out.append(await f)
+                except RedisError as e:
+                    out.append(e)
+        finally:
+            for f in futs:  # the rest failed with the connection: seen, not left for the GC
+                if f.done() and not f.cancelled():
+                    f.exception()
         return out
 
     def close(self) -> None:

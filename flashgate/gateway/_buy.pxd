@@ -4,6 +4,7 @@ from flashgate.core._hll cimport HyperLogLog
 from flashgate.core._stock cimport Ledger
 from flashgate.core.outcomes cimport N_OUTCOMES
 from flashgate.gateway._http cimport Request
+from flashgate.gateway._token cimport TokenKey
 from flashgate.limiter._gcra cimport Limiter
 
 cdef enum:
@@ -60,7 +61,7 @@ cdef class Target:
 cdef class BuyPath:
     cdef Ledger ledger
     cdef readonly Limiter limiter
-    cdef object tokens              # _token.TokenKey, or None: X-User-Id (dev identity)
+    cdef readonly TokenKey tokens   # buyer tokens' key, or None: X-User-Id (dev identity)
     cdef object client_ip           # _net.ClientIP
     cdef object conn                # the worker's RedisConnection
     cdef object call_soon           # the loop's

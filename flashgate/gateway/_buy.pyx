@@ -54,6 +54,7 @@ from flashgate.core.outcomes cimport (
     O_RATE_LIMITED, O_SOLD, O_UNAUTHENTICATED, O_UNAVAILABLE, O_WAIT,
 )
 from flashgate.gateway._http cimport Request
+from flashgate.gateway._token cimport TokenKey
 from flashgate.limiter._gcra cimport Gcra, Limiter
 
 import collections
@@ -62,7 +63,7 @@ import logging
 import hiredis
 import orjson
 
-from flashgate.auth import ID_CHARS, TokenVerifier
+from flashgate.auth import ID_CHARS
 from flashgate.gateway import answers
 from flashgate.gateway._protocol import Pending
 from flashgate.gateway.clientip import ClientIP
@@ -307,7 +308,10 @@ cdef class BuyPath:
         self.ip_limited = cfg.ip_rate > 0
         self.user_limited = cfg.user_rate > 0
         self.global_limited = cfg.global_rate > 0
-        self.tokens = TokenVerifier(cfg.user_secret.encode()) if cfg.user_secret else None
+        self.tokens = None
+        if cfg.user_secret:
+            self.tokens = TokenKey(cfg.user_secret.encode(),
+                                   int(getattr(cfg, "max_token_ttl", 86400) * 1000))
         self.client_ip = ClientIP(cfg.trusted_proxies, cfg.proxy_protocol_from)
         self.conn = conn
         self.call_soon = None
@@ -395,10 +399,7 @@ cdef class BuyPath:
         None when it has no valid identity."""
         if self.tokens is None:
             return user_of_header(req.headers.get(b"x-user-id"))
-        auth = req.headers.get(b"authorization")
-        if type(auth) is not bytes or not (<bytes>auth).startswith(b"Bearer "):
-            return None
-        return self.tokens.user((<bytes>auth)[7:].strip(), _clock_ms(CLOCK_REALTIME))
+        return self.tokens.c_user(req.headers.get(b"authorization"), _clock_ms(CLOCK_REALTIME))
 
     cdef Py_hash_t _client_hash(self, Request req) except? -1:
         return PyObject_Hash(self.client_ip.of(req.peer_ip, req.headers.get(b"x-forwarded-for")))

@@ -15,7 +15,7 @@ import time
 import pytest
 import redis
 
-from flashgate.auth import TokenVerifier
+from flashgate.gateway._token import TokenKey
 from tests.support import (
     ADMIN,
     Gateway,
@@ -171,9 +171,9 @@ def test_sigterm_drains_requests_in_flight(own_gw, r, capsys):
 def test_token_command_mints_a_valid_token():
     out = subprocess.run([sys.executable, "-m", "flashgate.cli", "token", "u42", "--ttl", "60",
                           "--secret", "k"], capture_output=True, text=True, check=True).stdout
-    token = out.strip().encode()
-    assert TokenVerifier(b"k").user(token, now_ms()) == "u42"
-    assert TokenVerifier(b"other").user(token, now_ms()) is None
+    bearer = b"Bearer " + out.strip().encode()
+    assert TokenKey(b"k").user(bearer, now_ms()) == "u42"
+    assert TokenKey(b"other").user(bearer, now_ms()) is None
     missing = subprocess.run([sys.executable, "-m", "flashgate.cli", "token", "u42"],
                              capture_output=True, text=True,
                              env={k: v for k, v in os.environ.items()
