@@ -54,6 +54,10 @@ def lock(data_dir: str | os.PathLike) -> DataDirLock:
     d = Path(data_dir).absolute()
     try:
         d.mkdir(mode=0o700, parents=True, exist_ok=True)
+        st = d.stat()
+        if st.st_uid != os.geteuid():
+            raise DataDirError(f"the data directory {d} belongs to uid {st.st_uid}, not to "
+                               f"this user (uid {os.geteuid()})")
         fd = os.open(d / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
     except OSError as e:
         raise DataDirError(f"cannot use the data directory {d}: {e.strerror or e}") from None
@@ -74,16 +78,12 @@ def lock(data_dir: str | os.PathLike) -> DataDirLock:
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     held = DataDirLock(d, fd)
     try:
-        st = d.stat()
-        if st.st_uid != os.geteuid():
-            raise DataDirError(f"the data directory {d} belongs to uid {st.st_uid}, not to "
-                               f"this user (uid {os.geteuid()})")
         if stat.S_IMODE(st.st_mode) & 0o077:
             os.chmod(d, 0o700)
         os.fchmod(fd, 0o600)
-    except BaseException:
+    except OSError as e:
         held.release()
-        raise
+        raise DataDirError(f"cannot use the data directory {d}: {e.strerror or e}") from None
     return held
 
 

@@ -168,6 +168,16 @@ REFUSALS = {
                       ["--redis", "unsupported Redis URL scheme"]),
     "tls-options-without-tls": (["--redis", "redis://h/0?ssl_ca_certs=/x", "--dev"], {},
                                 ["ssl_* options need rediss://"]),
+    "admin-token-twice": (["--admin-token-file", "{tmp}/secret", "--dev"],
+                          {"FLASHGATE_ADMIN_TOKEN": "t" * 16}, ["give the admin token once"]),
+    "secret-file-not-text": (["--user-secret-file", "{tmp}/binary"], {},
+                             ["user secret file", "is not UTF-8 text"]),
+    "negative-workers": (["--workers", "-1"], {}, ["--workers must be >= 0"]),
+    "port-out-of-range": (["--port", "70000"], {}, ["--port must be in 0-65535"]),
+    "bad-log-level": (["--log-level", "loud"], {}, ["--log-level must be"]),
+    "bad-trusted-proxies": (["--trusted-proxies", "10.0.0.0/33"], {}, ["--trusted-proxies"]),
+    "bad-proxy-protocol-from": (["--proxy-protocol-from", "nowhere"], {},
+                                ["--proxy-protocol-from"]),
     "bad-max-token-ttl": (["--max-token-ttl", "0"], {},
                           ["--max-token-ttl must be a positive number of seconds"]),
     "bad-variable": ([], {"FLASHGATE_PORT": "eighty"}, ["FLASHGATE_PORT", "not a valid int"]),
@@ -180,9 +190,10 @@ def test_serve_refuses_to_start(name, tmp_path):
     (tmp_path / "short").write_text("x" * 20)
     (tmp_path / "empty").write_text("\n")
     (tmp_path / "secret").write_text(SECRET)
+    (tmp_path / "binary").write_bytes(b"\xff" * 40)
     data = tmp_path / "data"
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
-    out = flashgate("serve", "--port", "0", "--workers", "1", "--data-dir", str(data), *args,
+    out = flashgate("serve", "--workers", "1", "--data-dir", str(data), "--port", "0", *args,
                     env=clean_env(**env), timeout=30)
     assert out.returncode == 2, (out.returncode, out.stdout, out.stderr)
     message = " ".join(out.stderr.split())
@@ -190,6 +201,43 @@ def test_serve_refuses_to_start(name, tmp_path):
         assert w in message, (w, out.stderr)
     assert "Traceback" not in out.stderr
     assert not data.exists(), "a refused server wrote to its data directory"
+
+
+def test_serve_refuses_what_it_cannot_use(redis_server, tmp_path):
+    """Refusals found when starting: each exits 2 with its cause, and nothing keeps
+    running."""
+    base = ["--redis", redis_server.url, "--dev", "--admin-token", ADMIN, "--no-demo"]
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))  # a port another program holds (no SO_REUSEPORT)
+    taken.listen(1)
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a directory\n")
+    cases = [
+        (["--port", str(taken.getsockname()[1])], ["cannot listen on 127.0.0.1:"]),
+        (["--event", str(tmp_path / "no-such-event.json")], ["cannot load the events"]),
+        (["--data-dir", str(a_file), "--admin-token", ""], ["cannot use the data directory",
+                                                           str(a_file)]),
+    ]
+    if os.geteuid() == 0:
+        theirs = tmp_path / "theirs"
+        theirs.mkdir(mode=0o700)
+        os.chown(theirs, 42424, 42424)
+        cases.append((["--data-dir", str(theirs), "--admin-token", ""],
+                      [f"the data directory {theirs} belongs to uid 42424"]))
+    try:
+        for extra, words in cases:
+            args = ["--workers", "1", "--port", "0", "--data-dir", str(tmp_path / "data"),
+                    *base, *extra]
+            out = flashgate("serve", *args, timeout=60)
+            assert out.returncode == 2, (extra, out)
+            message = " ".join(out.stderr.split())
+            for w in words:
+                assert w in message, (w, out.stderr)
+            assert "listening on" not in out.stdout
+        if os.geteuid() == 0:
+            assert list(theirs.iterdir()) == []  # nothing written in another user's directory
+    finally:
+        taken.close()
 
 
 # -- serve: the banner --------------------------------------------------------------------
