@@ -58,7 +58,8 @@ class Config:
                       "Redis URL: redis://[[user]:password@]host[:port][/db], rediss://... "
                       "for TLS (certificate verified; ?ssl_ca_certs=/path/ca.pem for a private "
                       "CA), or unix:///path.sock[?db=N]; a password is better given by the "
-                      "variable. Empty: a private embedded redis-server in the data directory", "URL")
+                      "variable. Empty: a private embedded redis-server in the data directory",
+                      "URL")
     data_dir: str = _opt("./.flashgate", "redis",
                          "directory of this server, locked while it runs (one server per "
                          "directory): the embedded Redis's data and the generated admin token; "
@@ -252,8 +253,8 @@ def check_identity(cfg: Config) -> None:
     if not cfg.redis and is_loopback(cfg.host):
         cfg.dev = True  # the out-of-the-box demo, on this machine only
         return
-    where = (f"on {cfg.host}, an address other hosts can reach" if not is_loopback(cfg.host)
-             else "with an external Redis")
+    where = (f"on {cfg.host or 'every address'}, which other hosts can reach"
+             if not is_loopback(cfg.host) else "with an external Redis")
     raise ConfigError(
         f"no user secret: {where}, anyone could buy as anyone (dev identity takes "
         "X-User-Id on trust). Set FLASHGATE_USER_SECRET (at least "

@@ -95,8 +95,8 @@ def _die_with_parent() -> None:
 def make_private_dir(path: Path) -> None:
     """Create ``path`` (and missing parents) with mode 0700, or tighten an existing
     one: the directory 0700, and group's and others' permissions taken from
-    everything in it (data written by an earlier version with looser modes). A directory that belongs
-    to another user is refused (PermissionError)."""
+    everything in it (data written by an earlier version with looser modes). A
+    directory that belongs to another user is refused (PermissionError)."""
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     st = path.stat()
     if st.st_uid != os.geteuid():
@@ -199,9 +199,8 @@ class EmbeddedRedis:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 self._cleanup()
-                raise RuntimeError(
-                    f"redis-server exited with {self.proc.returncode}; see {self.data_dir}/redis.log"
-                )
+                raise RuntimeError(f"redis-server exited with {self.proc.returncode}; "
+                                   f"see {self.data_dir}/redis.log")
             if self._ping():
                 return self
             time.sleep(0.05)

@@ -62,7 +62,7 @@ async def prepare(cfg: Config) -> list[tuple[str, str]]:
     events Redis holds, as (event id, id of its first SKU), the --event one first."""
     conn = RedisConnection(cfg.redis)
     deadline = time.monotonic() + 30
-    said = 0.0  # when "waiting for Redis" was last logged
+    said = float("-inf")  # when "waiting for Redis" was last logged
     while True:
         try:
             await conn.connect()
