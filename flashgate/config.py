@@ -304,6 +304,12 @@ def from_args(argv: list[str] | None = None, warnings: list[str] | None = None) 
                 tls_context(opts["tls"])
         except (ValueError, OSError) as e:
             raise ConfigError(f"--redis: {e}") from None
+        tls = opts["tls"] or {}
+        if tls.get("ssl_cert_reqs", "").lower() == "none" or \
+                tls.get("ssl_check_hostname", "").lower() in ("0", "false", "no", "off"):
+            warnings.append("--redis: the Redis server's certificate or name is not checked "
+                            "(ssl_cert_reqs=none / ssl_check_hostname=false): anyone on the "
+                            "path can pose as Redis")
         if opts["password"] and any(a == "--redis" or a.startswith("--redis=") for a in given):
             warnings.append("the password in --redis is visible to every local user in the "
                             "process list: prefer FLASHGATE_REDIS")

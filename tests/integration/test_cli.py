@@ -411,3 +411,22 @@ def test_admin_token_is_printed_once_to_a_terminal(tmp_path):
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
         os.close(master)
+
+
+def test_warnings_of_the_configuration():
+    """What works but should not be so, said at start: loosened TLS to Redis, a Redis
+    password or a secret on the command line."""
+    from flashgate import config
+
+    def warnings_of(*args):
+        out: list[str] = []
+        config.from_args(["--dev", *args], out)
+        return " ".join(out)
+
+    assert warnings_of() == ""
+    assert warnings_of("--redis", "rediss://h/0") == ""
+    for query in ("ssl_cert_reqs=none", "ssl_check_hostname=false"):
+        assert "anyone on the path can pose as Redis" in warnings_of("--redis",
+                                                                   f"rediss://h/0?{query}")
+    assert "the password in --redis is visible" in warnings_of("--redis", "redis://:pw@h/0")
+    assert "--admin-token is visible" in warnings_of("--admin-token=" + "t" * 16)
