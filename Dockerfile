@@ -16,6 +16,17 @@ COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
 USER flashgate
 WORKDIR /home/flashgate
+# Listening on every address of the container, the gateway refuses to start without a
+# user secret (buyers would otherwise be whoever X-User-Id names). Give one, from a
+# file rather than a visible value:
+#   docker run -p 8080:8080 -v "$PWD/secrets:/run/secrets:ro" \
+#     -e FLASHGATE_USER_SECRET_FILE=/run/secrets/user_secret \
+#     -e FLASHGATE_ADMIN_TOKEN_FILE=/run/secrets/admin_token \
+#     -e FLASHGATE_REDIS=rediss://redis.internal:6380/0 flashgate
+# or, for a demo only, accept X-User-Id on trust:
+#   docker run -p 8080:8080 flashgate --dev
+# Without FLASHGATE_REDIS the embedded Redis keeps its data in FLASHGATE_DATA_DIR
+# (mount a volume there; one running gateway per data directory).
 ENV FLASHGATE_HOST=0.0.0.0 FLASHGATE_PORT=8080 FLASHGATE_DATA_DIR=/home/flashgate/data
 EXPOSE 8080
 STOPSIGNAL SIGTERM

@@ -431,7 +431,10 @@ def start_flashgate(procs: Processes, argv0: list[str], redis: Redis, event_file
     argv += flags
     # run from the work dir: a `--flashgate "python -c ..."` command then imports the
     # flashgate that PYTHONPATH names (e.g. a snapshot), not the checkout's
-    proc = procs.start(name, argv, cwd=procs.workdir, drop_env="FLASHGATE_")
+    # without a user secret an external Redis needs dev identity asked for (a variable:
+    # a flashgate that predates the setting ignores it)
+    env = None if user_secret else {"FLASHGATE_DEV": "1"}
+    proc = procs.start(name, argv, env=env, cwd=procs.workdir, drop_env="FLASHGATE_")
     wait_until("flashgate", lambda: "listening on" in proc.log.read_text(errors="replace"), 90, proc)
     wait_until("flashgate /readyz", lambda: http_ok(f"http://{HOST}:{port}/readyz"), 60, proc)
     return proc, port

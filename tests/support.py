@@ -57,6 +57,9 @@ class Gateway:
             "--host", "127.0.0.1", "--port", "0", "--workers", str(workers),
             "--redis", redis_url, "--admin-token", ADMIN, "--data-dir", str(tmp),
             "--ip-rate", "0", "--user-rate", "0", "--no-demo", "--log-level", "warning",
+            # an external Redis: dev identity (X-User-Id) must be asked for, unless the
+            # test gives a user secret
+            *(() if any(str(a).startswith("--user-secret") for a in extra) else ("--dev",)),
             *extra,
         ]
         self.proc: subprocess.Popen | None = None

@@ -14,16 +14,24 @@ leaving requests hanging.
 
 Only what flashgate needs: no pub/sub, no cluster redirections (every script's
 keys share one hash tag, so a cluster-aware proxy routes them whole).
+
+URLs: ``redis://[[user]:password@]host[:port][/db]``, ``rediss://...`` for TLS (the
+server's certificate is verified against the system CAs, or the CA file of
+``?ssl_ca_certs=/path/ca.pem``; ``ssl_certfile`` and ``ssl_keyfile`` give a client
+certificate, ``ssl_check_hostname=false`` and ``ssl_cert_reqs=none`` loosen the
+checks), and ``unix://[[user]:password@]/path/to.sock[?db=N]``. ``redact(url)``
+hides the password wherever a URL is printed or logged.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from collections import deque
 from collections.abc import Callable
-from urllib.parse import unquote, urlparse
+from urllib.parse import parse_qsl, unquote, urlparse
 
 import hiredis
 
@@ -38,23 +46,88 @@ class RedisUnavailable(ConnectionError):
     """Redis cannot be reached, or the connection broke before the reply came."""
 
 
+_TLS_OPTIONS = ("ssl_ca_certs", "ssl_ca_path", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs",
+                "ssl_check_hostname")
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
 def parse_url(url: str) -> dict:
-    """``redis://[:password@]host[:port][/db]`` or ``unix:///path/to.sock[?db=N]``."""
+    """The parts of a Redis URL (see the module's docstring): ``password``,
+    ``username`` (None when not given), ``db``, then ``path`` (unix) or ``host`` and
+    ``port``, and ``tls`` (a dict of the ``ssl_*`` query options, for rediss://) or
+    None. Raises ValueError for what cannot work."""
     u = urlparse(url)
-    opts: dict = {"password": unquote(u.password) if u.password else None, "db": 0}
+    opts: dict = {"password": unquote(u.password) if u.password is not None else None,
+                  "username": unquote(u.username) if u.username else None,
+                  "db": 0, "tls": None}
+    query = dict(parse_qsl(u.query, keep_blank_values=True))
+    if "db" in query:
+        opts["db"] = _int(query.pop("db"), "db")
     if u.scheme == "unix":
+        if not u.path:
+            raise ValueError("a unix:// Redis URL needs a socket path (unix:///path/to.sock)")
         opts["path"] = u.path
-        for part in u.query.split("&"):
-            if part.startswith("db="):
-                opts["db"] = int(part[3:])
-    elif u.scheme in ("redis", ""):
+    elif u.scheme in ("redis", "rediss", ""):
         opts["host"] = u.hostname or "127.0.0.1"
-        opts["port"] = u.port or 6379
+        try:
+            opts["port"] = u.port or 6379
+        except ValueError:
+            raise ValueError("the Redis URL's port is not a number in 0-65535") from None
         if u.path and u.path != "/":
-            opts["db"] = int(u.path.lstrip("/"))
+            opts["db"] = _int(u.path.lstrip("/"), "db")
+        if u.scheme == "rediss":
+            opts["tls"] = {k: query.pop(k) for k in _TLS_OPTIONS if k in query}
     else:
-        raise ValueError(f"unsupported Redis URL scheme {u.scheme!r} (use redis:// or unix://)")
+        raise ValueError(f"unsupported Redis URL scheme {u.scheme!r} "
+                         "(use redis://, rediss:// or unix://)")
+    if query:
+        names = ", ".join(sorted(query))
+        raise ValueError(f"unknown Redis URL option(s) {names}"
+                         + (" (ssl_* options need rediss://)" if "ssl_" in names else ""))
     return opts
+
+
+def _int(raw: str, what: str) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"the Redis URL's {what} is not a number: {raw!r}") from None
+
+
+def redact(url: str) -> str:
+    """``url`` with its password (if any) replaced by ``***``: safe to print."""
+    try:
+        u = urlparse(url)
+        if u.password is None:
+            return url
+    except ValueError:
+        return "<unparsable Redis URL>"
+    user = u.username or ""
+    host = u.netloc.rpartition("@")[2]
+    return u._replace(netloc=f"{user}:***@{host}").geturl()
+
+
+def tls_context(tls: dict) -> ssl.SSLContext:
+    """The client TLS context of a rediss:// URL's options: certificate and host name
+    verified (system CAs, or ``ssl_ca_certs`` / ``ssl_ca_path``) unless loosened."""
+    ctx = ssl.create_default_context(cafile=tls.get("ssl_ca_certs") or None,
+                                     capath=tls.get("ssl_ca_path") or None)
+    if tls.get("ssl_certfile"):
+        ctx.load_cert_chain(tls["ssl_certfile"], tls.get("ssl_keyfile") or None)
+    elif tls.get("ssl_keyfile"):
+        raise ValueError("ssl_keyfile needs ssl_certfile")
+    check = tls.get("ssl_check_hostname", "true").lower()
+    if check not in _TRUE + _FALSE:
+        raise ValueError(f"ssl_check_hostname must be true or false, not {check!r}")
+    reqs = tls.get("ssl_cert_reqs", "required").lower()
+    if reqs not in ("required", "none"):
+        raise ValueError(f"ssl_cert_reqs must be required or none, not {reqs!r}")
+    if check in _FALSE or reqs == "none":
+        ctx.check_hostname = False
+    if reqs == "none":
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
 
 
 class _Protocol(asyncio.Protocol):
@@ -127,6 +200,7 @@ class RedisConnection:
                  command_timeout: float = 2.0):
         self.url = url
         self.opts = parse_url(url)
+        self.ssl = tls_context(self.opts["tls"]) if self.opts["tls"] is not None else None
         # async callable(execute), run on each new connection before it is published;
         # ``execute(*args)`` sends a command on that connection
         self.on_connect = on_connect
@@ -149,11 +223,14 @@ class RedisConnection:
         if "path" in o:
             coro = loop.create_unix_connection(lambda: proto, o["path"])
         else:
-            coro = loop.create_connection(lambda: proto, o["host"], o["port"])
+            coro = loop.create_connection(lambda: proto, o["host"], o["port"], ssl=self.ssl,
+                                          server_hostname=o["host"] if self.ssl else None)
         try:
             await asyncio.wait_for(coro, self.connect_timeout)
-        except (TimeoutError, OSError) as e:
-            raise RedisUnavailable(f"cannot connect to Redis at {self.url}: {e}") from None
+        except (TimeoutError, OSError) as e:  # ssl.SSLError is an OSError
+            raise RedisUnavailable(
+                f"cannot connect to Redis at {redact(self.url)}: {e or type(e).__name__}"
+            ) from None
 
         def execute(*args) -> asyncio.Future:
             fut = loop.create_future()
@@ -166,7 +243,10 @@ class RedisConnection:
         try:
             async with asyncio.timeout(self.connect_timeout + self.command_timeout):
                 if o["password"]:
-                    await execute("AUTH", o["password"])
+                    if o["username"]:
+                        await execute("AUTH", o["username"], o["password"])
+                    else:
+                        await execute("AUTH", o["password"])
                 if o["db"]:
                     await execute("SELECT", o["db"])
                 if self.on_connect is not None:

@@ -10,19 +10,21 @@ import ctypes
 import logging
 import multiprocessing
 import os
-import secrets
+import shlex
 import signal
 import socket
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import orjson
 
+from flashgate import __version__, datadir
 from flashgate.config import Config
 from flashgate.core import scripts, store
 from flashgate.core.events import EventError, parse_event
-from flashgate.core.redisconn import RedisConnection, RedisError, RedisUnavailable
+from flashgate.core.redisconn import RedisConnection, RedisError, RedisUnavailable, redact
 
 log = logging.getLogger("flashgate")
 
@@ -55,34 +57,26 @@ def demo_event(now_ms: int) -> dict:
     }
 
 
-def admin_token(cfg: Config) -> str:
-    if cfg.admin_token:
-        return cfg.admin_token
-    path = Path(cfg.data_dir) / "admin_token"
-    if path.exists():
-        return path.read_text().strip()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    token = secrets.token_urlsafe(24)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(token + "\n")
-    return token
-
-
 async def prepare(cfg: Config) -> list[tuple[str, str]]:
     """Load the --event file (or the demo when Redis holds no event); returns the
-    events Redis holds, as (event id, id of its first SKU)."""
+    events Redis holds, as (event id, id of its first SKU), the --event one first."""
     conn = RedisConnection(cfg.redis)
     deadline = time.monotonic() + 30
+    said = float("-inf")  # when "waiting for Redis" was last logged
     while True:
         try:
             await conn.connect()
             break
         except (RedisUnavailable, RedisError, TimeoutError) as e:
-            # RedisError: e.g. -LOADING while Redis replays its AOF
+            # a Redis error other than -LOADING (Redis replays its AOF) will not pass
+            # by waiting: a wrong password, an unknown user, a bad db
+            if isinstance(e, RedisError) and not str(e).startswith("LOADING"):
+                raise
             if time.monotonic() > deadline:
                 raise
-            log.warning("waiting for Redis: %s", e)
+            if time.monotonic() - said >= 5.0:
+                log.warning("waiting for Redis at %s: %s", redact(cfg.redis), e)
+                said = time.monotonic()
             await asyncio.sleep(0.5)
     try:
         await scripts.load(conn.execute)
@@ -94,17 +88,20 @@ async def prepare(cfg: Config) -> list[tuple[str, str]]:
             if policy:
                 log.warning("Redis may evict keys (maxmemory-policy %s): evicted keys lose "
                             "orders; set maxmemory-policy noeviction", policy)
+        loaded = ""
         if cfg.event:
             raw = orjson.loads(Path(cfg.event).read_bytes())
             if not isinstance(raw, dict) or not isinstance(raw.get("id"), str):
                 raise EventError("bad_request", "the event file needs an \"id\"")
             await store.save_event(conn, parse_event(raw["id"], raw))
+            loaded = raw["id"]
         _, events = await store.load_events(conn)
         if not events and cfg.demo:
             d = demo_event(await store.redis_time_ms(conn))
             await store.save_event(conn, parse_event(d["id"], d))
             _, events = await store.load_events(conn)
-        return [(e.id, e.skus[0].id if e.skus else "") for e in events]
+        return sorted(((e.id, e.skus[0].id if e.skus else "") for e in events),
+                      key=lambda e: e[0] != loaded)
     finally:
         conn.close()
 
@@ -116,30 +113,53 @@ def _worker_main(cfg_dict: dict, worker_id: int, ready, parent: int) -> None:
     worker.run(Config(**cfg_dict), worker_id, ready, parent)
 
 
-def serve(cfg: Config) -> int:
+def _refuse(message: str) -> int:
+    print(f"flashgate: {message}", file=sys.stderr, flush=True)
+    return 2
+
+
+def serve(cfg: Config, warnings: Sequence[str] = ()) -> int:
+    """Run ``flashgate serve`` with a checked configuration (``config.from_args``);
+    ``warnings`` are logged first. Returns the exit code: 0 after a drain, 2 when the
+    server cannot start (the reason on stderr)."""
     logging.basicConfig(level=getattr(logging, cfg.log_level.upper(), logging.INFO),
                         format="%(asctime)s supervisor %(levelname)s %(name)s: %(message)s")
-    embedded = None
-    if not cfg.redis:
-        from flashgate.embedded import EmbeddedRedis, RedisNotFound
-
+    for w in warnings:
+        log.warning("%s", w)
+    if cfg.dev:
+        log.warning("dev identity: buyers are whoever X-User-Id names, anyone can buy as "
+                    "anyone; give a user secret for a real sale")
+    held = None
+    if not cfg.redis or not cfg.admin_token:  # the server keeps state in its data dir
         try:
-            embedded = EmbeddedRedis(Path(cfg.data_dir) / "redis",
-                                     appendfsync=cfg.appendfsync).start()
-        except (RedisNotFound, RuntimeError) as e:
-            print(f"flashgate: {e}", file=sys.stderr)
-            return 2
-        cfg.redis = embedded.url
-        log.info("embedded redis-server on %s (data in %s, appendfsync %s)",
-                 embedded.url, embedded.data_dir, cfg.appendfsync)
+            held = datadir.lock(cfg.data_dir)
+        except datadir.DataDirError as e:
+            return _refuse(str(e))
+    embedded = None
     try:
-        cfg.admin_token = admin_token(cfg)
+        if not cfg.admin_token:
+            try:
+                cfg.admin_token, path = datadir.admin_token(cfg.data_dir)
+            except datadir.DataDirError as e:
+                return _refuse(str(e))
+            cfg.admin_token_file = str(path)
+        if not cfg.redis:
+            from flashgate.embedded import EmbeddedRedis, RedisNotFound
+
+            try:
+                embedded = EmbeddedRedis(Path(cfg.data_dir).absolute() / "redis",
+                                         appendfsync=cfg.appendfsync, private=True,
+                                         die_with_parent=True, pass_fds=(held.fd,)).start()
+            except (RedisNotFound, RuntimeError, OSError) as e:
+                return _refuse(str(e))
+            cfg.redis = embedded.url
+            log.info("embedded redis-server on %s (data in %s, appendfsync %s)",
+                     embedded.url, embedded.data_dir, cfg.appendfsync)
         try:
             event_ids = asyncio.run(prepare(cfg))
         except (EventError, OSError, orjson.JSONDecodeError, RedisUnavailable, RedisError,
                 TimeoutError) as e:
-            print(f"flashgate: cannot load the events: {e}", file=sys.stderr)
-            return 2
+            return _refuse(f"cannot load the events: {e}")
         # hold the port (bound, not listening: it takes no connections) so that
         # port 0 resolves once for every worker
         family = socket.AF_INET6 if ":" in cfg.host else socket.AF_INET
@@ -149,19 +169,26 @@ def serve(cfg: Config) -> int:
         try:
             holder.bind((cfg.host, cfg.port))
         except OSError as e:
-            print(f"flashgate: cannot listen on {cfg.host}:{cfg.port}: {e}", file=sys.stderr)
-            return 2
-        cfg.port = holder.getsockname()[1]
-        return Supervisor(cfg, event_ids).run()
+            return _refuse(f"cannot listen on {cfg.host}:{cfg.port}: {e}")
+        bound, cfg.port = holder.getsockname()[:2]
+        return Supervisor(cfg, event_ids, bound=bound, embedded=embedded).run()
     finally:
         if embedded is not None:
             embedded.stop()
+        if held is not None:
+            held.release()
 
 
 class Supervisor:
-    def __init__(self, cfg: Config, event_ids: list[tuple[str, str]]):
+    """``bound``: the address the port is bound to (for the banner); ``embedded``: the
+    embedded Redis, if any (for the banner)."""
+
+    def __init__(self, cfg: Config, event_ids: list[tuple[str, str]], *, bound: str = "",
+                 embedded=None):
         self.cfg = cfg
         self.event_ids = event_ids
+        self.bound = bound or cfg.host
+        self.embedded = embedded
         self.ctx = multiprocessing.get_context("spawn")
         self.ready = self.ctx.Queue()
         self.procs: dict[int, multiprocessing.Process] = {}
@@ -169,7 +196,9 @@ class Supervisor:
         self.stopping = False
 
     def _start(self, worker_id: int) -> None:
-        p = self.ctx.Process(target=_worker_main, args=(self.cfg.to_dict(), worker_id, self.ready, os.getpid()),
+        # the configuration (secrets included) travels through the spawn pipe, not argv
+        p = self.ctx.Process(target=_worker_main,
+                             args=(self.cfg.to_dict(), worker_id, self.ready, os.getpid()),
                              name=f"flashgate-worker-{worker_id}", daemon=False)
         p.start()
         self.procs[worker_id] = p
@@ -224,24 +253,67 @@ class Supervisor:
         return 0
 
     def _banner(self) -> None:
-        cfg = self.cfg
-        host = "127.0.0.1" if cfg.host in ("0.0.0.0", "::", "") else cfg.host
-        base = f"http://{host}:{cfg.port}"
-        lines = [
-            f"flashgate: listening on {base} ({cfg.workers} workers, Redis {cfg.redis})",
-            f"  admin token: {cfg.admin_token}",
-            "  identity: " + ("signed buyer tokens (flashgate token USER_ID)" if cfg.user_secret
-                              else "dev mode, send X-User-Id: <user>"),
-        ]
-        for ev, _ in self.event_ids:
-            lines.append(f"  event {ev}: {base}/api/v1/events/{ev}")
-        if self.event_ids:
-            ev, sku = self.event_ids[0]
-            who = "-H 'X-User-Id: u1'" if not cfg.user_secret else \
-                "-H \"Authorization: Bearer $(flashgate token u1)\""
-            lines.append(f"  try: curl {base}/api/v1/events/{ev}")
-            lines.append(f"       curl -X POST {who} -d '{{\"sku\": \"{sku}\"}}' "
-                         f"{base}/api/v1/events/{ev}/buy")
-            lines.append(f"       curl -H 'Authorization: Bearer {cfg.admin_token}' "
-                         f"{base}/api/v1/admin/events/{ev}/stats")
-        print("\n".join(lines), flush=True)
+        print("\n".join(banner(self.cfg, self.bound, self.event_ids, self.embedded,
+                               sys.stdout.isatty())), flush=True)
+
+
+def _url_host(addr: str) -> str:
+    return f"[{addr}]" if ":" in addr else addr
+
+
+def banner(cfg: Config, bound: str, event_ids: list[tuple[str, str]], embedded=None,
+           tty: bool = False) -> list[str]:
+    """The lines printed once every worker is up: where it listens (the address
+    bound, and a URL that reaches it from this host), Redis (password hidden), where
+    the admin token is (printed only to a terminal, and once), the identity mode, and
+    commands to try that work as printed."""
+    if bound in ("0.0.0.0", "::"):
+        local = "127.0.0.1" if bound == "0.0.0.0" else "::1"
+        scope = "every IPv4 address of this host" if bound == "0.0.0.0" else \
+            "every address of this host, IPv6 and IPv4"
+        base = f"http://{_url_host(local)}:{cfg.port}"
+        where = f" ({scope}; from here: {base})"
+    else:
+        base = f"http://{_url_host(bound)}:{cfg.port}"
+        where = ""
+    lines = [f"flashgate {__version__}: listening on http://{_url_host(bound)}:{cfg.port}{where}"]
+    workers = f"{cfg.workers} worker" + ("s" if cfg.workers != 1 else "")
+    if embedded is not None:
+        lines.append(f"  Redis: embedded, private ({embedded.url}, data in {embedded.data_dir}); "
+                     f"{workers}")
+    else:
+        lines.append(f"  Redis: {redact(cfg.redis)}; {workers}")
+    if cfg.admin_token_file:
+        if tty:
+            lines.append(f"  admin token: {cfg.admin_token}  (kept in {cfg.admin_token_file})")
+        else:
+            lines.append(f"  admin token: in {cfg.admin_token_file}")
+        admin = f"-H \"Authorization: Bearer $(cat {shlex.quote(cfg.admin_token_file)})\""
+    else:
+        lines.append("  admin token: the one given (--admin-token / FLASHGATE_ADMIN_TOKEN)")
+        admin = "-H \"Authorization: Bearer $FLASHGATE_ADMIN_TOKEN\""
+    if cfg.user_secret:
+        mint = "flashgate token u1"
+        if cfg.max_token_ttl < 3600:
+            mint += f" --ttl {cfg.max_token_ttl}"
+        if cfg.user_secret_file:
+            mint += f" --secret-file {shlex.quote(cfg.user_secret_file)}"
+        lines.append(f"  identity: signed buyer tokens; mint one: {mint}")
+        if not cfg.user_secret_file:
+            lines.append("            (it reads the gateway's secret from FLASHGATE_USER_SECRET: "
+                         "set it in that shell, or use --secret-file FILE)")
+        who = f"-H \"Authorization: Bearer $({mint})\""
+    else:
+        lines.append("  identity: DEV MODE, X-User-Id is taken on trust: anyone can buy as anyone")
+        lines.append("            (for a real sale give a user secret: FLASHGATE_USER_SECRET or "
+                     "--user-secret-file; see flashgate serve --help)")
+        who = "-H 'X-User-Id: u1'"
+    for ev, _ in event_ids:
+        lines.append(f"  event {ev}: {base}/api/v1/events/{ev}")
+    if event_ids:
+        ev, sku = event_ids[0]
+        lines.append(f"  try: curl {base}/api/v1/events/{ev}")
+        lines.append(f"       curl -X POST {who} -d '{{\"sku\": \"{sku}\"}}' "
+                     f"{base}/api/v1/events/{ev}/buy")
+        lines.append(f"       curl {admin} {base}/api/v1/admin/events/{ev}/stats")
+    return lines

@@ -24,7 +24,7 @@ from tests.support import (
     now_ms,
 )
 
-SECRET = b"s3cret"
+SECRET = b"s3cret-of-the-tests-32-bytes-long"
 MAX_BODY = 16 * 1024
 
 
