@@ -61,7 +61,8 @@ cdef class Target:
 cdef class BuyPath:
     cdef Ledger ledger
     cdef readonly Limiter limiter
-    cdef readonly TokenKey tokens   # buyer tokens' key, or None: X-User-Id (dev identity)
+    cdef readonly TokenKey tokens   # buyer tokens' key, or None
+    cdef readonly bint dev          # no secret: X-User-Id names the buyer (dev identity)
     cdef object client_ip           # _net.ClientIP
     cdef object conn                # the worker's RedisConnection
     cdef object call_soon           # the loop's

@@ -308,10 +308,12 @@ cdef class BuyPath:
         self.ip_limited = cfg.ip_rate > 0
         self.user_limited = cfg.user_rate > 0
         self.global_limited = cfg.global_rate > 0
+        # buyers are who a signed token says, or (dev identity, only when asked for)
+        # whoever X-User-Id names; with neither, nobody is a buyer
         self.tokens = None
+        self.dev = bool(cfg.dev) and not cfg.user_secret
         if cfg.user_secret:
-            self.tokens = TokenKey(cfg.user_secret.encode(),
-                                   int(getattr(cfg, "max_token_ttl", 86400) * 1000))
+            self.tokens = TokenKey(cfg.user_secret.encode(), int(cfg.max_token_ttl) * 1000)
         self.client_ip = ClientIP(cfg.trusted_proxies, cfg.proxy_protocol_from)
         self.conn = conn
         self.call_soon = None
@@ -397,9 +399,12 @@ cdef class BuyPath:
     cpdef str user_of(self, Request req):
         """The buyer of a request: its token's user, or (dev mode) its X-User-Id;
         None when it has no valid identity."""
-        if self.tokens is None:
+        if self.tokens is not None:
+            return self.tokens.c_user(req.headers.get(b"authorization"),
+                                      _clock_ms(CLOCK_REALTIME))
+        if self.dev:
             return user_of_header(req.headers.get(b"x-user-id"))
-        return self.tokens.c_user(req.headers.get(b"authorization"), _clock_ms(CLOCK_REALTIME))
+        return None
 
     cdef Py_hash_t _client_hash(self, Request req) except? -1:
         return PyObject_Hash(self.client_ip.of(req.peer_ip, req.headers.get(b"x-forwarded-for")))

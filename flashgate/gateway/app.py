@@ -83,12 +83,15 @@ class Gateway:
         self.committer.bind(loop)
         if self.peers is not None:
             self.peers.start(loop)  # before the first load: see peers.py
+        said = 0.0  # when the wait was last logged: at once, then every 5 s
         while True:
             try:
                 await self.conn.connect()
                 break
             except (RedisUnavailable, RedisError, OSError, TimeoutError) as e:
-                log.warning("waiting for Redis: %s", e)
+                if loop.time() - said >= 5.0:
+                    log.warning("waiting for Redis: %s", e)  # (the URL's password hidden)
+                    said = loop.time()
                 await asyncio.sleep(0.5)
         await self.refresher.reload()
         for name, run in self._services:

@@ -401,7 +401,7 @@ class RequestPath:
             self.redis_server = EmbeddedRedis(where, persist=False, die_with_parent=True).start()
             self.redis_url = self.redis_server.url
         self.cfg = Config(
-            redis=self.redis_url, admin_token=ADMIN, demo=False,
+            redis=self.redis_url, admin_token=ADMIN, demo=False, dev=True,
             ip_rate=0.0, user_rate=0.0,  # as the tests run it: every buy reaches the ledger
             trusted_proxies=BALANCERS, proxy_protocol_from=BALANCERS,
         )
