@@ -24,6 +24,8 @@ bench: build
 bench-quick: build
 	$(PY) -m bench --quick
 
-clean:
-	rm -rf build flashgate/core/_stock.c flashgate/limiter/_gcra.c flashgate/gateway/_token.c \
-		flashgate/*/*.so
+clean:            ## remove every generated file: Cython's C, the built extensions, caches
+	rm -rf build dist *.egg-info .pytest_cache .ruff_cache .hypothesis
+	for pyx in $$(find flashgate -name '*.pyx'); do rm -f "$${pyx%.pyx}.c" "$${pyx%.pyx}.html"; done
+	find flashgate tests bench -name '*.so' -delete
+	find . -name __pycache__ -type d -prune -not -path './.git/*' -exec rm -rf {} +
