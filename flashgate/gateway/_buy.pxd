@@ -75,7 +75,8 @@ cdef class BuyPath:
     cdef public list skus           # SKU runtimes by ledger index
     cdef public long long queued    # reservations sent or about to be sent to Redis
     cdef public long long waiting   # parked requests
-    cdef public unsigned long long seq  # order ids made (their last part, in hex)
+    cdef public unsigned long long seq  # order ids made (their last part permutes it)
+    cdef unsigned long long oid_k0, oid_k1  # the order ids' key (see _order_id)
     cdef public bint flush_scheduled
     cdef public bint clock_ok       # this host's clock is in step with Redis TIME
     cdef public long long clock_offset_ms  # Redis TIME - this host's clock

@@ -44,6 +44,7 @@ cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.object cimport PyObject_Hash
 from cpython.unicode cimport PyUnicode_DecodeASCII
+from libc.stdint cimport uint32_t, uint64_t
 from libc.string cimport memcpy
 from posix.time cimport CLOCK_MONOTONIC, CLOCK_REALTIME, clock_gettime, timespec
 
@@ -59,6 +60,7 @@ from flashgate.limiter._gcra cimport Gcra, Limiter
 
 import collections
 import logging
+import os
 
 import hiredis
 import orjson
@@ -256,18 +258,61 @@ def parse_buy_body(bytes body not None):
     return _parse_buy_body(body)
 
 
-cdef bytes _hex_id(bytes prefix, unsigned long long seq):
-    # prefix + seq in lower-case hex: b"%s%x" % (prefix, seq)
-    cdef Py_ssize_t d = 1
-    cdef unsigned long long v = seq
-    while v >= 16:
-        v >>= 4
-        d += 1
-    cdef Py_ssize_t n = PyBytes_GET_SIZE(prefix)
-    out = PyBytes_FromStringAndSize(NULL, n + d)
+# Order ids: "<event>.<sku>.<worker boot id><16 hex digits>", the digits a permutation
+# of the worker's sequence number under a key of the worker's own: unique (a permutation
+# of a counter never repeats, and the boot id is random per worker start), and not
+# guessable (64 bits no client can predict: nobody counts the orders or walks them).
+# The permutation is a 4-round Feistel network on 32-bit halves whose round function is
+# SipHash-2-4 (Aumasson and Bernstein) of (round, half) under a random 128-bit key.
+
+cdef inline uint64_t _rotl(uint64_t x, int b) noexcept nogil:
+    return (x << b) | (x >> (64 - b))
+
+
+cdef inline uint64_t _siphash24(uint64_t k0, uint64_t k1, uint64_t m) noexcept nogil:
+    # SipHash-2-4 of one 8-byte little-endian word (the message), then the length block
+    cdef uint64_t v0 = k0 ^ 0x736f6d6570736575ULL
+    cdef uint64_t v1 = k1 ^ 0x646f72616e646f6dULL
+    cdef uint64_t v2 = k0 ^ 0x6c7967656e657261ULL
+    cdef uint64_t v3 = k1 ^ 0x7465646279746573ULL
+    cdef uint64_t b = (<uint64_t>8) << 56
+    cdef int i, r
+    cdef uint64_t w
+    for i in range(2):
+        w = m if i == 0 else b
+        v3 ^= w
+        for r in range(2):
+            v0 += v1; v1 = _rotl(v1, 13); v1 ^= v0; v0 = _rotl(v0, 32)
+            v2 += v3; v3 = _rotl(v3, 16); v3 ^= v2
+            v0 += v3; v3 = _rotl(v3, 21); v3 ^= v0
+            v2 += v1; v1 = _rotl(v1, 17); v1 ^= v2; v2 = _rotl(v2, 32)
+        v0 ^= w
+    v2 ^= 0xff
+    for r in range(4):
+        v0 += v1; v1 = _rotl(v1, 13); v1 ^= v0; v0 = _rotl(v0, 32)
+        v2 += v3; v3 = _rotl(v3, 16); v3 ^= v2
+        v0 += v3; v3 = _rotl(v3, 21); v3 ^= v0
+        v2 += v1; v1 = _rotl(v1, 17); v1 ^= v2; v2 = _rotl(v2, 32)
+    return v0 ^ v1 ^ v2 ^ v3
+
+
+cdef inline uint64_t _permute(uint64_t k0, uint64_t k1, uint64_t x) noexcept nogil:
+    cdef uint32_t left = <uint32_t>(x >> 32), right = <uint32_t>x, t
+    cdef uint64_t rnd
+    for rnd in range(4):
+        t = right
+        right = left ^ <uint32_t>_siphash24(k0, k1, (rnd << 32) | right)
+        left = t
+    return (<uint64_t>left << 32) | right
+
+
+cdef bytes _order_id(bytes prefix, uint64_t k0, uint64_t k1, unsigned long long seq):
+    # prefix + the permuted sequence number as 16 lower-case hex digits
+    cdef uint64_t v = _permute(k0, k1, seq)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(prefix), d = 16
+    out = PyBytes_FromStringAndSize(NULL, n + 16)
     cdef char *w = PyBytes_AS_STRING(out)
     memcpy(w, PyBytes_AS_STRING(prefix), n)
-    v = seq
     while d:
         d -= 1
         w[n + d] = b"0123456789abcdef"[v & 15]
@@ -275,9 +320,21 @@ cdef bytes _hex_id(bytes prefix, unsigned long long seq):
     return out
 
 
-def hex_id(bytes prefix, unsigned long long seq):
-    """An order id as the path makes it: ``prefix`` + ``seq`` in lower-case hex."""
-    return _hex_id(prefix, seq)
+def order_id(bytes prefix not None, bytes key not None, unsigned long long seq):
+    """The order id the path makes for sequence number ``seq`` under a 16-byte key."""
+    if len(key) != 16:
+        raise ValueError("the order id key is 16 bytes")
+    k0 = int.from_bytes(key[:8], "little")
+    k1 = int.from_bytes(key[8:], "little")
+    return _order_id(prefix, k0, k1, seq)
+
+
+def siphash24(bytes key not None, unsigned long long word):
+    """SipHash-2-4 of one 8-byte little-endian word under a 16-byte key (for tests)."""
+    if len(key) != 16:
+        raise ValueError("a SipHash key is 16 bytes")
+    return _siphash24(int.from_bytes(key[:8], "little"), int.from_bytes(key[8:], "little"),
+                      word)
 
 
 cdef inline bytes _rate_limited(long long wait_us):
@@ -328,6 +385,9 @@ cdef class BuyPath:
         self.queued = 0
         self.waiting = 0
         self.seq = 0
+        key = os.urandom(16)  # the order ids' permutation (see _order_id)
+        self.oid_k0 = int.from_bytes(key[:8], "little")
+        self.oid_k1 = int.from_bytes(key[8:], "little")
         self.flush_scheduled = False
         self.clock_ok = True
         self.clock_offset_ms = 0
@@ -551,7 +611,7 @@ cdef class BuyPath:
             p.fut.set_result(R_UNAVAILABLE)
             return p.fut
         self.seq += 1
-        p.order_id = _hex_id(srt.oid_prefix, self.seq)
+        p.order_id = _order_id(srt.oid_prefix, self.oid_k0, self.oid_k1, self.seq)
         self.ledger.push(srt.idx, p)
         self.queued += 1
         if not self.flush_scheduled:

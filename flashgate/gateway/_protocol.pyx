@@ -344,6 +344,7 @@ cdef class HttpProtocolCore:
 
     # wiring
     cdef object _app_handle
+    cdef object _app_head  # app.head_answer: a refusal from the head of a request with a body under ADMIN
     cdef readonly object _limits
     cdef readonly object _registry
     cdef readonly object _transport
@@ -380,6 +381,7 @@ cdef class HttpProtocolCore:
 
     def __init__(self, app, limits, registry):
         self._app_handle = app.handle
+        self._app_head = getattr(app, "head_answer", None)
         self._limits = limits
         self._registry = registry
         self._transport = None
@@ -613,6 +615,12 @@ cdef class HttpProtocolCore:
         if n > limit:
             self._reject(413, "payload_too_large", "request body too large")
             return None
+        if self._app_head is not None and path.startswith(ADMIN):
+            # the operator's paths are refused from the head: a stranger's body is never read
+            refusal = self._app_head(req)
+            if refusal is not None:
+                self._reject_with(refusal)
+                return None
         expect = headers.get(b"expect")
         if expect is not None and expect.lower() == b"100-continue":
             self._push(CONTINUE)
@@ -877,6 +885,18 @@ cdef class HttpProtocolCore:
         self._state = 0
         self._deadline = 0.0
         self._push(error_response(status, code, message, close=True))
+        self._update_reading()
+        return 0
+
+    cdef int _reject_with(self, bytes answer) except -1:
+        """Owe the app's final answer to a request it refused from its head (its body
+        is not read), then close, as ``_reject``."""
+        if self._closing:
+            return 0
+        self._closing = True
+        self._state = 0
+        self._deadline = 0.0
+        self._push(_apply_fix(answer, FIX_CLOSE | self._fix))
         self._update_reading()
         return 0
 

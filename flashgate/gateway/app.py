@@ -26,7 +26,7 @@ from flashgate.config import Config
 from flashgate.core import scripts
 from flashgate.core._stock import Ledger
 from flashgate.core.redisconn import RedisConnection, RedisError, RedisUnavailable
-from flashgate.gateway import handlers
+from flashgate.gateway import answers, handlers
 from flashgate.gateway._buy import BuyPath
 from flashgate.gateway.committer import Committer
 from flashgate.gateway.counters import Counters
@@ -155,6 +155,12 @@ class Gateway:
     def busy(self) -> bool:
         """Commits or parked requests not answered yet."""
         return self.path.queued > 0 or self.path.waiting > 0
+
+    def head_answer(self, req):
+        """The answer to a request under /api/v1/admin/ with a body, from its head alone
+        (the connection asks before it reads the body): 401 without the admin token,
+        else None (read the body, then route it)."""
+        return None if self.router.is_admin(req) else answers.UNAUTHENTICATED
 
     async def changed(self) -> bool:
         """A definition changed in Redis: load it here, and see that every other

@@ -5,9 +5,9 @@ import random
 
 import hiredis
 import pytest
-from flashgate.gateway._buy import Purchase, SkuCore, hex_id
 
 from flashgate.core import keys, scripts
+from flashgate.gateway._buy import Purchase, SkuCore, order_id, siphash24
 from flashgate.gateway._commit import pack_bulks, pack_commit, reply_offsets
 
 SKU = keys.SkuKeys("ev", "s1")
@@ -80,13 +80,61 @@ def test_reply_offsets_of_each_part_shape():
     assert reply_offsets([5, 10, 1, 2], 0) == []
 
 
-def test_order_ids_are_the_prefix_and_the_sequence_in_hex():
-    rng = random.Random(3)
-    seqs = [0, 1, 9, 10, 15, 16, 255, 256, 2**32, 2**64 - 1]
-    seqs += [rng.randrange(2**64) for _ in range(1000)]
-    for seq in seqs:
-        assert hex_id(b"ev.s1.b00t", seq) == b"ev.s1.b00t%x" % seq
-    assert hex_id(b"", 0) == b"0"
+def _siphash24_reference(key: bytes, msg: bytes) -> int:
+    """SipHash-2-4 as its paper specifies it, in Python, for any message length."""
+    mask = (1 << 64) - 1
+
+    def rotl(x, b):
+        return ((x << b) | (x >> (64 - b))) & mask
+
+    k0, k1 = int.from_bytes(key[:8], "little"), int.from_bytes(key[8:], "little")
+    v = [k0 ^ 0x736F6D6570736575, k1 ^ 0x646F72616E646F6D,
+         k0 ^ 0x6C7967656E657261, k1 ^ 0x7465646279746573]
+
+    def rounds(n):
+        for _ in range(n):
+            v[0] = (v[0] + v[1]) & mask; v[1] = rotl(v[1], 13) ^ v[0]; v[0] = rotl(v[0], 32)  # noqa: E702
+            v[2] = (v[2] + v[3]) & mask; v[3] = rotl(v[3], 16) ^ v[2]  # noqa: E702
+            v[0] = (v[0] + v[3]) & mask; v[3] = rotl(v[3], 21) ^ v[0]  # noqa: E702
+            v[2] = (v[2] + v[1]) & mask; v[1] = rotl(v[1], 17) ^ v[2]; v[2] = rotl(v[2], 32)  # noqa: E702
+
+    tail = len(msg) % 8
+    words = [int.from_bytes(msg[i:i + 8], "little") for i in range(0, len(msg) - tail, 8)]
+    words.append(int.from_bytes(msg[len(msg) - tail:], "little") | ((len(msg) & 0xFF) << 56))
+    for m in words:
+        v[3] ^= m
+        rounds(2)
+        v[0] ^= m
+    v[2] ^= 0xFF
+    rounds(4)
+    return v[0] ^ v[1] ^ v[2] ^ v[3]
+
+
+def test_siphash_is_the_reference():
+    key = bytes(range(16))
+    # the paper's example (its appendix A): the 15-byte message 00 01 .. 0e
+    assert _siphash24_reference(key, bytes(range(15))) == 0xA129CA6149BE45E5
+    rng = random.Random(5)
+    for _ in range(2000):
+        k = rng.randbytes(16)
+        w = rng.randrange(2**64)
+        assert siphash24(k, w) == _siphash24_reference(k, w.to_bytes(8, "little"))
+
+
+def test_order_ids_are_unique_and_say_nothing_of_the_sequence():
+    key = bytes(range(16))
+    ids = [order_id(b"ev.s1.b00t", key, seq) for seq in range(200_000)]
+    assert len(set(ids)) == len(ids)
+    assert all(len(i) == len(b"ev.s1.b00t") + 16 and i.startswith(b"ev.s1.b00t") for i in ids)
+    tails = [int(i[-16:], 16) for i in ids[:2000]]
+    # neighbours are not neighbours: about half of the 64 bits differ between seq and seq+1
+    flips = [bin(a ^ b).count("1") for a, b in zip(tails, tails[1:], strict=False)]
+    assert 28 < sum(flips) / len(flips) < 36
+    # another key, another permutation
+    other = [order_id(b"ev.s1.b00t", bytes(16), seq) for seq in range(1000)]
+    assert not set(other) & set(ids[:1000])
+    with pytest.raises(ValueError):
+        order_id(b"p", b"short", 1)
 
 
 def test_the_c_functions_refuse_what_would_crash_them():

@@ -44,10 +44,19 @@ class Buyer:
             return answers.UNAVAILABLE
         return _REGISTERED
 
-    async def get_order(self, req, m, who) -> bytes:
-        """An order: its buyer's, or anyone's for the operator; 404 for anyone else."""
+    def get_order(self, req, m, who):
+        """An order: its buyer's, or anyone's for the operator; 404 for anyone else.
+        A buyer's look-ups count against their client IP's and their own rate limits."""
+        if who != OPERATOR:
+            path = self.gw.path
+            wait = path.limit_ip(req) or path.limit_user(who)
+            if wait:
+                return answers.rate_limited(wait)
+        return self._get_order(m.params["order_id"], who)
+
+    async def _get_order(self, order_id: str, who) -> bytes:
         try:
-            order = await store.get_order(self.gw.conn, m.params["order_id"])
+            order = await store.get_order(self.gw.conn, order_id)
         except (RedisUnavailable, RedisError):
             return answers.UNAVAILABLE
         if order is None or (who != OPERATOR and order.get("user_id") != who):
