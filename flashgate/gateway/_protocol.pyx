@@ -30,7 +30,7 @@ from libc.string cimport memcpy
 
 from httptools import HttpParserError, parse_url
 
-from flashgate.gateway._http cimport RequestParser, S_FAILED, S_START
+from flashgate.gateway._http cimport Request, RequestParser, S_FAILED, S_START
 
 from flashgate.gateway import _http
 from flashgate.gateway.proxyproto import ProxyHeaderError, parse as parse_proxy_header
@@ -47,7 +47,6 @@ from flashgate.gateway.protocol import (
     LINGER_SECONDS,
     ConnectionRegistry,
     HttpLimits,
-    Request,
     _apply_fix,
     _check_stream_head,
     error_response,
@@ -82,8 +81,6 @@ cdef int FIX_HTTP10 = _PY_FIX_HTTP10
 cdef object GET = _http._METHODS[0]
 cdef object POST = _http._METHODS[1]
 
-cdef object new_request = Request.__new__
-cdef object RequestType = Request
 cdef bytes RESP_500 = _RESP_500
 cdef bytes RESP_503 = _RESP_503
 cdef bytes CONTINUE = _CONTINUE
@@ -352,6 +349,8 @@ cdef class HttpProtocolCore:
     cdef object _time
     cdef readonly RequestParser _parser
     cdef readonly str _peer_ip
+    cdef readonly object _peer  # app.peer_of(_peer_ip): the client, resolved once
+    cdef object _app_peer_of
     cdef readonly object _proxy_buf  # bytes so far while a PROXY header is owed, else None
     # limits copied out of HttpLimits for the hot path
     cdef readonly double _head_timeout
@@ -382,6 +381,8 @@ cdef class HttpProtocolCore:
     def __init__(self, app, limits, registry):
         self._app_handle = app.handle
         self._app_head = getattr(app, "head_answer", None)
+        self._app_peer_of = getattr(app, "peer_of", None)
+        self._peer = None
         self._limits = limits
         self._registry = registry
         self._transport = None
@@ -429,6 +430,8 @@ cdef class HttpProtocolCore:
         if ip.startswith("::ffff:") and "." in ip:
             ip = ip[7:]  # an IPv4 peer on a dual-stack socket: one address, one form
         self._peer_ip = ip
+        if self._app_peer_of is not None:
+            self._peer = self._app_peer_of(ip)
         registry = self._registry
         if not registry.now:  # registry not started yet: give its clock a sane origin
             registry.now = self._last_rx
@@ -528,6 +531,8 @@ cdef class HttpProtocolCore:
         self._proxy_buf = None
         if address is not None:
             self._peer_ip = address
+            if self._app_peer_of is not None:
+                self._peer = self._app_peer_of(address)
         self._state = 0
         self._deadline = 0.0
         return buf[size:]
@@ -535,6 +540,7 @@ cdef class HttpProtocolCore:
     cdef int _read_requests(self) except -1:
         """Dispatch every complete request buffered, in order; stop at an incomplete one."""
         cdef RequestParser parser = self._parser
+        cdef Request req
         cdef int flags
         cdef long long n
         cdef bint keep_alive
@@ -549,8 +555,8 @@ cdef class HttpProtocolCore:
                 return 0
             self._state = 0
             self._fix = self._conn_fix
-            # Request() without its Python __init__: about half the cost per request.
-            req = new_request(RequestType)
+            # Request() without its Python __init__, its fields set in C
+            req = <Request>Request.__new__(Request)
             method = parser.method
             keep_alive = parser.keep_alive
             flags = parser.flags
@@ -561,6 +567,7 @@ cdef class HttpProtocolCore:
             req.headers = parser.headers
             req.keep_alive = keep_alive
             req.peer_ip = self._peer_ip
+            req.peer = self._peer
             if (
                 flags & SLOW_FLAGS
                 or not keep_alive
