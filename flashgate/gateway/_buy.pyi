@@ -15,11 +15,12 @@ def mono_us() -> int:
 def user_of_header(raw: object) -> str | None:
     """The user id of an ``X-User-Id`` value, or None (checked in C)."""
 
-def parse_buy_body(body: bytes) -> tuple[str, int] | bytes:
-    """``(sku, qty)`` of a buy body, or its 400 answer."""
+def order_id(prefix: bytes, key: bytes, seq: int) -> bytes:
+    """The order id the path makes for sequence number ``seq`` under a 16-byte key (the
+    C function, exposed for tests)."""
 
-def hex_id(prefix: bytes, seq: int) -> bytes:
-    """An order id as the path makes it: ``prefix`` + ``seq`` in lower-case hex."""
+def siphash24(key: bytes, word: int) -> int:
+    """SipHash-2-4 of one 8-byte little-endian word under a 16-byte key (for tests)."""
 
 class EventCore:
     """An event as the purchase path sees it, and its counters in this worker."""

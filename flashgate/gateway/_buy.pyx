@@ -253,11 +253,6 @@ cdef object _parse_buy_body(bytes body):
     return sku_id, qty
 
 
-def parse_buy_body(bytes body not None):
-    """``(sku, qty)`` of a buy body, or its 400 answer (bytes)."""
-    return _parse_buy_body(body)
-
-
 # Order ids: "<event>.<sku>.<worker boot id><16 hex digits>", the digits a permutation
 # of the worker's sequence number under a key of the worker's own: unique (a permutation
 # of a counter never repeats, and the boot id is random per worker start), and not

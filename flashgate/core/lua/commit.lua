@@ -219,7 +219,7 @@ if ns > 0 then
   -- Every order of the batch goes into the SKU's one hash of orders, in one HSET: a
   -- key per order cost Redis a keyspace entry and a call per order (docs/DESIGN.md).
   -- order_id, event_id and sku are in the id, amount is unit_price * qty: readers add
-  -- them (store.order_from_record).
+  -- them (core/orders.py from_record).
   -- The records first: they are the order ids' guard against a re-sent batch.
   local records = {}
   local tail = '|' .. now .. '|' .. payby
