@@ -229,8 +229,9 @@ class Bench:
         self.procs = procs
         self.log = log
         self.admin_token = secrets.token_hex(16)
-        self.secret = secrets.token_hex(16)
-        self.signer = Signer(self.secret.encode(), now_ms() + 2 * DAY_MS)
+        self.secret = secrets.token_hex(32)  # 64 characters (the server takes >= 32 bytes)
+        # tokens live 12 h: within the server's default cap of 24 h, longer than any run
+        self.signer = Signer(self.secret.encode(), now_ms() + DAY_MS // 2)
         self.pools: dict[int, Path] = {}  # random users' tokens, by pool size
         self.next_user: dict[str, int] = {}  # per column: the next new user's number
         self.rate_seen: dict[str, float] = {}  # per column: its fastest run so far
