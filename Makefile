@@ -25,4 +25,5 @@ bench-quick: build
 	$(PY) -m bench --quick
 
 clean:
-	rm -rf build flashgate/core/_stock.c flashgate/limiter/_gcra.c flashgate/*/*.so
+	rm -rf build flashgate/core/_stock.c flashgate/limiter/_gcra.c flashgate/gateway/_net.c \
+		flashgate/*/*.so

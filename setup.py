@@ -16,6 +16,7 @@ EXTENSIONS = [
     ("flashgate.gateway._http", "flashgate/gateway/_http.pyx"),
     ("flashgate.gateway._protocol", "flashgate/gateway/_protocol.pyx"),
     ("flashgate.gateway._commit", "flashgate/gateway/_commit.pyx"),
+    ("flashgate.gateway._net", "flashgate/gateway/_net.pyx"),
 ]
 
 
