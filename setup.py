@@ -15,9 +15,10 @@ EXTENSIONS = [
     ("flashgate.limiter._gcra", "flashgate/limiter/_gcra.pyx"),
     ("flashgate.gateway._http", "flashgate/gateway/_http.pyx"),
     ("flashgate.gateway._protocol", "flashgate/gateway/_protocol.pyx"),
+    ("flashgate.gateway._net", "flashgate/gateway/_net.pyx"),
+    ("flashgate.gateway._token", "flashgate/gateway/_token.pyx"),
     ("flashgate.gateway._buy", "flashgate/gateway/_buy.pyx"),
     ("flashgate.gateway._commit", "flashgate/gateway/_commit.pyx"),
-    ("flashgate.gateway._token", "flashgate/gateway/_token.pyx"),
 ]
 
 
