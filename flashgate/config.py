@@ -313,14 +313,14 @@ def from_args(argv: list[str] | None = None, warnings: list[str] | None = None) 
         if opts["password"] and any(a == "--redis" or a.startswith("--redis=") for a in given):
             warnings.append("the password in --redis is visible to every local user in the "
                             "process list: prefer FLASHGATE_REDIS")
-    from flashgate.gateway.clientip import ClientIP, Networks
+    from flashgate.gateway._net import ClientIP, NetSet
 
     try:
         ClientIP(cfg.trusted_proxies)
     except ValueError as e:
         raise ConfigError(f"--trusted-proxies: {e}") from None
     try:
-        Networks(cfg.proxy_protocol_from)
+        NetSet(cfg.proxy_protocol_from)
     except ValueError as e:
         raise ConfigError(f"--proxy-protocol-from: {e}") from None
     return cfg

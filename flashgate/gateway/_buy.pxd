@@ -4,6 +4,7 @@ from flashgate.core._hll cimport HyperLogLog
 from flashgate.core._stock cimport Ledger
 from flashgate.core.outcomes cimport N_OUTCOMES
 from flashgate.gateway._http cimport Request
+from flashgate.gateway._net cimport ClientIP, Peer
 from flashgate.gateway._token cimport TokenKey
 from flashgate.limiter._gcra cimport Limiter
 
@@ -63,7 +64,7 @@ cdef class BuyPath:
     cdef readonly Limiter limiter
     cdef readonly TokenKey tokens   # buyer tokens' key, or None
     cdef readonly bint dev          # no secret: X-User-Id names the buyer (dev identity)
-    cdef object client_ip           # _net.ClientIP
+    cdef readonly ClientIP client_ip  # who the client of a request is (_net.pyx)
     cdef object conn                # the worker's RedisConnection
     cdef object call_soon           # the loop's
     cdef bint ip_limited, user_limited, global_limited

@@ -55,6 +55,7 @@ from flashgate.core.outcomes cimport (
     O_RATE_LIMITED, O_SOLD, O_UNAUTHENTICATED, O_UNAVAILABLE, O_WAIT,
 )
 from flashgate.gateway._http cimport Request
+from flashgate.gateway._net cimport ClientIP, Peer
 from flashgate.gateway._token cimport TokenKey
 from flashgate.limiter._gcra cimport Gcra, Limiter
 
@@ -68,7 +69,6 @@ import orjson
 from flashgate.auth import ID_CHARS
 from flashgate.gateway import answers
 from flashgate.gateway._protocol import Pending
-from flashgate.gateway.clientip import ClientIP
 
 log = logging.getLogger("flashgate.buy")
 
@@ -462,7 +462,17 @@ cdef class BuyPath:
         return None
 
     cdef Py_hash_t _client_hash(self, Request req) except? -1:
-        return PyObject_Hash(self.client_ip.of(req.peer_ip, req.headers.get(b"x-forwarded-for")))
+        # the limiter key of the request's client: the connection's peer, or the
+        # X-Forwarded-For hop a trusted proxy vouches for
+        peer = req.peer
+        if peer is None:  # (a request made without a connection: resolved now)
+            peer = self.client_ip.peer(req.peer_ip)
+        return self.client_ip.client_hash(<Peer>peer, req.headers.get(b"x-forwarded-for"))
+
+    def peer_of(self, str text not None):
+        """A connection's client, resolved once when it opens (the connection hands it
+        to every request as ``req.peer``)."""
+        return self.client_ip.peer(text)
 
     def client_of(self, Request req not None):
         """The client IP the rate limits count a request under (text)."""

@@ -59,6 +59,16 @@ cdef class NetSet:
     cdef bint contains(self, const ip_addr *a) noexcept nogil
 
 
+# A connection's client, resolved once when the connection opens (or its PROXY header
+# arrives): its address, whether it may vouch for X-Forwarded-For, its limiter key.
+@cython.final
+cdef class Peer:
+    cdef ip_addr addr           # all zero when the peer is not an address (a unix socket)
+    cdef bint trusted           # ClientIP.is_trusted(addr)
+    cdef Py_hash_t hash         # ip_hash(addr)
+    cdef readonly str text      # as the connection saw it
+
+
 @cython.final
 cdef class ClientIP:
     cdef readonly NetSet trusted       # --trusted-proxies
@@ -75,3 +85,7 @@ cdef class ClientIP:
     # The same on a header value that is not a bytes object (s may be NULL: absent).
     cdef void resolve_buf(self, const ip_addr *peer, bint peer_trusted,
                           const unsigned char *s, Py_ssize_t n, ip_addr *out) noexcept nogil
+    # The Peer of a connection from `text` (an address, or "" for a unix socket).
+    cpdef Peer peer(self, str text)
+    # The limiter key of a request from `peer` carrying that X-Forwarded-For value.
+    cdef Py_hash_t client_hash(self, Peer peer, object xff) noexcept

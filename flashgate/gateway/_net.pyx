@@ -432,6 +432,23 @@ cdef class NetSet:
 # ------------------------------------------------------------------ ClientIP
 
 @cython.final
+cdef class Peer:
+    """A connection's client, resolved once (``ClientIP.peer``)."""
+
+    @property
+    def trusted(self):
+        return self.trusted
+
+    @property
+    def address(self):
+        """The 16 bytes of its address (all zero for a peer that is not one)."""
+        return bytes(self.addr.b[:16])
+
+    def __repr__(self):
+        return f"Peer({self.text!r}, trusted={bool(self.trusted)})"
+
+
+@cython.final
 cdef class ClientIP:
     """``of(peer, x_forwarded_for)``: the client IP (see the theory of operation)."""
 
@@ -483,6 +500,28 @@ cdef class ClientIP:
                 return               # every hop is one of ours
             end = i - 1
         # XFF_MAX_HOPS trusted hops: the peer, as if every hop were ours
+
+    cpdef Peer peer(self, str text):
+        cdef Peer p = Peer.__new__(Peer)
+        p.text = text
+        if not _parse_obj(text, &p.addr):
+            memset(p.addr.b, 0, 16)  # not an address: every such peer shares one key
+            p.trusted = False
+        else:
+            p.trusted = self.is_trusted(&p.addr)
+        p.hash = ip_hash(&p.addr)
+        return p
+
+    cdef Py_hash_t client_hash(self, Peer peer, object xff) noexcept:
+        cdef ip_addr out
+        if not peer.trusted or xff is None:
+            return peer.hash
+        self.resolve(&peer.addr, True, xff, &out)
+        return ip_hash(&out)
+
+    def hash_of_client(self, Peer peer not None, xff):
+        """``client_hash`` for tests: equal to ``hash_of(parse(of(peer.text, xff)))``."""
+        return self.client_hash(peer, xff)
 
     @property
     def proxies(self):

@@ -66,6 +66,7 @@ class Gateway:
             self.peers = Peers(instance, worker_id, cfg.workers, self.refresher.reload,
                                lambda: self.refresher.version)
         self.handle = self.path.handle  # the HTTP entry
+        self.peer_of = self.path.peer_of  # a connection's client, resolved when it opens
         self.draining = False
         self._services = (
             ("refresher", lambda: self.refresher.run(cfg.refresh_interval)),

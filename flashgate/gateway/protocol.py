@@ -168,7 +168,7 @@ class HttpLimits:
     body_timeout = 30.0  # end of head -> end of body, else 408 + close
     keepalive_timeout = 75.0  # idle between requests -> close
     write_buffer_high = 256 * 1024  # transport write buffer high-water mark
-    # Peers that must open with a PROXY protocol header (a clientip.Networks, or any
+    # Peers that must open with a PROXY protocol header (a _net.NetSet, or any
     # container of address strings); None or empty: no header is ever parsed.
     proxy_protocol_from = None
 

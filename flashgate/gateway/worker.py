@@ -17,8 +17,8 @@ import socket
 import sys
 
 from flashgate.config import Config
+from flashgate.gateway._net import NetSet
 from flashgate.gateway.app import Gateway
-from flashgate.gateway.clientip import Networks
 from flashgate.gateway.protocol import ConnectionRegistry, HttpLimits, HttpProtocol
 
 log = logging.getLogger("flashgate.worker")
@@ -99,7 +99,7 @@ async def _serve(cfg: Config, worker_id: int, ready, parent: int) -> int:
         keepalive_timeout=cfg.keepalive_timeout,
         head_timeout=cfg.head_timeout,
         max_connections=cfg.max_connections,
-        proxy_protocol_from=Networks(cfg.proxy_protocol_from),
+        proxy_protocol_from=NetSet(cfg.proxy_protocol_from),
     )
     registry = ConnectionRegistry()
     registry.start(loop)

@@ -65,8 +65,8 @@ import flashgate
 from flashgate.auth import admin_ok
 from flashgate.config import Config
 from flashgate.embedded import EmbeddedRedis
+from flashgate.gateway._net import NetSet
 from flashgate.gateway.app import Gateway
-from flashgate.gateway.clientip import Networks
 from flashgate.gateway.protocol import ConnectionRegistry, HttpLimits, HttpProtocol
 
 ADMIN = "fuzz-admin-token"
@@ -421,7 +421,7 @@ class RequestPath:
         self.limits = HttpLimits(
             max_body=cfg.max_body, keepalive_timeout=cfg.keepalive_timeout,
             head_timeout=cfg.head_timeout, max_connections=cfg.max_connections,
-            proxy_protocol_from=Networks(cfg.proxy_protocol_from),
+            proxy_protocol_from=NetSet(cfg.proxy_protocol_from),
         )
         self.registry = ConnectionRegistry()
         self.registry.start(self.loop)

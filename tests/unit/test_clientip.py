@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from flashgate.gateway import _net, clientip
+from flashgate.gateway import _net
 from flashgate.gateway._net import ClientIP, NetSet
 from tests.reference import clientip as reference
 
@@ -51,7 +51,7 @@ LB = "10.1.0.5"
 ])
 def test_right_most_untrusted_hop(peer, xff, want):
     assert ClientIP("10.1.0.0/16").of(peer, xff) == want
-    assert clientip.ClientIP("10.1.0.0/16").of(peer, xff) == want
+    assert _net.ClientIP("10.1.0.0/16").of(peer, xff) == want
 
 
 def test_no_trusted_proxies_means_the_peer():
@@ -78,7 +78,7 @@ def test_bad_configuration_is_refused():
     with pytest.raises(ValueError):
         NetSet("10.0.0.1/24/1")
     with pytest.raises(ValueError):
-        clientip.ClientIP("::/129")
+        _net.ClientIP("::/129")
 
 
 def test_a_proxy_protocol_balancer_never_vouches_for_x_forwarded_for():
@@ -132,16 +132,20 @@ def test_a_network_set():
         assert junk not in nets
 
 
-def test_the_application_module_keeps_its_names():
-    ip = clientip.ClientIP("10.1.0.0/16", "10.1.0.5")
-    assert isinstance(ip.native, ClientIP)
-    assert ip.proxies is ip.native.trusted and ip.balancers is ip.native.balancers
-    assert [str(n) for n in ip.nets] == ["10.1.0.0/16"]
-    assert ip.trusted("10.1.0.6") and not ip.trusted(LB) and not ip.trusted("junk")
-    assert ip.of("10.1.0.6", b"198.51.100.1") == "198.51.100.1"
-    nets = clientip.Networks("127.0.0.0/8")
-    assert isinstance(nets, NetSet) and "127.0.0.1" in nets and nets
-    assert [str(n) for n in nets.nets] == ["127.0.0.0/8"]
+def test_a_connection_s_peer_and_the_limiter_key_of_its_requests():
+    """``ClientIP.peer`` resolves a connection's client once; the purchase path's key of a
+    request (``client_hash``) is the hash of the client ``of`` names."""
+    ip = _net.ClientIP("10.1.0.0/16", "10.1.0.5")
+    proxy, balancer, direct, unix = (ip.peer("10.1.0.6"), ip.peer("10.1.0.5"),
+                                     ip.peer("198.51.100.7"), ip.peer(""))
+    assert proxy.trusted and not balancer.trusted and not direct.trusted and not unix.trusted
+    assert unix.address == bytes(16) and proxy.text == "10.1.0.6"
+    for peer in (proxy, balancer, direct):
+        for xff in (None, b"198.51.100.1", b"203.0.113.9, 10.1.0.7", b"junk", b"10.1.0.8",
+                    b"2001:db8::1", b""):
+            want = _net.hash_of(_net.parse(ip.of(peer.text, xff)))
+            assert ip.hash_of_client(peer, xff) == want, (peer, xff)
+    assert ip.hash_of_client(unix, b"198.51.100.1") == _net.hash_of(bytes(16))
 
 
 # --------------------------------------------------------------------------- differential

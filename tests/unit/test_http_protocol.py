@@ -16,8 +16,8 @@ import orjson
 import pytest
 import uvloop
 
+from flashgate.gateway._net import NetSet
 from flashgate.gateway._protocol import Pending, Stream
-from flashgate.gateway.clientip import Networks
 from flashgate.gateway.protocol import (
     ConnectionRegistry,
     HttpLimits,
@@ -518,7 +518,7 @@ def test_body_timeout(serve):
 
 # --------------------------------------------------------------------------- PROXY protocol
 
-LB = Networks("127.0.0.0/8")  # the test client's address is a configured balancer
+LB = NetSet("127.0.0.0/8")  # the test client's address is a configured balancer
 V1 = b"PROXY TCP4 198.51.100.7 127.0.0.1 51000 80\r\n"
 
 
@@ -599,7 +599,7 @@ def test_a_balancer_connection_idle_before_its_header_is_not_cut_by_the_head_dea
 
 
 def test_peers_that_are_not_balancers_cannot_send_a_header(serve):
-    srv = serve(proxy_protocol_from=Networks("192.0.2.0/24"))
+    srv = serve(proxy_protocol_from=NetSet("192.0.2.0/24"))
     c = Client(srv.port)
     c.send(V1 + req())
     assert c.response()[0] == 400  # a malformed request line, nothing more
