@@ -192,6 +192,11 @@ class _Protocol(asyncio.Protocol):
         self.lost(self, exc)
 
 
+def _retrieve(fut: asyncio.Future) -> None:
+    if not fut.cancelled():
+        fut.exception()
+
+
 class RedisConnection:
     """A connection that knows how to reconnect. ``connected`` is False while down;
     commands issued then fail at once with RedisUnavailable."""
@@ -348,9 +353,13 @@ class RedisConnection:
                 except RedisError as e:
                     out.append(e)
         finally:
-            for f in futs:  # the rest failed with the connection: seen, not left for the GC
-                if f.done() and not f.cancelled():
-                    f.exception()
+            # replies nobody awaits (an error, or the caller cancelled): their failure is
+            # seen here, not reported by the GC as never retrieved
+            for f in futs:
+                if f.done():
+                    _retrieve(f)
+                else:
+                    f.add_done_callback(_retrieve)
         return out
 
     def close(self) -> None:

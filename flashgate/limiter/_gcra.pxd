@@ -36,6 +36,9 @@ cdef class Gcra:
     # allowed. `h` is the key's Python hash (PyObject_Hash); now_us must lie in
     # [0, 2**62 // 1000] (the Python wrappers check it, this does not).
     cdef long long c_hit(self, Py_hash_t h, long long now_us) noexcept nogil
+    # Start fetching the bucket of key hash `h` into the CPU cache (a c_hit of `h` soon
+    # after finds it there): a lookup's one cache miss overlaps other work.
+    cdef void prefetch(self, Py_hash_t h) noexcept nogil
     cdef long long c_hit_global(self, long long now_us) noexcept nogil
 
 

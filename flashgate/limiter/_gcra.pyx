@@ -194,6 +194,14 @@ cdef class Gcra:
         victim.tat = now + self._period_ns
         return 0
 
+    cdef void prefetch(self, Py_hash_t h) noexcept nogil:
+        cdef gcra_slot *bucket
+        if self._table == NULL:
+            return
+        bucket = self._table + (_mix(<uint64_t>h) & self._bucket_mask) * GCRA_WAYS
+        flashgate_prefetch(bucket)
+        flashgate_prefetch(bucket + GCRA_WAYS // 2)
+
     cdef long long c_hit_global(self, long long now_us) noexcept nogil:
         if self._period_ns == 0:
             return 0
