@@ -267,6 +267,7 @@ class SideBySide:
                         global_rate=0.0, refresh_interval=3600.0, wait_timeout=0.0,
                         wait_queue=3)
         self.cfg.update(cfg)
+        self.cfg["dev"] = not self.cfg.get("user_secret")  # X-User-Id only in dev mode
         self.t0 = int(time.time() * 1000)
         self.events = event_definitions(skus, self.t0)
         self.gw: Gateway | None = None
@@ -413,13 +414,13 @@ class SideBySide:
         def done() -> bool:
             return (all(type(a) is bytes or a.done() for a in c_out)
                     and all(isinstance(a, Answer) or a.done() for a in r_out)
-                    and gw.queued == gw.waiting == gw.committer.flights == 0
+                    and gw.path.queued == gw.path.waiting == gw.committer.flights == 0
                     and ref.queued == ref.waiting == ref.flights == 0)
 
         while not done():
             if self.loop.time() > deadline:
                 raise AssertionError(f"not answered within {timeout} s: gateway queued "
-                                     f"{gw.queued} waiting {gw.waiting}; reference queued "
+                                     f"{gw.path.queued} waiting {gw.path.waiting}; reference queued "
                                      f"{ref.queued} waiting {ref.waiting}")
             spins += 1
             await asyncio.sleep(0 if spins < 100 else 0.001)

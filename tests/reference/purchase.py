@@ -62,7 +62,9 @@ from flashgate.config import Config
 from flashgate.core import events, keys, scripts, store
 from flashgate.core.outcomes import OUTCOMES
 from flashgate.core.redisconn import RedisConnection
-from flashgate.gateway.clientip import ClientIP
+from tests.reference.clientip import ClientIP
+
+_BEARER = re.compile(rb"[Bb][Ee][Aa][Rr][Ee][Rr] +([^ \t]+)[ \t]*")
 
 IDEM_TTL_S = 86400  # an Idempotency-Key's life (API.md: 24 h)
 MAX_BATCH = 256  # reservations per commit script call
@@ -161,22 +163,23 @@ def user_of_header(raw) -> str | None:
 
 
 class Tokens:
-    """Buyer tokens: ``<user>.<expires_ms>.<hex HMAC-SHA256(secret, "<user>.<expires_ms>")>``."""
+    """Buyer tokens: ``<user>.<expires_ms>.<hex HMAC-SHA256(secret, "<user>.<expires_ms>")>``
+    (expires_ms: 1-15 digits; the signature in lower-case hex), living at most
+    ``max_ttl_ms`` (0: no cap)."""
 
-    def __init__(self, secret: bytes):
+    def __init__(self, secret: bytes, max_ttl_ms: int = 0):
         self.secret = secret
+        self.max_ttl_ms = max_ttl_ms
 
     def user(self, token: bytes, now_ms: int) -> str | None:
         parts = token.split(b".")
         if len(token) > 200 or len(parts) != 3:
             return None
         user, expires, signature = parts
-        if not _ID.fullmatch(user):
+        if not (_ID.fullmatch(user) and re.fullmatch(rb"[0-9]{1,15}", expires)
+                and re.fullmatch(rb"[0-9a-f]{64}", signature)):
             return None
-        try:
-            if int(expires) <= now_ms:
-                return None
-        except ValueError:
+        if int(expires) <= now_ms or (self.max_ttl_ms and int(expires) > now_ms + self.max_ttl_ms):
             return None
         want = hmac.new(self.secret, user + b"." + expires, "sha256").hexdigest().encode()
         return user.decode("ascii") if hmac.compare_digest(want, signature) else None
@@ -405,7 +408,8 @@ class ReferencePurchase:
         self.ledger = Ledger()
         self.events: dict[str, EventState] = {}
         self.skus: list[Sku] = []  # by ledger index
-        self.tokens = Tokens(cfg.user_secret.encode()) if cfg.user_secret else None
+        self.tokens = (Tokens(cfg.user_secret.encode(), int(cfg.max_token_ttl) * 1000)
+                       if cfg.user_secret else None)
         self.client_ip = ClientIP(cfg.trusted_proxies, cfg.proxy_protocol_from)
         self.ip_limit = Gcra(cfg.ip_rate, cfg.ip_burst)
         self.user_limit = Gcra(cfg.user_rate, cfg.user_burst)
@@ -502,12 +506,15 @@ class ReferencePurchase:
     # -- the buy request ---------------------------------------------------------------
 
     def user_of(self, req) -> str | None:
+        """A token's user; X-User-Id only in dev mode; with neither, nobody."""
         if self.tokens is None:
-            return user_of_header(req.headers.get(b"x-user-id"))
+            return user_of_header(req.headers.get(b"x-user-id")) if self.cfg.dev else None
         auth = req.headers.get(b"authorization")
-        if not isinstance(auth, bytes) or not auth.startswith(b"Bearer "):
+        # "Bearer" (any case), spaces, the token, then only spaces or tabs
+        m = _BEARER.fullmatch(auth) if isinstance(auth, bytes) else None
+        if m is None:
             return None
-        return self.tokens.user(auth[7:].strip(), wall_ms())
+        return self.tokens.user(m.group(1), wall_ms())
 
     def handle(self, req):
         """``POST /api/v1/events/<id>/buy``: an Answer, or a Future of one."""
