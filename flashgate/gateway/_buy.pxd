@@ -5,6 +5,7 @@ from flashgate.core._stock cimport Ledger
 from flashgate.core.outcomes cimport N_OUTCOMES
 from flashgate.gateway._http cimport Request
 from flashgate.gateway._net cimport ClientIP, Peer
+from flashgate.gateway._protocol cimport Pending
 from flashgate.gateway._token cimport TokenKey
 from flashgate.limiter._gcra cimport Limiter
 
@@ -46,7 +47,7 @@ cdef class Purchase:
     cdef public str fp              # its Idempotency-Key's fingerprint ("" without a key)
     cdef public str idem_key        # the key's order (a KEYS entry of the commit), or None
     cdef public bytes order_id      # made when it joins a batch
-    cdef public object fut          # its answer: a Pending
+    cdef public Pending fut         # its answer
     cdef public long long deadline  # monotonic µs a parked request gives up at (0: none)
     cdef public long long t0        # monotonic µs it arrived at
 
@@ -88,8 +89,9 @@ cdef class BuyPath:
     cpdef object sku_of(self, bytes body, EventCore ert)
     cdef bint _connected(self)
     cdef object _buy_with_key(self, SkuCore srt, str user, object qty, str key)
-    cpdef object admit(self, SkuCore srt, str user, object qty, str fp, str idem_key, fut)
-    cdef object _park(self, SkuCore srt, str user, int qty, str fp, str idem_key, fut)
+    cpdef object admit(self, SkuCore srt, str user, object qty, str fp, str idem_key,
+                       Pending fut)
+    cdef object _park(self, SkuCore srt, str user, int qty, str fp, str idem_key, Pending fut)
     cpdef object enqueue(self, Purchase p)
     cpdef retry_waiters(self, SkuCore srt)
     cpdef long long now_ms(self)

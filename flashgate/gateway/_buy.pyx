@@ -56,6 +56,7 @@ from flashgate.core.outcomes cimport (
 )
 from flashgate.gateway._http cimport Request
 from flashgate.gateway._net cimport ClientIP, Peer
+from flashgate.gateway._protocol cimport Pending
 from flashgate.gateway._token cimport TokenKey
 from flashgate.limiter._gcra cimport Gcra, Limiter
 
@@ -68,7 +69,6 @@ import orjson
 
 from flashgate.auth import ID_CHARS
 from flashgate.gateway import answers
-from flashgate.gateway._protocol import Pending
 
 log = logging.getLogger("flashgate.buy")
 
@@ -172,7 +172,7 @@ cdef class Purchase:
     """One admitted (or parked) buy request, until Redis answers it."""
 
     def __init__(self, SkuCore srt, str user, int qty, str fp="", str idem_key=None,
-                 fut=None, long long t0=0):
+                 Pending fut=None, long long t0=0):
         self.srt = srt
         self.user = user
         self.qty = qty
@@ -180,7 +180,7 @@ cdef class Purchase:
         self.fp = fp
         self.idem_key = idem_key
         self.order_id = b""
-        self.fut = Pending() if fut is None else fut
+        self.fut = Pending.__new__(Pending) if fut is None else fut
         self.deadline = 0
         self.t0 = t0
 
@@ -522,7 +522,8 @@ cdef class BuyPath:
 
     # -- the ledger ----------------------------------------------------------------
 
-    cpdef object admit(self, SkuCore srt, str user, object qty, str fp, str idem_key, fut):
+    cpdef object admit(self, SkuCore srt, str user, object qty, str fp, str idem_key,
+                       Pending fut):
         """The ledger decides: a refusal's answer, or the Pending the commit resolves
         (``fut`` if given). ``fp``/``idem_key``: the request's Idempotency-Key's
         fingerprint and order key ("" / None without one)."""
@@ -542,7 +543,7 @@ cdef class BuyPath:
             p.fp = fp
             p.idem_key = idem_key
             p.order_id = b""
-            p.fut = Pending() if fut is None else fut
+            p.fut = Pending.__new__(Pending) if fut is None else fut
             p.t0 = _mono_us()
             return self.enqueue(p)
         if code == O_WAIT:
@@ -554,7 +555,7 @@ cdef class BuyPath:
             return fut
         return answer
 
-    cdef object _park(self, SkuCore srt, str user, int qty, str fp, str idem_key, fut):
+    cdef object _park(self, SkuCore srt, str user, int qty, str fp, str idem_key, Pending fut):
         # The ledger said WAIT: the request waits (bounded) for the units in flight and
         # tries again when a batch of its SKU settles (retry_waiters).
         if self.waiting >= self.wait_queue:
@@ -673,7 +674,7 @@ cdef class _KeyCheck:
     cdef str user, fp, idem_key
     cdef object qty
     cdef readonly int refusal  # the ledger's refusal (-1: it would admit the request)
-    cdef readonly object fut
+    cdef readonly Pending fut
 
     def __init__(self, BuyPath path, SkuCore srt, str user, qty, str fp, str idem_key,
                  int refusal):
@@ -684,7 +685,7 @@ cdef class _KeyCheck:
         self.fp = fp
         self.idem_key = idem_key
         self.refusal = refusal
-        self.fut = Pending()
+        self.fut = Pending.__new__(Pending)
 
     def __call__(self, reply):
         cdef EventCore ert = self.srt.ert

@@ -318,9 +318,8 @@ def answer_commit(Ledger ledger not None, SkuCore srt not None, list items not N
         except Exception:
             log.exception("cannot answer a committed reservation")
             answer = R_UNAVAILABLE
-        fut = p.fut
-        if not fut.done():
-            fut.set_result(answer)
+        if not p.fut.done():
+            p.fut.set_result(answer)
     try:
         ledger.observe(idx, int(r[0]), int(r[1]))
     except (TypeError, ValueError):

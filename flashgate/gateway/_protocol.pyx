@@ -25,6 +25,7 @@ import asyncio
 import collections
 import logging
 
+cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from libc.string cimport memcpy
 
@@ -123,18 +124,18 @@ cdef object _result_of(object fut):
 # ------------------------------------------------------------------- pending answers
 
 
+cdef class HttpProtocolCore
+
+
+@cython.final
 cdef class Pending:
     """An answer the app gives later: ``set_result(bytes)`` once. The purchase path's
     light stand-in for an ``asyncio.Future``: the connection that owes it is told at
     once, in the call (no loop callback per answer); ``done()`` / ``result()`` as a
-    Future's, and ``await pending`` works too (for app coroutines)."""
+    Future's, and ``await pending`` works too (for app coroutines). Its fields are
+    declared in _protocol.pxd: C callers resolve it without a Python call."""
 
-    cdef object _value  # the answer's bytes once resolved, else None
-    cdef object _proto  # the connection waiting for it (a HttpProtocolCore), or None
-    cdef int _fix  # the connection's rewrites for this answer
-    cdef object _waiter  # a Future for ``await``, made on demand
-
-    def done(self):
+    cpdef bint done(self):
         return self._value is not None
 
     def result(self):
@@ -142,7 +143,7 @@ cdef class Pending:
             raise asyncio.InvalidStateError("answer not given yet")
         return self._value
 
-    def set_result(self, value):
+    cpdef set_result(self, value):
         if self._value is not None:
             raise asyncio.InvalidStateError("answer given twice")
         if type(value) is not bytes:
@@ -156,7 +157,7 @@ cdef class Pending:
         if proto is not None:
             self._proto = None
             try:
-                proto._answer_ready()
+                (<HttpProtocolCore>proto)._answered()
             except Exception:  # the connection's trouble, never the caller's
                 log.exception("writing an answer failed")
         waiter = self._waiter
@@ -770,10 +771,11 @@ cdef class HttpProtocolCore:
             self._drop()
         return stream
 
-    def _answer_ready(self):
+    cdef int _answered(self) except -1:
         # a Pending this connection owes was resolved
         if not self._closed:
             self._drain()
+        return 0
 
     def _on_answer_done(self, fut):
         # Always look at the outcome, so a failure is logged once even when the
