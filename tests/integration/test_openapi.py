@@ -329,14 +329,15 @@ EXAMPLES = 20  # per operation and generation mode: about 350 requests in all
 FUZZ_USER = "fz-user"
 
 
-def _start_private(tmp_path_factory, name: str):
+def _start_private(tmp_path_factory, name: str, shared: bool = False):
     """A Redis and a gateway of their own (what fuzzing leaves behind stays there)."""
     from flashgate.embedded import EmbeddedRedis
     from tests.support import Gateway
 
     server = EmbeddedRedis(tmp_path_factory.mktemp(name + "-redis"), persist=False).start()
     try:
-        gateway = Gateway(server.url, tmp_path_factory.mktemp(name + "-gw")).start()
+        gateway = Gateway(server.url, tmp_path_factory.mktemp(name + "-gw"),
+                          shared=shared).start()
     except Exception:
         server.stop()
         raise
@@ -345,10 +346,12 @@ def _start_private(tmp_path_factory, name: str):
 
 @pytest.fixture(scope="module")
 def fuzz_gw(tmp_path_factory):
-    server, gateway = _start_private(tmp_path_factory, "fuzz")
+    server, gateway = _start_private(tmp_path_factory, "fuzz", shared=True)
     yield gateway
-    gateway.stop()
-    server.stop()
+    try:
+        gateway.close()
+    finally:
+        server.stop()
 
 
 @pytest.fixture

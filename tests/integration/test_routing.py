@@ -115,9 +115,9 @@ async def _fresh_requests(port: int, requests: list[tuple[str, str, dict, bytes]
 
 @pytest.fixture(scope="module")
 def four_workers(redis_server, tmp_path_factory):
-    g = Gateway(redis_server.url, tmp_path_factory.mktemp("ryw"), workers=4).start()
+    g = Gateway(redis_server.url, tmp_path_factory.mktemp("ryw"), workers=4, shared=True).start()
     yield g
-    g.stop()
+    g.close()
 
 
 def test_a_created_event_is_served_by_every_worker_once_put_answers(four_workers, r):

@@ -20,9 +20,9 @@ def signed_gw(redis_server, tmp_path_factory):
     """Signed buyer tokens (lifetime at most an hour), a trusted local proxy, limits off."""
     g = Gateway(redis_server.url, tmp_path_factory.mktemp("trust"), workers=2,
                 extra=["--user-secret", SECRET, "--max-token-ttl", "3600",
-                       "--trusted-proxies", "127.0.0.0/8"]).start()
+                       "--trusted-proxies", "127.0.0.0/8"], shared=True).start()
     yield g
-    g.stop()
+    g.close()
 
 
 def _bearer(user: str, ttl_s: int = 60) -> dict:
