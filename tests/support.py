@@ -100,6 +100,17 @@ _BAD_LEVEL = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} \S+ (ERROR|CRITIC
 _TRACEBACK = ("Traceback (most recent call last)", "Exception ignored in", "Fatal Python error")
 
 
+# Errors of known product defects, expected of any gateway until they are fixed:
+# regexes searched in a whole record. Each has a strict xfail test that checks without
+# them (``assert_finished_cleanly``) and fails once the defect is gone: remove it here then.
+KNOWN_DEFECTS = (
+    # tests/integration/test_faults.py::test_the_drain_ends_within_its_grace_period: the
+    # pipelines a stopping worker cancels leave futures whose exception nobody retrieves
+    r" ERROR asyncio: Future exception was never retrieved\n"
+    r"future: <Future finished exception=RedisUnavailable\('connection to Redis lost: closed'\)>",
+)
+
+
 def log_records(lines: list[str]) -> list[tuple[int, list[str]]]:
     """The output split into records ``(index of its first line, lines)``: a record
     starts at a log line (``<date> <time> <process> <LEVEL> ...``), and lines that are
@@ -113,11 +124,14 @@ def log_records(lines: list[str]) -> list[tuple[int, list[str]]]:
     return records
 
 
-def problem(record: list[str], allowed) -> bool:
+def problem(record: list[str], allowed, known=KNOWN_DEFECTS) -> bool:
     """An ERROR or CRITICAL log line, or a traceback, that no pattern of ``allowed``
-    (regexes searched in the record's first line) expects. A traceback is expected
+    (regexes searched in the record's first line) expects, and that is no known
+    defect (``known``: regexes searched in the whole record). A traceback is expected
     only as part of an expected ERROR record (``log.exception``)."""
     head = record[0]
+    if any(re.search(k, "".join(record)) for k in known):
+        return False
     bad_level = bool(_BAD_LEVEL.match(head))
     traceback = any(line.startswith(_TRACEBACK) for line in record)
     if not (bad_level or traceback):
@@ -323,7 +337,7 @@ class Gateway:
             if len(self.output) != seen:
                 seen, since = len(self.output), time.monotonic()
 
-    def log_problems(self, allowed=()) -> list[str]:
+    def log_problems(self, allowed=(), known=KNOWN_DEFECTS) -> list[str]:
         """The records of the output not checked yet that are errors nobody expected;
         each is reported once."""
         out = []
@@ -334,7 +348,7 @@ class Gateway:
             expected = [*self.expected_log, *allowed]
             if start == self._checked:  # judged before, under the test of its time
                 expected += self._last_allowed
-            if problem(record, expected):
+            if problem(record, expected, known):
                 self._reported.add(start)
                 out.append("".join(record).rstrip("\n"))
         if records:  # the last record may grow (a traceback being written): again later
@@ -344,7 +358,7 @@ class Gateway:
             self._last_allowed = [*self._last_allowed, *allowed]
         return out
 
-    def finish(self, allowed=()) -> list[str]:
+    def finish(self, allowed=(), known=KNOWN_DEFECTS) -> list[str]:
         """Stop (SIGTERM: a drain) and say what is wrong: an exit code other than 0, and
         the unexpected errors of the log. Done once; the gateway leaves ``live``."""
         if self in Gateway.live:
@@ -356,7 +370,7 @@ class Gateway:
             failures.append(f"gateway {self.args[2:5]} on port {self.port} exited with {code}; "
                             f"its last lines:\n{tail}")
         failures += [f"gateway on port {self.port} logged:\n{p}"
-                     for p in self.log_problems(allowed)]
+                     for p in self.log_problems(allowed, known)]
         return failures
 
     def close(self) -> None:
@@ -366,9 +380,9 @@ class Gateway:
             raise GatewayLogError("\n\n".join(failures))
 
     def assert_finished_cleanly(self, allowed=()) -> None:
-        """``finish`` inside the test itself (GatewayLogError on what is wrong): for a
-        test whose gateway's end is its subject, or a known defect marked xfail."""
-        failures = self.finish(allowed)
+        """``finish`` inside the test itself (GatewayLogError on what is wrong), known
+        defects included: for a test whose gateway's end is its subject."""
+        failures = self.finish(allowed, known=())
         if failures:
             raise GatewayLogError("\n\n".join(failures))
 

@@ -448,7 +448,7 @@ def test_the_end_closes_the_sale(gw, r):
     event_id, body = new_event(gw, stock=(5,), limits=[5], ends=ends)
     assert now_ms() < ends - 200, "the event was too slow to create"
     acked = [buy_ok(gw, event_id, "s0", "early")]
-    time.sleep(max(0.0, (ends - now_ms()) / 1000) + 0.05)
+    gw.wait_state(event_id, "ended")  # every worker's clock has passed the end
     with unchanged(r, event_id, body) as before:
         for i in range(6):
             assert_error(gw.buy(event_id, "s0", f"late{i}"), 409, "ended")

@@ -118,11 +118,7 @@ def test_sigterm_drains_requests_in_flight(own_gw, r, capsys):
 
     async def conn(k, started):
         reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
-        data = b""
-        for i in range(100):
-            payload = json.dumps({"sku": "s0"}).encode()
-            data += (f"POST /api/v1/events/{ev}/buy HTTP/1.1\r\nHost: t\r\nX-User-Id: d{k}x{i}\r\n"
-                     f"Content-Length: {len(payload)}\r\n\r\n").encode() + payload
+        data = b"".join(gw.buy_bytes(ev, "s0", f"d{k}x{i}") for i in range(100))
         writer.write(data)
         await writer.drain()
         started.append(k)

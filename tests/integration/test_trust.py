@@ -96,7 +96,7 @@ def test_order_lookups_count_against_the_rate_limits(redis_server, tmp_path, r):
         status, order, _ = g.buy(event_id, "s0", "looker")  # 1 of the burst of 3
         assert status == 200, order
         url = f"/api/v1/orders/{order['order_id']}"
-        answers = [g.request("GET", url, headers={"X-User-Id": "looker"}) for _ in range(4)]
+        answers = [g.request("GET", url, headers=g.who("looker")) for _ in range(4)]
         statuses = [a[0] for a in answers]
         assert statuses[:2] == [200, 200] and 429 in statuses, statuses
         limited = answers[statuses.index(429)]

@@ -52,3 +52,13 @@ def test_a_gateway_reports_each_problem_once_and_judges_a_late_traceback_with_it
     assert g.log_problems([]) == []  # once
     g.output += [WARNING, *TRACEBACK]
     assert len(g.log_problems([r"has not answered"])) == 1
+
+
+def test_a_known_defect_is_let_through_only_whole():
+    head = f"{T} worker-0 ERROR asyncio: Future exception was never retrieved\n"
+    defect = [head, "future: <Future finished exception=RedisUnavailable('connection to "
+              "Redis lost: closed')>\n", "flashgate.core.redisconn.RedisUnavailable: x\n"]
+    assert not problem(defect, [])
+    assert problem(defect, [], known=())  # (what the defect's own xfail test checks)
+    other = [head, "future: <Future finished exception=KeyError('x')>\n"]
+    assert problem(other, [])
