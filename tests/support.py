@@ -181,6 +181,9 @@ class Gateway:
             "--redis", redis_url, "--admin-token", ADMIN, "--data-dir", str(tmp),
             *limits, "--no-demo", "--log-level", "warning", *identity, *extra,
         ]
+        if mode == "prod":
+            assert math.isfinite(self.user_burst) and math.isfinite(self.ip_burst), \
+                "the prod mode runs with the rate limits on"
         self.proc: subprocess.Popen | None = None
         self.port = 0
         self.output: list[str] = []

@@ -8,12 +8,13 @@ orders in the stream, nobody over the limit)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
+from http.client import HTTPConnection
 
 import pytest
 import redis
@@ -235,9 +236,11 @@ def test_redis_killed_and_restarted_from_its_aof(tmp_path, mode, fsync, capsys):
             pass
 
 
-def replacement(gw: Gateway, before: list[int], victim: int, timeout: float = 20.0) -> int:
+def replacement(gw: Gateway, before: list[int], victim: int, ev: str, history: History,
+                timeout: float = 20.0) -> int:
     """The pid of the worker the supervisor started in place of ``victim``, once it
-    serves: a connection that this new process accepted buys (200)."""
+    serves: on a connection that this new process accepted (its pid holds the socket),
+    /readyz is 200 and a purchase is sold (recorded in ``history``)."""
 
     def replaced():
         pids = worker_pids(gw)
@@ -246,15 +249,30 @@ def replacement(gw: Gateway, before: list[int], victim: int, timeout: float = 20
 
     new = wait_for(replaced, f"a worker in place of pid {victim}", timeout)
     deadline = time.monotonic() + timeout
+    attempt = 0
     while time.monotonic() < deadline:
-        with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as s:
-            if serving_pid(gw, s) != new:
+        conn = HTTPConnection("127.0.0.1", gw.port, timeout=5)
+        try:
+            conn.connect()
+            sock = conn.sock
+            if wait_for(lambda s=sock: serving_pid(gw, s), "a worker to accept", 5) != new:
                 continue  # the other worker accepted it: another connection
-            s.sendall(b"GET /readyz HTTP/1.1\r\nHost: t\r\n\r\n")
-            if s.recv(65536).startswith(b"HTTP/1.1 200 "):
-                return new
-        time.sleep(0.02)
-    raise AssertionError(f"the new worker {new} never served a ready answer")
+            conn.request("GET", "/readyz")
+            ready = conn.getresponse()
+            ready.read()
+            if ready.status == 200:
+                attempt += 1
+                user = f"new{new}-{attempt}"
+                conn.request("POST", f"/api/v1/events/{ev}/buy", json.dumps({"sku": "s0"}),
+                             {**gw.who(user), "Content-Type": "application/json"})
+                answer = conn.getresponse()
+                history.record(user, (answer.status, json.loads(answer.read())))
+                if answer.status == 200:
+                    return new
+        finally:
+            conn.close()
+        time.sleep(0.02)  # not ready yet
+    raise AssertionError(f"the new worker {new} never sold")
 
 
 @pytest.mark.expected_log(r" supervisor ERROR flashgate: worker \d \(pid \d+\) exited with -9; "
@@ -291,7 +309,8 @@ def test_workers_killed_three_times_during_a_sale(tmp_path, mode, capsys):
             os.kill(victim, signal.SIGKILL)  # (the buyers are at full speed: in flight)
             sold = await loop.run_in_executor(None, sold_of, r, ev)
             slow["on"] = True
-            new = await loop.run_in_executor(None, replacement, gw, before, victim)
+            new = await loop.run_in_executor(None, replacement, gw, before, victim, ev,
+                                             history)
             slow["on"] = False
             kills.append({"victim": victim, "sold_at_kill": sold, "new": new})
             at = len(history.ok) + 300
