@@ -23,9 +23,12 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
-pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("atheris") is None,
-    reason="atheris is not installed (pip install atheris; Linux x86_64 wheels)")
+pytestmark = [
+    pytest.mark.skipif(importlib.util.find_spec("atheris") is None,
+                       reason="atheris is not installed (pip install atheris; Linux x86_64 wheels)"),
+    pytest.mark.ci_required,  # the test extra installs it on CI's Linux x86_64
+    pytest.mark.timeout(420),  # a harness may take its subprocess's 300 s
+]
 
 HARNESSES = [
     # harness, inputs, libFuzzer options

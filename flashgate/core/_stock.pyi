@@ -10,6 +10,7 @@ ENDED: int
 PAUSED: int
 WAIT: int
 PROBE: int
+DEBUG: bool  # built with FLASHGATE_DEBUG=1: the ledger's invariants checked after each change
 BUYER_SHARD: int  # users per shard of a buyer table (while the stock does not grow)
 
 class Ledger:

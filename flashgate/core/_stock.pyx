@@ -75,6 +75,9 @@ cdef extern from *:
     """
     bint FLASHGATE_DEBUG
 
+# True in a build with the invariant checks compiled in (FLASHGATE_DEBUG=1 at build
+# time): the debug pass of the tests asserts that it runs on that build.
+DEBUG = bool(FLASHGATE_DEBUG)
 
 # Outcome codes (core/outcomes.py: one table for the ledger, the commit script and the
 # HTTP answers).

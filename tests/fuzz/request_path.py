@@ -447,7 +447,12 @@ class RequestPath:
         # before anyone re-creates the event. (Re-creating it at once with a lower
         # per-user limit once answered 500: now a regression test of its own,
         # test_recreating_an_event_with_a_lower_limit_after_redis_lost_its_data.)
-        await asyncio.sleep(3 * self.cfg.refresh_interval)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5.0 + 20 * self.cfg.refresh_interval
+        while EVENT in self.gateway.runtimes.events:
+            if loop.time() > deadline:
+                raise AssertionError("the gateway never noticed that Redis lost the event")
+            await asyncio.sleep(self.cfg.refresh_interval / 4)
         await self._load_event()
         self.acked.clear()
         self.idem.clear()

@@ -3,7 +3,9 @@ a real Redis and a 2-worker gateway.
 
 Each refusal is checked twice: the documented status and error code, and that the
 SKU's keys in Redis did not change (no unit, no order, no buyer, no idempotency
-record). Tests that sell end with the invariant check."""
+record). Tests that sell end with the invariant check. The Idempotency-Key cases run
+in both identity modes (``any_gw``: dev, and the production configuration); the
+cases of dev identity itself (X-User-Id) only in dev."""
 
 from __future__ import annotations
 
@@ -74,7 +76,7 @@ def buy_path(event_id: str) -> str:
 
 
 def buy_raw(gw, event_id: str, raw: bytes, user: str | None = "u1", headers=None):
-    h = {"X-User-Id": user} if user is not None else {}
+    h = gw.who(user) if user is not None else {}
     h.update(headers or {})
     return gw.request("POST", buy_path(event_id), headers=h, raw_body=raw)
 
@@ -183,6 +185,19 @@ def shared_event(gw):
     return new_event(gw)
 
 
+@pytest.fixture(scope="module")
+def _events_of_gateways():
+    return {}
+
+
+@pytest.fixture
+def any_shared_event(any_gw, _events_of_gateways):
+    """``shared_event`` on the gateway of ``any_gw`` (one event per gateway)."""
+    if any_gw.port not in _events_of_gateways:
+        _events_of_gateways[any_gw.port] = new_event(any_gw)
+    return _events_of_gateways[any_gw.port]
+
+
 @pytest.mark.parametrize("raw", BAD_BODIES.values(), ids=BAD_BODIES.keys())
 def test_bad_body_is_400(gw, r, shared_event, raw):
     event_id, body = shared_event
@@ -203,16 +218,18 @@ BAD_KEYS = {
 
 
 @pytest.mark.parametrize("key", BAD_KEYS.values(), ids=BAD_KEYS.keys())
-def test_bad_idempotency_key_is_400(gw, r, shared_event, key):
-    event_id, body = shared_event
+def test_bad_idempotency_key_is_400(any_gw, r, any_shared_event, key):
+    gw = any_gw
+    event_id, body = any_shared_event
     with unchanged(r, event_id, body):
         resp = gw.buy(event_id, "s0", new_id("u"), headers={"Idempotency-Key": key})
         assert_error(resp, 400, "bad_request")
 
 
-def test_limits_of_the_input_are_accepted(gw, r):
+def test_limits_of_the_input_are_accepted(any_gw, r):
     """The edges that are still valid: a 64-char user id, a 255-char key of every
     visible ASCII character, a body of exactly 16 KiB (unknown fields ignored)."""
+    gw = any_gw
     event_id, body = new_event(gw, stock=(5,))
     acked = [buy_ok(gw, event_id, "s0", "u" * 64)]
     visible = "".join(chr(c) for c in range(0x21, 0x7F))
@@ -233,7 +250,8 @@ def test_limits_of_the_input_are_accepted(gw, r):
 def test_oversized_body_is_413_and_closes(gw, r, shared_event):
     event_id, body = shared_event
     payload = b'{"sku": "s0", "qty": 1, "pad": "' + b"x" * MAX_BODY + b'"}'
-    request = (f"POST {buy_path(event_id)} HTTP/1.1\r\nHost: t\r\nX-User-Id: u-big\r\n"
+    who = "".join(f"{k}: {v}\r\n" for k, v in gw.who("u-big").items())
+    request = (f"POST {buy_path(event_id)} HTTP/1.1\r\nHost: t\r\n{who}"
                f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
                ).encode() + payload
     with unchanged(r, event_id, body):
@@ -281,6 +299,7 @@ BAD_USERS = {
 
 @pytest.mark.parametrize("user", BAD_USERS.values(), ids=BAD_USERS.keys())
 def test_bad_dev_identity_is_401(gw, r, shared_event, user):
+    """Dev identity itself (X-User-Id): dev mode only."""
     event_id, body = shared_event
     raw = json.dumps({"sku": "s0", "qty": 1}).encode()
     with unchanged(r, event_id, body):
@@ -293,10 +312,10 @@ def test_bad_dev_identity_is_401(gw, r, shared_event, user):
 @pytest.fixture(scope="module")
 def secure_gw(redis_server, tmp_path_factory):
     g = Gateway(redis_server.url, tmp_path_factory.mktemp("gw-secret"),
-                extra=["--user-secret", SECRET.decode()])
+                extra=["--user-secret", SECRET.decode()], shared=True)
     g.start()
     yield g
-    g.stop()
+    g.close()
 
 
 def _flip_last(token: str) -> str:
@@ -360,14 +379,14 @@ def test_unknown_sku_is_404(gw, r, shared_event):
 def test_unknown_path_is_404(gw, r, shared_event, method, path):
     event_id, body = shared_event
     with unchanged(r, event_id, body):
-        resp = gw.request(method, path.format(ev=event_id), {"sku": "s0"}, {"X-User-Id": "u1"})
+        resp = gw.request(method, path.format(ev=event_id), {"sku": "s0"}, gw.who("u1"))
         assert_error(resp, 404, "not_found")
 
 
 @pytest.mark.parametrize("order_id", ["nope", "a.b.c", "{ev}.s0.000000000000ff"])
 @pytest.mark.parametrize("who", ["buyer", "admin"])
 def test_unknown_order_is_404(gw, shared_event, order_id, who):
-    headers = {"X-User-Id": "u1"} if who == "buyer" else admin_headers()
+    headers = gw.who("u1") if who == "buyer" else admin_headers()
     path = "/api/v1/orders/" + order_id.format(ev=shared_event[0])
     assert_error(gw.request("GET", path, headers=headers), 404, "not_found")
 
@@ -382,9 +401,9 @@ def test_order_is_visible_to_its_owner_and_the_operator_only(gw, r):
     order = buy_ok(gw, event_id, "s0", "owner")
     path = "/api/v1/orders/" + order["order_id"]
     for _ in range(4):  # over both workers
-        assert_error(gw.request("GET", path, headers={"X-User-Id": "someone-else"}),
+        assert_error(gw.request("GET", path, headers=gw.who("someone-else")),
                      404, "not_found")
-        for headers in ({"X-User-Id": "owner"}, admin_headers()):
+        for headers in (gw.who("owner"), admin_headers()):
             status, data, _ = gw.request("GET", path, headers=headers)
             assert status == 200, (status, data)
             assert data == order  # the very object the buy answered, field for field
@@ -399,7 +418,7 @@ def test_order_is_visible_to_its_owner_and_the_operator_only(gw, r):
 def test_wrong_method_on_buy_is_405(gw, r, shared_event, method):
     event_id, body = shared_event
     with unchanged(r, event_id, body):
-        resp = gw.request(method, buy_path(event_id), headers={"X-User-Id": "u1"})
+        resp = gw.request(method, buy_path(event_id), headers=gw.who("u1"))
         assert_error(resp, 405, "method_not_allowed")
 
 
@@ -429,7 +448,7 @@ def test_the_end_closes_the_sale(gw, r):
     event_id, body = new_event(gw, stock=(5,), limits=[5], ends=ends)
     assert now_ms() < ends - 200, "the event was too slow to create"
     acked = [buy_ok(gw, event_id, "s0", "early")]
-    time.sleep(max(0.0, (ends - now_ms()) / 1000) + 0.05)
+    gw.wait_state(event_id, "ended")  # every worker's clock has passed the end
     with unchanged(r, event_id, body) as before:
         for i in range(6):
             assert_error(gw.buy(event_id, "s0", f"late{i}"), 409, "ended")
@@ -480,18 +499,20 @@ def test_more_than_is_left_is_sold_out(gw, r):
     check_invariants(r, gw, event_id, body, acked)
 
 
-def test_limit_exceeded(gw, r):
+def test_limit_exceeded(any_gw, r):
+    gw = any_gw
+    u1, u2 = new_id("u1"), new_id("u2")  # (the shared prod gateway limits each user)
     event_id, body = new_event(gw, stock=(10,), limits=[2])
     with unchanged(r, event_id, body):
-        assert_error(gw.buy(event_id, "s0", "u1", qty=3), 409, "limit_exceeded")
-    acked = [buy_ok(gw, event_id, "s0", "u1", qty=2)]
+        assert_error(gw.buy(event_id, "s0", u1, qty=3), 409, "limit_exceeded")
+    acked = [buy_ok(gw, event_id, "s0", u1, qty=2)]
     with unchanged(r, event_id, body):
         for _ in range(4):  # on both workers
-            assert_error(gw.buy(event_id, "s0", "u1"), 409, "limit_exceeded")
+            assert_error(gw.buy(event_id, "s0", u1), 409, "limit_exceeded")
         # an Idempotency-Key does not get around the limit
-        resp = gw.buy(event_id, "s0", "u1", headers={"Idempotency-Key": "fresh-key"})
+        resp = gw.buy(event_id, "s0", u1, headers={"Idempotency-Key": "fresh-key"})
         assert_error(resp, 409, "limit_exceeded")
-    acked.append(buy_ok(gw, event_id, "s0", "u2"))
+    acked.append(buy_ok(gw, event_id, "s0", u2))
     check_invariants(r, gw, event_id, body, acked)
 
 
@@ -513,9 +534,9 @@ def test_registration_required(gw, r):
             assert_error(gw.buy(event_id, "s0", "fan"), 409, "not_registered")
         assert_error(gw.request("POST", register), 401, "unauthenticated")
     assert_error(gw.request("POST", f"/api/v1/events/{new_id('nope')}/register",
-                            headers={"X-User-Id": "fan"}), 404, "not_found")
+                            headers=gw.who("fan")), 404, "not_found")
     for _ in range(2):  # repeating is harmless
-        status, data, _ = gw.request("POST", register, headers={"X-User-Id": "fan"})
+        status, data, _ = gw.request("POST", register, headers=gw.who("fan"))
         assert (status, data) == (200, {"registered": True})
     acked = [buy_ok(gw, event_id, "s0", "fan")]
     with unchanged(r, event_id, body):
@@ -526,38 +547,44 @@ def test_registration_required(gw, r):
 # -- 422 idempotency_mismatch ------------------------------------------------------------------
 
 
-def test_same_key_with_another_qty_is_422(gw, r):
+def test_same_key_with_another_qty_is_422(any_gw, r):
+    gw = any_gw
+    u1 = new_id("u1")  # (the shared prod gateway limits each user)
     event_id, body = new_event(gw, stock=(10,), limits=[5])
     key = {"Idempotency-Key": "k-" + new_id()}
-    first = buy_ok(gw, event_id, "s0", "u1", headers=key)
+    first = buy_ok(gw, event_id, "s0", u1, headers=key)
     with unchanged(r, event_id, body):
         for _ in range(4):
-            assert_error(gw.buy(event_id, "s0", "u1", qty=2, headers=key), 422,
+            assert_error(gw.buy(event_id, "s0", u1, qty=2, headers=key), 422,
                          "idempotency_mismatch")
         # the same body again is a replay: the same answer, no further stock
-        status, data, _ = gw.buy(event_id, "s0", "u1", headers=key)
+        status, data, _ = gw.buy(event_id, "s0", u1, headers=key)
         assert (status, data) == (200, first)
     check_invariants(r, gw, event_id, body, [first])
 
 
-def test_same_key_with_another_sku_is_422(gw, r):
+def test_same_key_with_another_sku_is_422(any_gw, r):
+    gw = any_gw
+    u1 = new_id("u1")  # (the shared prod gateway limits each user)
     event_id, body = new_event(gw, stock=(5, 5))
     key = {"Idempotency-Key": "k-" + new_id()}
-    first = buy_ok(gw, event_id, "s0", "u1", headers=key)
+    first = buy_ok(gw, event_id, "s0", u1, headers=key)
     with unchanged(r, event_id, body):
-        assert_error(gw.buy(event_id, "s1", "u1", headers=key), 422, "idempotency_mismatch")
+        assert_error(gw.buy(event_id, "s1", u1, headers=key), 422, "idempotency_mismatch")
     check_invariants(r, gw, event_id, body, [first])
 
 
-def test_replay_of_the_last_unit_is_not_sold_out(gw, r):
+def test_replay_of_the_last_unit_is_not_sold_out(any_gw, r):
     """A replay is not a new purchase: once the SKU is sold out, repeating the request
     that took the last unit still returns its 200."""
+    gw = any_gw
+    u1 = new_id("u1")  # (the shared prod gateway limits each user)
     event_id, body = new_event(gw, stock=(1,))
     key = {"Idempotency-Key": "k-" + new_id()}
-    first = buy_ok(gw, event_id, "s0", "u1", headers=key)
+    first = buy_ok(gw, event_id, "s0", u1, headers=key)
     with unchanged(r, event_id, body):
         for _ in range(4):
-            status, data, _ = gw.buy(event_id, "s0", "u1", headers=key)
+            status, data, _ = gw.buy(event_id, "s0", u1, headers=key)
             assert (status, data) == (200, first)
     check_invariants(r, gw, event_id, body, [first])
 
@@ -611,7 +638,7 @@ def test_admin_without_the_token_is_401(gw, r, sold_event, method, path, headers
     assert gw.request("GET", f"/api/v1/events/{event_id}")[1]["state"] == "live"
     assert_error(gw.request("GET", f"/api/v1/events/{new}"), 404, "not_found")
     status, data, _ = gw.request("GET", "/api/v1/orders/" + order["order_id"],
-                                 headers={"X-User-Id": "owner"})
+                                 headers=gw.who("owner"))
     assert (status, data["status"]) == (200, "reserved")
 
 

@@ -325,6 +325,7 @@ def run_printed(command: str, env: dict) -> str:
     return out.stdout
 
 
+@pytest.mark.ci_required  # .ci/run installs curl
 @pytest.mark.parametrize("source", ["file", "variable"])
 def test_banner_token_commands_work_as_printed(redis_server, r, tmp_path, shell_bin, source,
                                                monkeypatch):
@@ -362,6 +363,7 @@ def test_banner_token_commands_work_as_printed(redis_server, r, tmp_path, shell_
         assert gw.stop() == 0
 
 
+@pytest.mark.ci_required
 def test_banner_dev_commands_work_as_printed(tmp_path, shell_bin):
     """The out-of-the-box demo: its buy and its admin commands, run by a shell."""
     data = tmp_path / "data"

@@ -1,4 +1,5 @@
-"""Hostile clients: half-open connections and random bytes must not hurt the others."""
+"""Hostile clients: half-open connections and random bytes must not hurt the others.
+Both identity modes (``any_gw``): dev, and the production configuration."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import time
 from tests.support import check_invariants, event_body, new_id
 
 
-def test_800_half_open_connections_do_not_block_a_normal_client(gw, r):
+def test_800_half_open_connections_do_not_block_a_normal_client(any_gw, r):
+    gw = any_gw
     ev = new_id("half")
     body = event_body(stock=(10,))
     gw.put_event(ev, body)
@@ -18,7 +20,8 @@ def test_800_half_open_connections_do_not_block_a_normal_client(gw, r):
     try:
         for i in range(800):
             s = socket.create_connection(("127.0.0.1", gw.port), timeout=5)
-            s.sendall(f"POST /api/v1/events/{ev}/buy HTTP/1.1\r\nHost: a\r\nX-User-Id: h{i}\r\n"
+            who = "".join(f"{k}: {v}\r\n" for k, v in gw.who(f"h{i}").items())
+            s.sendall(f"POST /api/v1/events/{ev}/buy HTTP/1.1\r\nHost: a\r\n{who}"
                       .encode())  # a head that never ends
             stalled.append(s)
         t0 = time.monotonic()
@@ -34,7 +37,8 @@ def test_800_half_open_connections_do_not_block_a_normal_client(gw, r):
     check_invariants(r, gw, ev, body, [order])
 
 
-def test_a_storm_of_random_bytes_leaves_the_server_healthy(gw, r):
+def test_a_storm_of_random_bytes_leaves_the_server_healthy(any_gw, r):
+    gw = any_gw
     ev = new_id("storm")
     body = event_body(stock=(10,))
     gw.put_event(ev, body)

@@ -19,9 +19,10 @@ from pathlib import Path
 
 import orjson
 import pytest
+import redis
 
 from flashgate.gateway.openapi import document, document_bytes
-from tests.support import ADMIN, event_body, new_id
+from tests.support import ADMIN, check_invariants, event_body, new_id
 
 ROOT = Path(__file__).resolve().parents[2]
 API_MD = ROOT / "docs" / "API.md"
@@ -224,8 +225,9 @@ def _request_for(op_id: str, method: str, path: str, op: dict, event_id: str, bo
     return method, url, payload, headers
 
 
-def test_served_operations_answer_as_documented(gw, live_event):
+def test_served_operations_answer_as_documented(gw, r, live_event):
     event_id, body, order = live_event
+    acked = [order]
     doc = document()
     checker = SchemaChecker(doc)
     ops = document_operations(doc)
@@ -241,6 +243,8 @@ def test_served_operations_answer_as_documented(gw, live_event):
         where = f"{m} {url} -> {status} {data!r:.300}"
         assert str(status) in op["responses"], where
         assert status < 300, where
+        if op["operationId"] == "buy":
+            acked.append(data)
         response = resolve(doc, op["responses"][str(status)])
         media, content = next(iter(response["content"].items()))
         assert resp_headers["Content-Type"].startswith(media.split(";")[0]), where
@@ -256,6 +260,9 @@ def test_served_operations_answer_as_documented(gw, live_event):
             for line in lines:
                 checker.validate(line_at, line)
     wait_live(gw, event_id)
+    # (other tests sell on this event too: every order here is acknowledged, not the
+    # reverse)
+    check_invariants(r, gw, event_id, body, acked, exact=False)
 
 
 def wait_live(gw, event_id: str, timeout: float = 5.0) -> None:
@@ -286,9 +293,10 @@ def test_planned_operations_are_not_served_yet(gw, live_event):
         assert (status, data["error"]) == (404, "not_found"), f"{m} {url} -> {status} {data}"
 
 
-def test_error_answers_match_the_document(gw, live_event):
+def test_error_answers_match_the_document(gw, r, live_event):
     """A few refusals of the served operations, checked against their schemas."""
-    event_id, _, order = live_event
+    event_id, body, order = live_event
+    acked = [order]
     doc = document()
     checker = SchemaChecker(doc)
     buy = f"/api/v1/events/{event_id}/buy"
@@ -319,6 +327,9 @@ def test_error_answers_match_the_document(gw, live_event):
         status, data, resp_headers = gw.request(m, url, payload, headers)
         assert status == expected, (m, url, status, data)
         checker.validate(schema_pointer(doc, path, method, status), data)
+        if status == 200 and url.endswith("/buy"):
+            acked.append(data)
+    check_invariants(r, gw, event_id, body, acked, exact=False)
 
 
 # -- schemathesis ------------------------------------------------------------------------
@@ -329,14 +340,15 @@ EXAMPLES = 20  # per operation and generation mode: about 350 requests in all
 FUZZ_USER = "fz-user"
 
 
-def _start_private(tmp_path_factory, name: str):
+def _start_private(tmp_path_factory, name: str, shared: bool = False):
     """A Redis and a gateway of their own (what fuzzing leaves behind stays there)."""
     from flashgate.embedded import EmbeddedRedis
     from tests.support import Gateway
 
     server = EmbeddedRedis(tmp_path_factory.mktemp(name + "-redis"), persist=False).start()
     try:
-        gateway = Gateway(server.url, tmp_path_factory.mktemp(name + "-gw")).start()
+        gateway = Gateway(server.url, tmp_path_factory.mktemp(name + "-gw"),
+                          shared=shared).start()
     except Exception:
         server.stop()
         raise
@@ -345,10 +357,12 @@ def _start_private(tmp_path_factory, name: str):
 
 @pytest.fixture(scope="module")
 def fuzz_gw(tmp_path_factory):
-    server, gateway = _start_private(tmp_path_factory, "fuzz")
+    server, gateway = _start_private(tmp_path_factory, "fuzz", shared=True)
     yield gateway
-    gateway.stop()
-    server.stop()
+    try:
+        gateway.close()
+    finally:
+        server.stop()
 
 
 @pytest.fixture
@@ -373,9 +387,10 @@ def fuzz_schema(fuzz_gw):
     Changed from document(): ids in paths and the buy's sku name a real event, order
     and sku, or a missing one (valid random ids are only ever 404; negative mode still
     sends invalid ones)."""
-    schemathesis = pytest.importorskip("schemathesis")
+    schemathesis = pytest.importorskip("schemathesis")  # (the test extra has it)
     main, switch = new_id("fz"), new_id("fzp")  # ``switch`` is paused and resumed
-    fuzz_gw.put_event(main, event_body(stock=(100_000,), limits=[10_000]))
+    main_body = event_body(stock=(100_000,), limits=[10_000])
+    fuzz_gw.put_event(main, main_body)
     fuzz_gw.put_event(switch, event_body(stock=(10,)))
     status, order, _ = fuzz_gw.buy(main, "s0", FUZZ_USER)
     assert status == 200, order
@@ -398,20 +413,24 @@ def fuzz_schema(fuzz_gw):
             else {"X-User-Id": FUZZ_USER} if schemes else {})
     schema = schemathesis.openapi.from_dict(doc)
     schema.config.update(base_url=f"http://127.0.0.1:{fuzz_gw.port}")
-    return schema, headers
+    # what the fuzz sells: the main event, and every order a buy was answered with
+    sale = {"event": main, "body": main_body, "acked": {order["order_id"]: order}}
+    return schema, headers, sale
 
 
+@pytest.mark.ci_required
 @pytest.mark.parametrize("op_id", SERVED)
-def test_schemathesis(fuzz_schema, op_id):
+def test_schemathesis(fuzz_gw, fuzz_schema, op_id):
     """Generated requests, valid and invalid, to one served operation: no 5xx, and every
-    response as the document describes it (status, body schema)."""
+    response as the document describes it (status, body schema); then the sale's
+    invariants, every order a buy was answered with included."""
     from hypothesis import HealthCheck, Phase, given, settings
     from hypothesis.errors import Unsatisfiable
     from schemathesis import GenerationMode
     from schemathesis.checks import not_a_server_error
     from schemathesis.specs.openapi.checks import response_schema_conformance
 
-    schema, headers = fuzz_schema
+    schema, headers, sale = fuzz_schema
     operation = schema.find_operation_by_id(op_id)
     failures = []
     for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
@@ -422,6 +441,9 @@ def test_schemathesis(fuzz_schema, op_id):
                   suppress_health_check=list(HealthCheck))
         def run(case):
             response = case.call(headers=headers[op_id], timeout=10)
+            if op_id == "buy" and response.status_code == 200:
+                order = response.json()
+                sale["acked"][order["order_id"]] = order
             case.validate_response(response, headers=headers[op_id],
                                    checks=[not_a_server_error, response_schema_conformance])
 
@@ -432,6 +454,14 @@ def test_schemathesis(fuzz_schema, op_id):
         except Exception as e:  # noqa: BLE001 - every mode's failure is reported
             failures.append(f"{mode.value}: {e}")
     assert not failures, "\n\n".join(failures)
+    if op_id == "buy":
+        assert len(sale["acked"]) > 1, "the fuzz bought nothing"
+    client = redis.Redis.from_url(fuzz_gw.redis_url)
+    try:
+        check_invariants(client, fuzz_gw, sale["event"], sale["body"],
+                         list(sale["acked"].values()))
+    finally:
+        client.close()
 
 
 # -- the largest numbers an event accepts, end to end ---------------------------------
@@ -444,10 +474,7 @@ def test_largest_accepted_numbers_work_end_to_end(private_gw):
     the ledger's C int (500 and stuck reloads), and amounts or pay_by_ms >= 1e17 reached
     Redis as floats (a half-written commit; 500 on reading the order). On a gateway of
     its own: a regression here damages the state of the gateway it runs on."""
-    import redis
-
     from flashgate.core import events
-    from tests.support import check_invariants
 
     url, gateway = private_gw
     body = event_body(stock=(events.MAX_STOCK,), limits=[events.MAX_LIMIT],

@@ -24,6 +24,8 @@ from tests.support import (
     new_id,
     now_ms,
     read_response,
+    wait_for,
+    worker_pids,
 )
 
 
@@ -51,10 +53,10 @@ def test_price_ladder_is_decided_at_commit(gw, r):
 @pytest.fixture(scope="module")
 def limited_gw(redis_server, tmp_path_factory):
     g = Gateway(redis_server.url, tmp_path_factory.mktemp("lim"), workers=1,
-                extra=["--user-rate", "1", "--user-burst", "2"])
+                extra=["--user-rate", "1", "--user-burst", "2"], shared=True)
     g.start()
     yield g
-    g.stop()
+    g.close()
 
 
 def test_rate_limit_answers_429_with_retry_after(limited_gw, r):
@@ -74,31 +76,14 @@ def test_rate_limit_answers_429_with_retry_after(limited_gw, r):
     check_invariants(r, gw, ev, body, [answers[0][1], calm])
 
 
-def children(pid: int) -> list[int]:
-    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
-    return [int(x) for x in out.split()]
-
-
-def worker_pids(gw: Gateway) -> list[int]:
-    # the supervisor's children, less multiprocessing's resource tracker
-    pids = []
-    for pid in children(gw.proc.pid):
-        try:
-            cmd = open(f"/proc/{pid}/cmdline", "rb").read()
-        except OSError:
-            continue
-        if b"resource_tracker" not in cmd:
-            pids.append(pid)
-    return pids
-
-
 @pytest.fixture
 def own_gw(redis_server, tmp_path):
-    g = Gateway(redis_server.url, tmp_path, workers=2)
-    yield g
-    g.stop(signal.SIGKILL)
+    """A gateway of the test's own (started by the test), stopped with its checks."""
+    return Gateway(redis_server.url, tmp_path, workers=2)
 
 
+@pytest.mark.expected_log(r" supervisor ERROR flashgate: worker \d \(pid \d+\) exited with -9; "
+                          r"restarting$")
 def test_a_killed_worker_is_restarted(own_gw, r):
     gw = own_gw.start()
     ev = new_id("kill")
@@ -107,13 +92,12 @@ def test_a_killed_worker_is_restarted(own_gw, r):
     before = worker_pids(gw)
     assert len(before) == 2
     os.kill(before[0], signal.SIGKILL)
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        now = worker_pids(gw)
-        if len(now) == 2 and before[0] not in now:
-            break
-        time.sleep(0.1)
-    assert len(now) == 2 and before[0] not in now, (before, now)
+    def replaced():
+        pids = worker_pids(gw)
+        return pids if len(pids) == 2 and before[0] not in pids else None
+
+    now = wait_for(replaced, "a new worker in place of the killed one", timeout=15)
+    assert before[1] in now, (before, now)
     gw.wait_ready()
     orders = []
     for i in range(20):
@@ -134,11 +118,7 @@ def test_sigterm_drains_requests_in_flight(own_gw, r, capsys):
 
     async def conn(k, started):
         reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
-        data = b""
-        for i in range(100):
-            payload = json.dumps({"sku": "s0"}).encode()
-            data += (f"POST /api/v1/events/{ev}/buy HTTP/1.1\r\nHost: t\r\nX-User-Id: d{k}x{i}\r\n"
-                     f"Content-Length: {len(payload)}\r\n\r\n").encode() + payload
+        data = b"".join(gw.buy_bytes(ev, "s0", f"d{k}x{i}") for i in range(100))
         writer.write(data)
         await writer.drain()
         started.append(k)

@@ -66,7 +66,7 @@ def gw_redis(gw):
 ])
 def test_an_unknown_path_is_404(gw, path):
     for method in ("GET", "POST"):
-        status, data, _ = gw.request(method, path, headers={"X-User-Id": "u1"})
+        status, data, _ = gw.request(method, path, headers=gw.who("u1"))
         assert (status, data["error"]) == (404, "not_found"), (method, path, status)
 
 
@@ -115,9 +115,9 @@ async def _fresh_requests(port: int, requests: list[tuple[str, str, dict, bytes]
 
 @pytest.fixture(scope="module")
 def four_workers(redis_server, tmp_path_factory):
-    g = Gateway(redis_server.url, tmp_path_factory.mktemp("ryw"), workers=4).start()
+    g = Gateway(redis_server.url, tmp_path_factory.mktemp("ryw"), workers=4, shared=True).start()
     yield g
-    g.stop()
+    g.close()
 
 
 def test_a_created_event_is_served_by_every_worker_once_put_answers(four_workers, r):
@@ -133,7 +133,7 @@ def test_a_created_event_is_served_by_every_worker_once_put_answers(four_workers
         for i in range(60):
             reqs.append(("GET", f"/api/v1/events/{event_id}", {}, b""))
             reqs.append(("POST", f"/api/v1/events/{event_id}/buy",
-                         {"X-User-Id": f"r{round_}u{i}"}, b'{"sku": "s0"}'))
+                         gw.who(f"r{round_}u{i}"), b'{"sku": "s0"}'))
         answers = asyncio.run(_fresh_requests(gw.port, reqs))
         statuses = [a[0] for a in answers]
         assert 404 not in statuses, [a for a in answers if a[0] == 404][:3]
@@ -151,7 +151,7 @@ def test_pause_and_resume_reach_every_worker_before_their_answer(four_workers, r
     for round_ in range(4):
         status, data, _ = gw.admin("POST", f"/api/v1/admin/events/{event_id}/pause")
         assert (status, data["paused"]) == (200, True)
-        buys = [("POST", f"/api/v1/events/{event_id}/buy", {"X-User-Id": f"p{round_}u{i}"},
+        buys = [("POST", f"/api/v1/events/{event_id}/buy", gw.who(f"p{round_}u{i}"),
                  b'{"sku": "s0"}') for i in range(40)]
         answers = asyncio.run(_fresh_requests(gw.port, buys))
         assert {(a[0], a[1]["error"]) for a in answers} == {(409, "paused")}
@@ -174,14 +174,14 @@ def test_a_stock_change_reaches_every_worker_before_put_answers(four_workers, r)
     assert all("order_id" in o for o in acked)
     # every worker learns it is sold out
     answers = asyncio.run(_fresh_requests(gw.port, [
-        ("POST", f"/api/v1/events/{event_id}/buy", {"X-User-Id": f"x{i}"}, b'{"sku": "s0"}')
+        ("POST", f"/api/v1/events/{event_id}/buy", gw.who(f"x{i}"), b'{"sku": "s0"}')
         for i in range(40)]))
     assert {(a[0], a[1]["error"]) for a in answers} == {(409, "sold_out")}
     body["skus"][0]["stock"] = 50
     status, data, _ = gw.admin("PUT", f"/api/v1/admin/events/{event_id}", body)
     assert status == 200, data
     answers = asyncio.run(_fresh_requests(gw.port, [
-        ("POST", f"/api/v1/events/{event_id}/buy", {"X-User-Id": f"y{i}"}, b'{"sku": "s0"}')
+        ("POST", f"/api/v1/events/{event_id}/buy", gw.who(f"y{i}"), b'{"sku": "s0"}')
         for i in range(40)]))
     assert {a[0] for a in answers} == {200}, [a for a in answers if a[0] != 200][:3]
     acked += [a[1] for a in answers]

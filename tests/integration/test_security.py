@@ -252,6 +252,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.ci_required  # CI runs as root
 def test_another_local_user_cannot_reach_the_embedded_redis_or_its_files():
     if os.geteuid() != 0:
         pytest.skip("acting as another local user needs root")
@@ -558,6 +559,7 @@ def tls_redis(tmp_path):
 LOOPS = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}  # workers: uvloop
 
 
+@pytest.mark.ci_required  # .ci/run installs openssl and a redis-server built with TLS
 @pytest.mark.parametrize("loop", sorted(LOOPS))
 def test_rediss_verifies_the_server_certificate(tls_redis, loop):
     port, pki, pw = tls_redis["port"], tls_redis["pki"], tls_redis["password"]
@@ -594,6 +596,7 @@ def test_rediss_verifies_the_server_certificate(tls_redis, loop):
         _ping(f"redis://:{pw}@localhost:{port}/0")
 
 
+@pytest.mark.ci_required
 def test_a_gateway_sells_over_rediss(tls_redis, tmp_path):
     port, pki, pw = tls_redis["port"], tls_redis["pki"], tls_redis["password"]
     url = (f"rediss://:{pw}@localhost:{port}/0?ssl_ca_certs={pki['ca.pem']}"

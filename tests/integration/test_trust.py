@@ -20,9 +20,9 @@ def signed_gw(redis_server, tmp_path_factory):
     """Signed buyer tokens (lifetime at most an hour), a trusted local proxy, limits off."""
     g = Gateway(redis_server.url, tmp_path_factory.mktemp("trust"), workers=2,
                 extra=["--user-secret", SECRET, "--max-token-ttl", "3600",
-                       "--trusted-proxies", "127.0.0.0/8"]).start()
+                       "--trusted-proxies", "127.0.0.0/8"], shared=True).start()
     yield g
-    g.stop()
+    g.close()
 
 
 def _bearer(user: str, ttl_s: int = 60) -> dict:
@@ -96,7 +96,7 @@ def test_order_lookups_count_against_the_rate_limits(redis_server, tmp_path, r):
         status, order, _ = g.buy(event_id, "s0", "looker")  # 1 of the burst of 3
         assert status == 200, order
         url = f"/api/v1/orders/{order['order_id']}"
-        answers = [g.request("GET", url, headers={"X-User-Id": "looker"}) for _ in range(4)]
+        answers = [g.request("GET", url, headers=g.who("looker")) for _ in range(4)]
         statuses = [a[0] for a in answers]
         assert statuses[:2] == [200, 200] and 429 in statuses, statuses
         limited = answers[statuses.index(429)]

@@ -287,7 +287,7 @@ def test_client_leaving_does_not_cancel_the_app(serve, target):
     srv = serve()
     c = Client(srv.port)
     c.send(req(target))
-    time.sleep(0.02)
+    assert wait_until(lambda: srv.call(srv.registry.busy_count) == 1)  # the app has it
     c.close()
     assert wait_until(lambda: srv.app.completed == [target])
     assert wait_until(lambda: srv.call(lambda: len(srv.registry)) == 0)
