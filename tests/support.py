@@ -103,12 +103,7 @@ _TRACEBACK = ("Traceback (most recent call last)", "Exception ignored in", "Fata
 # Errors of known product defects, expected of any gateway until they are fixed:
 # regexes searched in a whole record. Each has a strict xfail test that checks without
 # them (``assert_finished_cleanly``) and fails once the defect is gone: remove it here then.
-KNOWN_DEFECTS = (
-    # tests/integration/test_faults.py::test_the_drain_ends_within_its_grace_period: the
-    # pipelines a stopping worker cancels leave futures whose exception nobody retrieves
-    r" ERROR asyncio: Future exception was never retrieved\n"
-    r"future: <Future finished exception=RedisUnavailable\('connection to Redis lost: closed'\)>",
-)
+KNOWN_DEFECTS: tuple[str, ...] = ()
 
 
 def log_records(lines: list[str]) -> list[tuple[int, list[str]]]:

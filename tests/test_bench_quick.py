@@ -21,11 +21,6 @@ MISSING_PY = [m for m in ("fastapi", "uvicorn", "redis") if importlib.util.find_
 
 
 @pytest.mark.ci_required  # .ci/run installs wrk and nginx
-@pytest.mark.xfail(strict=True, reason=(
-    "bench defect: bench/scenarios.py signs the prod buyers' tokens to expire in 2 days "
-    "(Signer(..., now_ms() + 2 * DAY_MS)), beyond the gateway's default --max-token-ttl of "
-    "86400 s, and starts flashgate-prod without --max-token-ttl: the pre-run buy is 401 "
-    "and python -m bench --quick exits 2"))
 @pytest.mark.skipif(bool(MISSING), reason=f"bench needs {', '.join(MISSING)} on PATH")
 @pytest.mark.skipif(bool(MISSING_PY), reason=f"bench needs {', '.join(MISSING_PY)}: "
                     "pip install -e '.[bench]'")

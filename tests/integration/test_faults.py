@@ -23,7 +23,6 @@ from flashgate.embedded import EmbeddedRedis, find_redis_server, free_port
 from tests.support import (
     MODES,
     Gateway,
-    GatewayLogError,
     check_invariants,
     event_body,
     new_id,
@@ -556,15 +555,6 @@ def unread(port: int, client_port: int) -> int | None:
     return None
 
 
-@pytest.mark.xfail(strict=True, raises=GatewayLogError, reason=(
-    "product defect: a drain while Redis stalls logs 'ERROR asyncio: Future exception was "
-    "never retrieved' (RedisUnavailable 'connection to Redis lost: closed') once per command "
-    "of the pipelines in progress: Gateway.stop (gateway/app.py) cancels the last counters' "
-    "flush after 0.5 s and the refresher's tick while they await RedisConnection.pipeline, "
-    "whose finally retrieves only the futures already done; conn.close() then makes "
-    "_Protocol.connection_lost set exceptions on the others, which nobody retrieves "
-    "(core/redisconn.py). Any drain that meets a tick in flight logs it too "
-    "(support.KNOWN_DEFECTS lets it through elsewhere)"))
 @pytest.mark.expected_log(*REDIS_AWAY)
 @pytest.mark.parametrize("mode", MODES)
 def test_the_drain_ends_within_its_grace_period(tmp_path, mode):
