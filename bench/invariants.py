@@ -18,7 +18,7 @@ from .runner import HOST, http
 
 # Reads the counters, walks the whole stream and the buyers hash inside Redis: one
 # atomic snapshot in one round trip, even for millions of orders. Returns {stock,
-# sold, created units, created entries, units given back, id of the last "created"
+# sold, created units, created orders, units given back, id of the last "created"
 # entry, sum of buyers, max units of one buyer, buyers over the limit}.
 AUDIT_LUA = """
 local stock = redis.call('GET', KEYS[1]) or '0'
@@ -29,13 +29,20 @@ while true do
   local batch = redis.call('XRANGE', KEYS[3], start, '+', 'COUNT', 10000)
   if #batch == 0 then break end
   for _, e in ipairs(batch) do
-    local f, typ, qty = e[2], nil, 1
+    -- flashgate's entry: type, ts, then per order: its id -> "<user>|<qty>|<unit_price>";
+    -- the FastAPI peer's: one order, its figures as fields (order_id, user, qty, ...)
+    local f, typ, qty, n, single = e[2], nil, 0, 0, nil
     for i = 1, #f, 2 do
-      if f[i] == 'type' then typ = f[i + 1]
-      elseif f[i] == 'qty' then qty = tonumber(f[i + 1]) or 1 end
+      local name = f[i]
+      if name == 'type' then typ = f[i + 1]
+      elseif name == 'qty' then single = tonumber(f[i + 1]) or 1
+      elseif name ~= 'ts' and name ~= 'order_id' and name ~= 'user' and name ~= 'unit_price' then
+        qty = qty + (tonumber(string.match(f[i + 1], '^[^|]*|(%d+)|')) or 0); n = n + 1
+      end
     end
+    if single then qty, n = single, 1 end
     if typ == 'created' then
-      created = created + qty; entries = entries + 1; last = e[1]
+      created = created + qty; entries = entries + n; last = e[1]
     elseif typ == 'cancelled' or typ == 'expired' then
       gone = gone + qty
     end

@@ -579,10 +579,13 @@ def check_invariants(r: redis.Redis, gw: Gateway | None, event_id: str, event: d
         stock = int(r.get(k.stock) or 0)
         sold = int(r.get(k.sold) or 0)
         buyers = {u.decode(): int(v) for u, v in r.hgetall(k.buyers).items()}
-        entries = r.xrange(k.orders)
-        created = [f for _, f in entries if f[b"type"] == b"created"]
-        ids = [f[b"order_id"].decode() for f in created]
-        units = sum(int(f[b"qty"]) for f in created)
+        created = []  # (order id, user, qty, unit_price) of every "created" entry
+        for _, fields in r.xrange(k.orders):
+            kind, _, found = orders.stream_orders(fields)
+            if kind == "created":
+                created += found
+        ids = [o[0] for o in created]
+        units = sum(o[2] for o in created)
         assert len(ids) == len(set(ids)), f"{sku['id']}: duplicate order ids in the stream"
         assert stock == sku["stock"], f"{sku['id']}: stock {stock}, defined {sku['stock']}"
         assert sold <= stock, f"{sku['id']}: oversold {sold} > {stock}"
@@ -594,19 +597,17 @@ def check_invariants(r: redis.Redis, gw: Gateway | None, event_id: str, event: d
         for i in range(0, len(ids), 1000):
             chunk = ids[i:i + 1000]
             records.update(zip(chunk, r.hmget(k.order_by_id, chunk), strict=True))
-        for f in created:
-            o = f[b"order_id"].decode()
+        for o, user, qty, price in created:
             got = orders.from_record(o, records[o])
             assert got is not None, f"{sku['id']}: order {o} of the stream has no record"
-            assert (got["user_id"], got["qty"]) == (f[b"user"].decode(), int(f[b"qty"])), o
+            assert (got["user_id"], got["qty"], got["unit_price"]) == (user, qty, price), o
         assert r.hlen(k.order_by_id) == sum(v is not None for v in records.values()), (
             f"{sku['id']}: records without a stream entry")
         over = {u: n for u, n in buyers.items() if n > sku["per_user_limit"]}
         assert not over, f"{sku['id']}: users over the limit: {over}"
         per_user_stream: dict[str, int] = {}
-        for f in created:
-            u = f[b"user"].decode()
-            per_user_stream[u] = per_user_stream.get(u, 0) + int(f[b"qty"])
+        for _o, u, qty, _price in created:
+            per_user_stream[u] = per_user_stream.get(u, 0) + qty
         assert per_user_stream == buyers, f"{sku['id']}: buyers hash != stream per user"
         all_stream_ids.update(ids)
         figures[sku["id"]] = {"stock": stock, "sold": sold, "orders": len(ids),

@@ -1,4 +1,4 @@
-"""An order as Redis keeps it, and as the API shows it.
+"""An order as Redis keeps it, and as the API shows it; the stream of order events.
 
 Every order of a SKU is one field of the SKU's ``order_by_id`` hash (core/keys.py):
 order id -> ``<status>|<user_id>|<qty>|<unit_price>|<created_ms>|<pay_by_ms>``, then
@@ -6,6 +6,11 @@ any field a later state adds as ``|<name>=<value>``. No part holds a ``|``: user
 are ``[A-Za-z0-9_-]``, the rest are numbers and status names. The commit script
 writes the first six; the id names the event and the SKU, and amount is
 unit_price * qty, so neither is stored.
+
+The SKU's ``orders`` stream tells what happened to orders, in order: each entry is
+``type`` (``created``, later ``paid``, ``cancelled``, ``expired``), ``ts`` (Redis TIME,
+ms), then one field per order it is about: the order id -> ``<user>|<qty>|<unit_price>``.
+The commit script writes one ``created`` entry per batch (all its new orders).
 """
 
 from __future__ import annotations
@@ -71,3 +76,27 @@ def api_order(order_id: str, d: dict) -> dict:
              "qty": qty, "unit_price": unit_price, "amount": unit_price * qty}
     order.update(d)  # status, created_ms, pay_by_ms (and whatever later states add)
     return order
+
+
+def stream_orders(fields) -> tuple[str, int, list[tuple[str, str, int, int]]]:
+    """``(type, ts, [(order id, user, qty, unit_price), ...])`` of a stream entry's fields
+    (a flat list of names and values, or a dict; bytes or str)."""
+    if isinstance(fields, dict):
+        fields = [x for kv in fields.items() for x in kv]
+    it = iter(x.decode() if isinstance(x, bytes) else x for x in fields)
+    pairs = list(zip(it, it, strict=True))
+    if any(name == "order_id" for name, _ in pairs):
+        # an entry of the earlier layout: one order, each figure a field of its own
+        f = dict(pairs)
+        return (f.get("type", ""), int(f.get("ts", 0)),
+                [(f["order_id"], f["user"], int(f["qty"]), int(f.get("unit_price", 0)))])
+    kind, ts, found = "", 0, []
+    for name, value in pairs:
+        if name == "type":
+            kind = value
+        elif name == "ts":
+            ts = int(value)
+        else:
+            user, qty, price = value.split("|")
+            found.append((name, user, int(qty), int(price)))
+    return kind, ts, found

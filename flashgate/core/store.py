@@ -161,10 +161,9 @@ async def export_orders(conn: RedisConnection, event: Event) -> list[dict]:
         while True:
             entries = await conn.execute("XRANGE", k.orders, start, "+", "COUNT", 1000)
             for _entry_id, fields in entries:
-                it = iter(fields)
-                f = dict(zip(it, it, strict=True))
-                if f.get(b"type") == b"created":
-                    ids.append(f[b"order_id"].decode())
+                kind, _, found = orders.stream_orders(fields)
+                if kind == "created":
+                    ids += [o[0] for o in found]
             if len(entries) < 1000:
                 break
             start = "(" + entries[-1][0].decode()

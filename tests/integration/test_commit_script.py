@@ -123,7 +123,8 @@ def test_orders_of_the_earlier_layout_are_moved_into_the_hash_once(r):
     r.incrby(k.sold, 1)
     r.hset(k.buyers, "u1", 1)
     r.incrby(k.orders_n, 1)
-    r.xadd(k.orders, {"type": "created", "order_id": oid, "user": "u1", "qty": 1})
+    r.xadd(k.orders, {"type": "created", "order_id": oid, "user": "u1", "qty": 1,
+                      "unit_price": 100, "ts": 7})
     r.hset(keys.earlier_order(k.prefix, oid),
            mapping={"user_id": "u1", "qty": 1, "unit_price": 100, "status": "reserved",
                     "created_ms": 7, "pay_by_ms": 60007})
@@ -163,7 +164,7 @@ def test_one_user_twice_in_a_batch_is_held_to_the_limit(r):
     r.hset(k.buyers, "old", 1)  # bought 1 before (a unit sold earlier)
     r.incrby(k.sold, 1)
     r.incrby(k.orders_n, 1)
-    r.xadd(k.orders, {"type": "created", "order_id": f"{ev}.s0.z0", "user": "old", "qty": 1})
+    r.xadd(k.orders, {"type": "created", "ts": 1, f"{ev}.s0.z0": "old|1|100"})
     r.hset(k.order_by_id, f"{ev}.s0.z0", orders.record("reserved", "old", 1, 100, 1, 2))
     batch = [(f"{ev}.s0.b{i}", u) for i, u in enumerate(["a", "a", "a", "old", "old", "b"])]
     reply = commit(r, ev, "s0", batch, resent=False)

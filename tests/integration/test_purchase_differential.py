@@ -64,7 +64,7 @@ from hypothesis import strategies as st
 
 from flashgate import auth
 from flashgate.config import Config
-from flashgate.core import keys
+from flashgate.core import keys, orders
 from flashgate.gateway import app as gateway_app
 from flashgate.gateway._http import Request
 from flashgate.gateway.app import Gateway
@@ -524,12 +524,14 @@ class SideBySide:
                     records[oid(o)] = (status, user, qty, price)
                 value = records
             elif k.endswith("}:orders"):
+                # the orders of every entry, in order (how they are grouped in entries
+                # follows the batches, which may differ)
                 entries = []
                 for _, f in value:
-                    o = f[b"order_id"].decode()
-                    assert int(f[b"ts"]) == self.times[o][0], (k, f)
-                    entries.append((f[b"type"], oid(f[b"order_id"]), f[b"user"], f[b"qty"],
-                                    f[b"unit_price"]))
+                    kind, ts, found = orders.stream_orders(f)
+                    for o, user, qty, price in found:
+                        assert ts == self.times[o][0], (k, f)
+                        entries.append((kind, oid(o.encode()), user, qty, price))
                 value = entries
             elif re.match(r"fg:\{[^}:]+:[^}]+\}:idem:", k):  # a key's order on a SKU
                 o, _, fp = value.partition(b"|")

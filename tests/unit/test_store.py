@@ -54,3 +54,17 @@ def test_a_hash_that_is_not_an_order_has_no_record(h):
 ])
 def test_an_evicting_redis_is_told_apart(info, policy):
     assert evicting_policy(info) == policy
+
+
+def test_a_stream_entry_names_its_orders():
+    from flashgate.core.orders import stream_orders
+
+    flat = [b"type", b"created", b"ts", b"7", b"ev.s0.a", b"u1|2|100", b"ev.s0.b", b"u2|1|50"]
+    assert stream_orders(flat) == ("created", 7, [("ev.s0.a", "u1", 2, 100),
+                                                  ("ev.s0.b", "u2", 1, 50)])
+    assert stream_orders({"type": "paid", "ts": "9", "ev.s0.a": "u1|2|100"}) == (
+        "paid", 9, [("ev.s0.a", "u1", 2, 100)])
+    # an entry of the earlier layout: one order, a field per figure
+    old = {b"type": b"created", b"order_id": b"ev.s0.c", b"user": b"u3", b"qty": b"1",
+           b"unit_price": b"990", b"ts": b"5"}
+    assert stream_orders(old) == ("created", 5, [("ev.s0.c", "u3", 1, 990)])

@@ -2,7 +2,8 @@
 --
 -- KEYS (every key the script touches, all of one SKU's hash tag, core/keys.py):
 --       1 meta (hash), 2 stock, 3 sold, 4 buyers (hash user -> units),
---       5 orders (stream), 6 orders_n (orders created), 7 order_by_id (hash order id ->
+--       5 orders (stream: an entry per batch, core/orders.py), 6 orders_n (orders created),
+--       7 order_by_id (hash order id ->
 --       "<status>|<user>|<qty>|<unit_price>|<created_ms>|<pay_by_ms>", core/orders.py),
 --       8 reg (set of registered users), 9 revenue, 10 sold_out_ms,
 --       then one key per reservation that carries an Idempotency-Key, in the order of
@@ -230,11 +231,18 @@ if ns > 0 then
   for c = 1, #records, 2 * CHUNK do
     redis.call('HSET', KEYS[7], unpack(records, c, math.min(c + 2 * CHUNK - 1, #records)))
   end
+  -- One stream entry for the batch's new orders (core/orders.py, "the stream"): type,
+  -- ts, then per order its id -> "<user>|<qty>|<unit_price>". An entry per order cost
+  -- Redis a command of 14 arguments per order, each of them written to the AOF again.
+  local entry = {'type', 'created', 'ts', now}
   for k = 1, ns do
-    local oid, user, qty, up = s_oid[k], s_user[k], s_qty[k], s_up[k]
-    redis.call('XADD', KEYS[5], '*', 'type', 'created', 'order_id', oid, 'user', user,
-               'qty', qty, 'unit_price', up, 'ts', now)
-    if s_ikey[k] then redis.call('SET', s_ikey[k], oid .. '|' .. s_fp[k], 'EX', 86400) end
+    entry[#entry + 1] = s_oid[k]
+    entry[#entry + 1] = s_user[k] .. '|' .. s_qty[k] .. '|' .. s_up[k]
+    if s_ikey[k] then redis.call('SET', s_ikey[k], s_oid[k] .. '|' .. s_fp[k], 'EX', 86400) end
+  end
+  for c = 5, #entry, 2 * CHUNK do
+    redis.call('XADD', KEYS[5], '*', 'type', 'created', 'ts', now,
+               unpack(entry, c, math.min(c + 2 * CHUNK - 1, #entry)))
   end
   if sold >= stock then redis.call('SET', KEYS[10], now, 'NX') end
   -- per batch, not per order (counters for stats; the stream is the record)
