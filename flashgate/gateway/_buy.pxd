@@ -85,12 +85,15 @@ cdef class BuyPath:
 
     cdef object _buy(self, Request req, EventCore ert)
     cpdef str user_of(self, Request req)
+    cdef str _user_at(self, Request req, long long wall_ms)
     cdef Py_hash_t _client_hash(self, Request req) except? -1
     cpdef object sku_of(self, bytes body, EventCore ert)
     cdef bint _connected(self)
     cdef object _buy_with_key(self, SkuCore srt, str user, object qty, str key)
     cpdef object admit(self, SkuCore srt, str user, object qty, str fp, str idem_key,
                        Pending fut)
+    cdef object _admit(self, SkuCore srt, str user, object qty, str fp, str idem_key,
+                       Pending fut, long long now_ms, long long now_us)
     cdef object _park(self, SkuCore srt, str user, int qty, str fp, str idem_key, Pending fut)
     cpdef object enqueue(self, Purchase p)
     cpdef retry_waiters(self, SkuCore srt)

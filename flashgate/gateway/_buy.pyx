@@ -411,21 +411,23 @@ cdef class BuyPath:
         ert.attempts += 1
         cdef dict headers = req.headers
         cdef Py_hash_t ip_key = 0, user_key = 0
+        # the clocks, read once: the wall clock decides tokens and the window, the
+        # monotonic one rate limits and latency
+        cdef long long wall_ms = _clock_ms(CLOCK_REALTIME), now_us = _mono_us()
         if self.ip_limited:
             # the client's limiter bucket is fetched into the CPU cache while the
             # identity is checked (a table lookup is one cache miss)
             ip_key = self._client_hash(req)
             self.limiter.ip.prefetch(ip_key)
-        cdef str user = self.user_of(req)
+        cdef str user = self._user_at(req, wall_ms)
         if user is None:
             ert.count(O_UNAUTHENTICATED)
             return R_UNAUTH
-        cdef long long wait, now_us = 0
+        cdef long long wait
         if self.ip_limited or self.user_limited:
             if self.user_limited:
                 user_key = PyObject_Hash(user)
                 self.limiter.user.prefetch(user_key)
-            now_us = _mono_us()
             wait = 0
             if self.ip_limited:
                 wait = self.limiter.ip.c_hit(ip_key, now_us)
@@ -445,8 +447,6 @@ cdef class BuyPath:
             return R_BAD_IDEM
         ert.uv.add(user)
         if self.global_limited:
-            if not now_us:
-                now_us = _mono_us()
             wait = self.limiter.glob.c_hit_global(now_us)
             if wait:
                 ert.count(O_RATE_LIMITED)
@@ -456,16 +456,19 @@ cdef class BuyPath:
             return R_UNAVAILABLE
         if key is not None:
             return self._buy_with_key(srt, user, qty, (<bytes>key).decode("ascii"))
-        return self.admit(srt, user, qty, "", None, None)
+        return self._admit(srt, user, qty, "", None, None, wall_ms + self.clock_offset_ms,
+                           now_us)
 
     # -- identity and client -------------------------------------------------------
 
     cpdef str user_of(self, Request req):
         """The buyer of a request: its token's user, or (dev mode) its X-User-Id;
         None when it has no valid identity."""
+        return self._user_at(req, _clock_ms(CLOCK_REALTIME))
+
+    cdef str _user_at(self, Request req, long long wall_ms):
         if self.tokens is not None:
-            return self.tokens.c_user(req.headers.get(b"authorization"),
-                                      _clock_ms(CLOCK_REALTIME))
+            return self.tokens.c_user(req.headers.get(b"authorization"), wall_ms)
         if self.dev:
             return user_of_header(req.headers.get(b"x-user-id"))
         return None
@@ -527,13 +530,18 @@ cdef class BuyPath:
         """The ledger decides: a refusal's answer, or the Pending the commit resolves
         (``fut`` if given). ``fp``/``idem_key``: the request's Idempotency-Key's
         fingerprint and order key ("" / None without one)."""
+        return self._admit(srt, user, qty, fp, idem_key, fut, self.now_ms(), _mono_us())
+
+    cdef object _admit(self, SkuCore srt, str user, object qty, str fp, str idem_key,
+                       Pending fut, long long now_ms, long long now_us):
+        # admit at these times (Redis's wall clock, in ms; the monotonic clock, in µs)
         cdef int code, n = 0
         cdef Purchase p
         if qty > srt.limit:  # never possible, whatever was bought before
             code = O_LIMIT_EXCEEDED
         else:
             n = qty
-            code = self.ledger.reserve(srt.idx, user, n, self.now_ms(), idem_key is not None)
+            code = self.ledger.reserve(srt.idx, user, n, now_ms, idem_key is not None)
         if code == O_SOLD or code == O_PROBE:
             p = Purchase.__new__(Purchase)
             p.srt = srt
@@ -544,7 +552,7 @@ cdef class BuyPath:
             p.idem_key = idem_key
             p.order_id = b""
             p.fut = Pending.__new__(Pending) if fut is None else fut
-            p.t0 = _mono_us()
+            p.t0 = now_us
             return self.enqueue(p)
         if code == O_WAIT:
             return self._park(srt, user, n, fp, idem_key, fut)
