@@ -54,6 +54,17 @@ class NetSet:
         """Whether any network was given."""
 
 @final
+class Peer:
+    """A connection's client, resolved once when the connection opens (``ClientIP.peer``):
+    its address, whether it may vouch for X-Forwarded-For, its limiter key."""
+
+    text: str
+    @property
+    def trusted(self) -> bool: ...
+    @property
+    def address(self) -> bytes:
+        """The 16 bytes of its address (all zero for a peer that is not one)."""
+
 class ClientIP:
     """The client IP of a request: the peer, unless the peer is a trusted proxy that is
     not a PROXY protocol balancer; then the right-most X-Forwarded-For hop that is not a
@@ -78,6 +89,11 @@ class ClientIP:
     def trusts(self, address: object) -> bool:
         """Whether ``address`` (text) may vouch for X-Forwarded-For: trusted, not a
         balancer. Not an address: False."""
+    def peer(self, text: str) -> Peer:
+        """The Peer of a connection from ``text`` (an address, or "" for a unix socket)."""
+    def hash_of_client(self, peer: Peer, xff: bytes | None) -> int:
+        """The limiter key of a request from ``peer`` with that X-Forwarded-For (for
+        tests: the hash of the address ``of`` names)."""
     def of(self, peer: str, forwarded_for: bytes | None) -> str:
         """The client IP of a request from ``peer`` carrying that X-Forwarded-For value
         (None when absent), as canonical text (an IPv4-mapped address as IPv4). A peer
