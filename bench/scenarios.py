@@ -117,7 +117,7 @@ class Setup:
 
     def describe(self, kind: str) -> dict:
         """What a row of `kind` ran with, in words, for the reports."""
-        redis = ("appendonly yes, appendfsync everysec" if self.aof
+        redis = ("appendonly yes, appendfsync everysec, no automatic AOF rewrite" if self.aof
                  else "no persistence (appendonly no)")
         xff = f"X-Forwarded-For 10.x.y.z, one per user, sent through a trusted proxy " \
               f"({TRUSTED_PROXIES})"
