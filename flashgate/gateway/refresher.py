@@ -40,6 +40,8 @@ class Refresher:
         self.version = -1  # of the definitions loaded
         self.loaded = False
         self._reloading: asyncio.Future | None = None
+        self._asked = 0  # calls of reload() so far
+        self._covered = 0  # the calls the last load to begin answers
 
     def forget(self) -> None:
         """Reload everything on the next tick (after a reconnect: whatever happened
@@ -47,11 +49,26 @@ class Refresher:
         self.version = -1
 
     async def reload(self) -> int:
-        """Load every definition now; returns the version loaded. Concurrent calls
-        share one load."""
-        if self._reloading is not None:
-            return await asyncio.shield(self._reloading)
+        """Load every definition as Redis holds them now; returns the version loaded.
+        Calls that come while a load runs share the next one: a load that began
+        before a call may have read the definitions before the change the caller
+        knows of, so it does not answer that call."""
+        self._asked += 1
+        mine = self._asked
+        while True:
+            running = self._reloading
+            if running is None:
+                break
+            try:
+                version = await asyncio.shield(running)
+            except Exception:
+                if self._covered >= mine:  # (the load that failed was meant for us)
+                    raise
+                continue
+            if self._covered >= mine:
+                return version
         fut = self._reloading = asyncio.get_running_loop().create_future()
+        self._covered = self._asked  # this load answers every call made so far
         try:
             version, events = await store.load_events(self.conn)
             self.runtimes.apply(events)
