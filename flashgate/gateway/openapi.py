@@ -405,7 +405,9 @@ def _operations() -> dict:
                         BUYER + ADMIN,
                         {200: _json(_ref("Order"), "The order."),
                          404: (["not_found"], "No such order, or not the caller's.")},
-                        ("Unauthenticated", "Unavailable")),
+                        ("Unauthenticated", "RateLimited", "Unavailable"),
+                        description="A buyer's look-ups count against the client IP's and "
+                                    "the user's rate limits; the operator's do not."),
         "markPaid": _op("markPaid", "Payment confirmed", "orders", ADMIN,
                         {200: _json(_ref("Order"), "The order (status paid); repeating is "
                                                    "harmless."),
