@@ -39,9 +39,9 @@ class Refresher:
         self.max_clock_skew_ms = max_clock_skew_ms
         self.version = -1  # of the definitions loaded
         self.loaded = False
-        self._reloading: asyncio.Future | None = None
+        # the load running, and the number of the last call it answers
+        self._reloading: tuple[asyncio.Future, int] | None = None
         self._asked = 0  # calls of reload() so far
-        self._covered = 0  # the calls the last load to begin answers
 
     def forget(self) -> None:
         """Reload everything on the next tick (after a reconnect: whatever happened
@@ -55,20 +55,18 @@ class Refresher:
         knows of, so it does not answer that call."""
         self._asked += 1
         mine = self._asked
-        while True:
-            running = self._reloading
-            if running is None:
-                break
+        while self._reloading is not None:
+            running, covers = self._reloading
             try:
                 version = await asyncio.shield(running)
             except Exception:
-                if self._covered >= mine:  # (the load that failed was meant for us)
+                if covers >= mine:  # the load that failed was meant for this call too
                     raise
                 continue
-            if self._covered >= mine:
+            if covers >= mine:
                 return version
-        fut = self._reloading = asyncio.get_running_loop().create_future()
-        self._covered = self._asked  # this load answers every call made so far
+        fut = asyncio.get_running_loop().create_future()
+        self._reloading = (fut, self._asked)  # this load answers every call made so far
         try:
             version, events = await store.load_events(self.conn)
             self.runtimes.apply(events)

@@ -1,0 +1,85 @@
+"""The refresher's reloads, without Redis: a reload asked while another runs is
+answered by a load that began after it was asked."""
+
+import asyncio
+
+from flashgate.gateway import refresher
+
+
+class _Store:
+    """load_events gives the version at the moment it is called (what a load reads),
+    and the first load waits for ``gate`` before it returns."""
+
+    def __init__(self):
+        self.version = 0
+        self.gate = None
+
+    async def load_events(self, conn):
+        version = self.version
+        if self.gate is not None:
+            gate, self.gate = self.gate, None
+            await gate
+        return version, []
+
+
+class _Runtimes:
+    events: dict = {}
+
+    def apply(self, events):
+        pass
+
+    def all_skus(self):
+        return []
+
+
+def test_a_reload_asked_during_a_load_gets_a_load_that_began_after_it(monkeypatch):
+    store = _Store()
+    monkeypatch.setattr(refresher, "store", store)
+
+    async def main():
+        r = refresher.Refresher(None, None, None, _Runtimes(), lambda rt: None,
+                                max_clock_skew_ms=1000)
+        store.gate = asyncio.get_running_loop().create_future()
+        first = asyncio.create_task(r.reload())  # a tick's load, reading version 0
+        await asyncio.sleep(0)
+        store.version = 1  # an operator's change, then its reload
+        second = asyncio.create_task(r.reload())
+        await asyncio.sleep(0)
+        store.version = 2  # another change, then its reload
+        third = asyncio.create_task(r.reload())
+        await asyncio.sleep(0)
+        store.gate.set_result(None)
+        return await first, await second, await third
+
+    first, second, third = asyncio.run(main())
+    assert first == 0
+    assert (second, third) == (2, 2)  # neither answered by the load that began before it
+
+
+def test_a_failed_load_fails_only_the_calls_it_was_for(monkeypatch):
+    class Failing(_Store):
+        calls = 0
+
+        async def load_events(self, conn):
+            Failing.calls += 1
+            if Failing.calls == 1:
+                await asyncio.sleep(0.01)
+                raise ConnectionError("away")
+            return await super().load_events(conn)
+
+    store = Failing()
+    monkeypatch.setattr(refresher, "store", store)
+
+    async def main():
+        r = refresher.Refresher(None, None, None, _Runtimes(), lambda rt: None,
+                                max_clock_skew_ms=1000)
+        first = asyncio.create_task(r.reload())
+        await asyncio.sleep(0)
+        store.version = 5
+        second = asyncio.create_task(r.reload())
+        results = await asyncio.gather(first, second, return_exceptions=True)
+        return results
+
+    first, second = asyncio.run(main())
+    assert isinstance(first, ConnectionError)
+    assert second == 5  # its own load, after the failed one
