@@ -39,7 +39,7 @@ def test_a_reload_asked_during_a_load_gets_a_load_that_began_after_it(monkeypatc
     async def main():
         r = refresher.Refresher(None, None, None, _Runtimes(), lambda rt: None,
                                 max_clock_skew_ms=1000)
-        store.gate = asyncio.get_running_loop().create_future()
+        gate = store.gate = asyncio.get_running_loop().create_future()
         first = asyncio.create_task(r.reload())  # a tick's load, reading version 0
         await asyncio.sleep(0)
         store.version = 1  # an operator's change, then its reload
@@ -48,7 +48,7 @@ def test_a_reload_asked_during_a_load_gets_a_load_that_began_after_it(monkeypatc
         store.version = 2  # another change, then its reload
         third = asyncio.create_task(r.reload())
         await asyncio.sleep(0)
-        store.gate.set_result(None)
+        gate.set_result(None)
         return await first, await second, await third
 
     first, second, third = asyncio.run(main())
