@@ -32,9 +32,12 @@ def evicting_policy(info: bytes | str) -> str | None:
 
 
 async def migrate_layout(conn: RedisConnection) -> int:
-    """Move orders kept in the earlier layout (a hash per order) into their SKU's
-    ``order_by_id`` hash, once (``fg:layout`` then says 2); returns how many moved.
-    A record already in the hash wins (the commit script wrote it)."""
+    """Move orders kept in the earlier layout (a hash per order, ``<SKU prefix>order:<id>``)
+    into their SKU's ``order_by_id`` hash, once (``fg:layout`` then says 2); returns how
+    many moved. A record already in the hash wins (the commit script wrote it). Only a
+    hash whose name is exactly an order's key of its own SKU, and which reads as an
+    order, is moved and removed; anything else the pattern finds (an Idempotency-Key
+    holding ``}:order:``, a hash that is not an order) is left as it is."""
     if int(await conn.execute("GET", keys.LAYOUT) or 0) >= LAYOUT:
         return 0
     moved = 0
@@ -45,11 +48,16 @@ async def migrate_layout(conn: RedisConnection) -> int:
         for raw in found:
             key = raw.decode()
             prefix, _, order_id = key.rpartition("order:")
+            where = keys.split_order_id(order_id)
+            if where is None or key != keys.earlier_order(keys.sku_prefix(*where), order_id) \
+                    or await conn.execute("TYPE", key) != b"hash":
+                continue
             rec = orders.record_of_hash(await conn.execute("HGETALL", key))
-            if rec is not None and keys.split_order_id(order_id) is not None:
-                await conn.execute("HSETNX", prefix + "order_by_id", order_id, rec)
-                moved += 1
+            if rec is None:
+                continue
+            await conn.execute("HSETNX", prefix + "order_by_id", order_id, rec)
             await conn.execute("DEL", key)
+            moved += 1
         if cursor in (b"0", 0, "0"):
             break
     await conn.execute("SET", keys.LAYOUT, LAYOUT)

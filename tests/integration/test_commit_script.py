@@ -129,6 +129,15 @@ def test_orders_of_the_earlier_layout_are_moved_into_the_hash_once(r):
            mapping={"user_id": "u1", "qty": 1, "unit_price": 100, "status": "reserved",
                     "created_ms": 7, "pay_by_ms": 60007})
     r.set(k.idem("u1", "k"), oid + "|fp")
+    # what the pattern also finds, and the migration must leave alone: an Idempotency-Key
+    # holding "}:order:" (a string), a hash that is not an order, a name not of its SKU
+    squatter = k.idem("u2", "}:order:x")
+    r.set(squatter, "whatever|fp")
+    not_order = keys.earlier_order(k.prefix, f"{ev}.s0.odd")
+    r.hset(not_order, mapping={"colour": "red"})
+    elsewhere = keys.earlier_order(k.prefix, f"{ev}.s9.zzz")
+    r.hset(elsewhere, mapping={"user_id": "u9", "qty": 1, "unit_price": 1, "created_ms": 1,
+                               "pay_by_ms": 2})
     r.delete(keys.LAYOUT)
     url = f"redis://127.0.0.1:{r.connection_pool.connection_kwargs['port']}/0"
 
@@ -143,6 +152,9 @@ def test_orders_of_the_earlier_layout_are_moved_into_the_hash_once(r):
     first, second = asyncio.run(migrate())
     assert first >= 1 and second == 0
     assert not r.exists(keys.earlier_order(k.prefix, oid))
+    assert r.get(squatter) == b"whatever|fp" and r.hgetall(not_order) == {b"colour": b"red"}
+    assert r.exists(elsewhere) and r.hget(k.order_by_id, f"{ev}.s9.zzz") is None
+    r.delete(squatter, not_order, elsewhere)
     assert orders.from_record(oid, r.hget(k.order_by_id, oid))["unit_price"] == 100
     reply = raw_commit(r, k, [(oid, "u1", 1, "", "")], resent=True)
     assert reply[0] == 1, "a re-sent order of the earlier layout sold again"
