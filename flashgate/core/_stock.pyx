@@ -347,8 +347,12 @@ cdef class Ledger:
 
     cpdef void observe(self, int sku, long long sold, long long stock) except *:
         """What Redis reports after a commit or a refresh: the SKU's sold and stock.
-        Call it after settling the batch's reservations."""
+        Call it after settling the batch's reservations. Fewer units sold than Redis
+        last said means units came back (a cancel, an expiry, lost data): the local
+        buyer table may then be too strict, and is dropped (``forget_buyers``)."""
         cdef SkuState *s = self._sku(sku)
+        if sold < s.sold:
+            self.forget_buyers(sku)
         s.sold = sold
         s.stock = stock
 

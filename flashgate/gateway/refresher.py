@@ -110,10 +110,7 @@ class Refresher:
 
     def observe(self, srt: SkuRuntime, stock: int, sold: int) -> None:
         old_stock, old_sold, _, _ = self.ledger.state(srt.idx)
-        if sold < old_sold:
-            # units came back (cancel / expire): the local buyer table may be too strict
-            self.ledger.forget_buyers(srt.idx)
-        self.ledger.observe(srt.idx, sold, stock)
+        self.ledger.observe(srt.idx, sold, stock)  # (units that came back: see observe)
         if (sold != old_sold or stock != old_stock) and srt.waiters:
             self.path.retry_waiters(srt)
 

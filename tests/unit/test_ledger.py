@@ -294,3 +294,22 @@ def test_check_changes_nothing():
     assert lg.check(s, "b", 1, T0) == WAIT
     assert lg.check(s, "a", 1, T0) == WAIT
     assert lg.check(s, "a", 1, T0 - 1) == NOT_STARTED
+
+
+def test_units_that_came_back_clear_the_buyer_table_whoever_reports_them():
+    """Fewer units sold than Redis last said (a cancel, an expiry, lost data): the
+    local buyer table may be too strict, whether a refresh or a commit reply says so."""
+    lg, s = ledger(stock=5, limit=1)
+    assert lg.reserve(s, "u1", 1, T0, False) == OK
+    lg.settle(s, "u1", 1, 1)
+    lg.observe(s, 1, 5)  # the commit reply: u1 holds 1
+    assert lg.reserve(s, "u1", 1, T0, False) == LIMIT_EXCEEDED
+    # Redis gave u1's unit back; u2's commit reply is the first to say sold 0 + 1
+    assert lg.reserve(s, "u2", 1, T0, False) == OK
+    lg.settle(s, "u2", 1, 1)
+    lg.observe(s, 1, 5)  # not fewer than before: the buyer table stands
+    assert lg.reserve(s, "u1", 1, T0, False) == LIMIT_EXCEEDED
+    lg.observe(s, 0, 5)  # fewer: dropped
+    assert lg.bought(s, "u1") == 0 and lg.bought(s, "u2") == 0
+    assert lg.reserve(s, "u1", 1, T0, False) == OK
+    lg.verify()
