@@ -240,6 +240,29 @@ def _secret(cfg: Config, name: str, what: str, warnings: list[str]) -> None:
         setattr(cfg, name + "_file", os.path.abspath(path))
 
 
+# Settings whose values outside a range would stop the gateway from working: (name,
+# least value, the rule in words).
+_BOUNDS = (
+    ("commit_queue", 1, "at least 1 reservation"),
+    ("commit_flights", 1, "at least 1 flush in flight"),
+    ("wait_queue", 0, "0 or more requests"),
+    ("wait_timeout", 0.0, "0 or more seconds"),
+    ("refresh_interval", 0.01, "at least 0.01 s"),
+    ("stats_interval", 0.01, "at least 0.01 s"),
+    ("max_clock_skew_ms", 0, "0 or more ms"),
+    ("drain_delay", 0.0, "0 or more seconds"),
+    ("drain_grace", 0.0, "0 or more seconds"),
+    ("limiter_capacity", 8, "at least 8 keys"),
+    ("max_body", 0, "0 or more bytes"),
+    ("keepalive_timeout", 0.1, "at least 0.1 s"),
+    ("head_timeout", 0.1, "at least 0.1 s"),
+    ("max_connections", 1, "at least 1"),
+    ("ip_burst", 1.0, "at least 1"),
+    ("user_burst", 1.0, "at least 1"),
+    ("global_burst", 1.0, "at least 1"),
+)
+
+
 def check_identity(cfg: Config) -> None:
     """Settle ``cfg.dev`` (see the module's docstring); ConfigError when no identity
     mode may be used."""
@@ -291,6 +314,10 @@ def from_args(argv: list[str] | None = None, warnings: list[str] | None = None) 
         raise ConfigError("--port must be in 0-65535")
     if cfg.max_token_ttl <= 0:
         raise ConfigError("--max-token-ttl must be a positive number of seconds")
+    for name, least, what in _BOUNDS:
+        value = getattr(cfg, name)
+        if not value >= least:  # (also NaN)
+            raise ConfigError(f"--{name.replace('_', '-')} must be {what} (got {value})")
     if cfg.appendfsync not in ("everysec", "always"):
         raise ConfigError("--appendfsync must be everysec or always")
     if cfg.log_level.lower() not in ("debug", "info", "warning", "error"):

@@ -181,6 +181,18 @@ REFUSALS = {
     "bad-max-token-ttl": (["--max-token-ttl", "0"], {},
                           ["--max-token-ttl must be a positive number of seconds"]),
     "bad-variable": ([], {"FLASHGATE_PORT": "eighty"}, ["FLASHGATE_PORT", "not a valid int"]),
+    # values with which the gateway would start and never answer (or never sell)
+    "no-commit-flights": (["--commit-flights", "0", "--dev"], {},
+                          ["--commit-flights must be at least 1"]),
+    "no-commit-queue": (["--commit-queue", "0", "--dev"], {},
+                        ["--commit-queue must be at least 1"]),
+    "refresh-busy-loop": (["--refresh-interval", "0", "--dev"], {},
+                          ["--refresh-interval must be at least 0.01 s"]),
+    "negative-clock-skew": (["--max-clock-skew-ms", "-1", "--dev"], {},
+                            ["--max-clock-skew-ms must be 0 or more"]),
+    "burst-below-one": (["--user-burst", "0.5", "--dev"], {}, ["--user-burst must be at least 1"]),
+    "wait-timeout-nan": (["--wait-timeout", "nan", "--dev"], {},
+                         ["--wait-timeout must be 0 or more seconds"]),
 }
 
 
