@@ -43,10 +43,10 @@ PARKED_TICK_S = 0.05  # how often parked requests past their deadline are answer
 
 class Gateway:
     """Everything one worker process knows and does; ``handle`` is the HTTP entry.
-    ``instance`` names the instance (the supervisor's pid) whose workers are told of
-    definition changes; None: a lone worker."""
+    ``peer_dir`` is the directory of the instance's peer channel, whose workers are told
+    of definition changes (peers.py); None: a lone worker."""
 
-    def __init__(self, cfg: Config, worker_id: int = 0, instance: str | None = None):
+    def __init__(self, cfg: Config, worker_id: int = 0, peer_dir: str | None = None):
         self.cfg = cfg
         self.worker_id = worker_id
         self.boot = os.urandom(6).hex()  # this worker's part of its order ids
@@ -62,9 +62,10 @@ class Gateway:
         self.refresher = Refresher(self.conn, self.ledger, self.path, self.runtimes,
                                    self._events_loaded, max_clock_skew_ms=cfg.max_clock_skew_ms)
         self.peers = None
-        if instance is not None and cfg.workers > 1:
-            self.peers = Peers(instance, worker_id, cfg.workers, self.refresher.reload,
+        if peer_dir is not None and cfg.workers > 1:
+            self.peers = Peers(peer_dir, worker_id, cfg.workers, self._peer_reload,
                                lambda: self.refresher.version)
+        self._started = asyncio.Event()  # the first load is done
         self.handle = self.path.handle  # the HTTP entry
         self.peer_of = self.path.peer_of  # a connection's client, resolved when it opens
         self.draining = False
@@ -95,6 +96,7 @@ class Gateway:
                     said = loop.time()
                 await asyncio.sleep(0.5)
         await self.refresher.reload()
+        self._started.set()
         for name, run in self._services:
             self._tasks.append(loop.create_task(self._supervised(name, run)))
 
@@ -162,6 +164,12 @@ class Gateway:
         (the connection asks before it reads the body): 401 without the admin token,
         else None (read the body, then route it)."""
         return None if self.router.is_admin(req) else answers.UNAUTHENTICATED
+
+    async def _peer_reload(self) -> int:
+        # another worker changed a definition: load it, once this worker has started (a
+        # worker still connecting to Redis answers when it can, not with a failure)
+        await self._started.wait()
+        return await self.refresher.reload()
 
     async def changed(self) -> bool:
         """A definition changed in Redis: load it here, and see that every other

@@ -8,15 +8,16 @@ that is not running (being restarted) cannot be told and need not be: a worker b
 its address before it loads the definitions at start, so it either loads the new
 version then or hears of it.
 
-Transport: a unix datagram socket per worker in the Linux abstract namespace,
-``\\0flashgate.<instance>.<worker>`` (``instance``: the supervisor's pid), no file to
-clean up. Abstract sockets have no permissions, so every datagram's sender is
-checked (``SO_PASSCRED``): only a process of this user is heard.
+Transport: a unix datagram socket per worker, ``<dir>/w<worker>``, in a directory the
+supervisor makes for the instance (mode 0700, removed when it stops): no other user
+can reach a worker's address, or take it before the worker binds it. Every datagram's
+sender is checked too (``SO_PASSCRED``): only a process of this user is heard.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -27,16 +28,16 @@ log = logging.getLogger("flashgate.peers")
 _CREDS = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 
-def address(instance: str, worker_id: int) -> str:
-    return f"\0flashgate.{instance}.{worker_id}"
+def address(directory: str, worker_id: int) -> str:
+    return os.path.join(directory, f"w{worker_id}")
 
 
 class Peers:
     """``announce(version)``: every other running worker has loaded ``version``."""
 
-    def __init__(self, instance: str, worker_id: int, workers: int, reload, current, *,
+    def __init__(self, directory: str, worker_id: int, workers: int, reload, current, *,
                  timeout: float = 5.0):
-        self.instance = instance
+        self.directory = directory
         self.worker_id = worker_id
         self.workers = workers
         self.reload = reload  # async () -> the version loaded
@@ -52,7 +53,10 @@ class Peers:
         """Bind this worker's address (before the first load of the definitions)."""
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
-        sock.bind(address(self.instance, self.worker_id))
+        path = address(self.directory, self.worker_id)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)  # left by this worker's predecessor (killed, then restarted)
+        sock.bind(path)
         sock.setblocking(False)
         self._sock = sock
         self._loop = loop
@@ -81,7 +85,7 @@ class Peers:
             if wid == self.worker_id:
                 continue
             try:
-                self._sock.sendto(msg, address(self.instance, wid))
+                self._sock.sendto(msg, address(self.directory, wid))
                 told.add(wid)
             except (ConnectionRefusedError, FileNotFoundError):
                 pass  # not running: it loads the definitions when it starts
@@ -133,7 +137,7 @@ class Peers:
             if entry is None:
                 return
             told, want, fut = entry
-            wid = _worker_of(sender, self.instance)
+            wid = _worker_of(sender, self.directory)
             if wid is not None and version >= want:
                 told.discard(wid)
             if not told and not fut.done():
@@ -155,13 +159,13 @@ class Peers:
             log.warning("cannot answer worker %r: %s", sender, e)
 
 
-def _worker_of(sender, instance: str) -> int | None:
+def _worker_of(sender, directory: str) -> int | None:
     if isinstance(sender, bytes):
-        sender = sender.decode("ascii", "replace")
-    prefix = f"\0flashgate.{instance}."
-    if not isinstance(sender, str) or not sender.startswith(prefix):
+        sender = sender.decode("utf-8", "replace")
+    if not isinstance(sender, str) or os.path.dirname(sender) != directory:
         return None
+    name = os.path.basename(sender)
     try:
-        return int(sender[len(prefix):])
+        return int(name[1:]) if name.startswith("w") else None
     except ValueError:
         return None

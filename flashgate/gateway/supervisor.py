@@ -11,9 +11,11 @@ import logging
 import multiprocessing
 import os
 import shlex
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -106,11 +108,11 @@ async def prepare(cfg: Config) -> list[tuple[str, str]]:
         conn.close()
 
 
-def _worker_main(cfg_dict: dict, worker_id: int, ready, parent: int) -> None:
+def _worker_main(cfg_dict: dict, worker_id: int, ready, parent: int, peer_dir: str) -> None:
     die_with_parent()
     from flashgate.gateway import worker
 
-    worker.run(Config(**cfg_dict), worker_id, ready, parent)
+    worker.run(Config(**cfg_dict), worker_id, ready, parent, peer_dir)
 
 
 def _refuse(message: str) -> int:
@@ -194,11 +196,15 @@ class Supervisor:
         self.procs: dict[int, multiprocessing.Process] = {}
         self.restarts: list[float] = []
         self.stopping = False
+        # where the workers' peer channel lives (gateway/peers.py): a directory of this
+        # server's own, 0700, so no other user can reach or take a worker's address
+        self.peer_dir = tempfile.mkdtemp(prefix="flashgate-")
 
     def _start(self, worker_id: int) -> None:
         # the configuration (secrets included) travels through the spawn pipe, not argv
         p = self.ctx.Process(target=_worker_main,
-                             args=(self.cfg.to_dict(), worker_id, self.ready, os.getpid()),
+                             args=(self.cfg.to_dict(), worker_id, self.ready, os.getpid(),
+                                   self.peer_dir),
                              name=f"flashgate-worker-{worker_id}", daemon=False)
         p.start()
         self.procs[worker_id] = p
@@ -207,6 +213,12 @@ class Supervisor:
         self.stopping = True
 
     def run(self) -> int:
+        try:
+            return self._run()
+        finally:
+            shutil.rmtree(self.peer_dir, ignore_errors=True)
+
+    def _run(self) -> int:
         cfg = self.cfg
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)

@@ -80,9 +80,9 @@ class Acceptor:
         self.sock.close()
 
 
-async def _serve(cfg: Config, worker_id: int, ready, parent: int) -> int:
+async def _serve(cfg: Config, worker_id: int, ready, parent: int, peer_dir: str | None) -> int:
     loop = asyncio.get_running_loop()
-    gateway = Gateway(cfg, worker_id, instance=str(parent))
+    gateway = Gateway(cfg, worker_id, peer_dir=peer_dir)
     await gateway.start()
     # Everything allocated so far (modules, tables) lives as long as the process:
     # move it out of the collector's sight, so a full collection scans only what
@@ -150,8 +150,10 @@ async def _serve(cfg: Config, worker_id: int, ready, parent: int) -> int:
     return 0
 
 
-def run(cfg: Config, worker_id: int, ready=None, parent: int | None = None) -> None:
-    """Entry point of a worker process; ``parent`` is the supervisor's pid."""
+def run(cfg: Config, worker_id: int, ready=None, parent: int | None = None,
+        peer_dir: str | None = None) -> None:
+    """Entry point of a worker process; ``parent`` is the supervisor's pid, ``peer_dir``
+    the directory of the instance's peer channel."""
     logging.basicConfig(
         level=getattr(logging, cfg.log_level.upper(), logging.INFO),
         format=f"%(asctime)s worker-{worker_id} %(levelname)s %(name)s: %(message)s",
@@ -161,5 +163,5 @@ def run(cfg: Config, worker_id: int, ready=None, parent: int | None = None) -> N
     parent = os.getppid() if parent is None else parent
     if os.getppid() != parent:
         sys.exit(0)  # the supervisor died while this worker was starting
-    code = uvloop.run(_serve(cfg, worker_id, ready, parent))
+    code = uvloop.run(_serve(cfg, worker_id, ready, parent, peer_dir))
     sys.exit(code)

@@ -55,6 +55,7 @@ import asyncio
 import logging
 import os
 import re
+import shutil
 import tempfile
 from dataclasses import dataclass, field, replace
 
@@ -397,7 +398,9 @@ class RequestPath:
 
     def start(self) -> RequestPath:
         if self.redis_url is None:
-            where = self.data_dir or tempfile.mkdtemp(prefix="flashgate-fuzz-redis-")
+            where = self.data_dir
+            if where is None:  # a directory of its own, removed when it closes
+                where = self._tmp = tempfile.mkdtemp(prefix="flashgate-fuzz-redis-")
             self.redis_server = EmbeddedRedis(where, persist=False, die_with_parent=True).start()
             self.redis_url = self.redis_server.url
         self.cfg = Config(
@@ -473,6 +476,8 @@ class RequestPath:
             self.loop = None
             if self.redis_server is not None:
                 self.redis_server.stop()
+            if getattr(self, "_tmp", None):
+                shutil.rmtree(self._tmp, ignore_errors=True)
 
     def _on_loop_error(self, loop, context) -> None:
         exc = context.get("exception")
