@@ -14,7 +14,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 from libc.string cimport memcpy
 
 from flashgate.core._stock cimport Ledger
-from flashgate.core.outcomes cimport O_EXISTS, O_REPLAY, O_SOLD
+from flashgate.core.outcomes cimport O_EXISTS, O_REPLAY, O_SOLD, O_UNAVAILABLE
 from flashgate.gateway._buy cimport EventCore, Purchase, SkuCore
 
 from flashgate.gateway import answers
@@ -318,6 +318,7 @@ def answer_commit(Ledger ledger not None, SkuCore srt not None, list items not N
         except Exception:
             log.exception("cannot answer a committed reservation")
             answer = R_UNAVAILABLE
+            ert.count(O_UNAVAILABLE)
         if not p.fut.done():
             p.fut.set_result(answer)
     try:

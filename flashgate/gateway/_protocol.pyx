@@ -619,16 +619,18 @@ cdef class HttpProtocolCore:
         (413) or waiting in state 2."""
         limits = self._limits
         cdef str path = req.path  # (the target's, or _head_slow's for other forms)
-        limit = limits.max_body_admin if path.startswith(ADMIN) else limits.max_body
-        if n > limit:
-            self._reject(413, "payload_too_large", "request body too large")
-            return None
-        if self._app_head is not None and path.startswith(ADMIN):
-            # the operator's paths are refused from the head: a stranger's body is never read
+        cdef bint admin = path.startswith(ADMIN)
+        if admin and self._app_head is not None:
+            # the operator's paths are refused from the head: a stranger's body is never
+            # read (and is not measured either: 401 whatever its size)
             refusal = self._app_head(req)
             if refusal is not None:
                 self._reject_with(refusal)
                 return None
+        limit = limits.max_body_admin if admin else limits.max_body
+        if n > limit:
+            self._reject(413, "payload_too_large", "request body too large")
+            return None
         expect = headers.get(b"expect")
         if expect is not None and expect.lower() == b"100-continue":
             self._push(CONTINUE)
