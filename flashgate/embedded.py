@@ -37,6 +37,7 @@ DISABLED_COMMANDS = (
     ("SAVE", 1), ("BGSAVE", 1), ("BGREWRITEAOF", 1), ("SLAVEOF", 1), ("SYNC", 1),
     ("MONITOR", 1), ("MIGRATE", 2), ("RESTORE", 2), ("PSYNC", 2), ("MODULE", 4),
     ("SWAPDB", 4), ("REPLICAOF", 5), ("ACL", 6), ("FAILOVER", 6.2), ("FUNCTION", 7),
+    ("MOVE", 1), ("COPY", 6.2),
 )
 # sun_path holds 108 bytes with the terminating NUL
 _MAX_SOCKET_PATH = 107
@@ -159,6 +160,11 @@ class EmbeddedRedis:
                 self.socket_path = os.path.join(self._socket_dir, "redis.sock")
             args += ["--port", "0", "--unixsocket", self.socket_path, "--unixsocketperm", "700"]
             version = redis_version(exe)
+            if not version:
+                # without its version nothing can be renamed safely: refuse rather than
+                # run a Redis that keeps CONFIG and the rest
+                raise RuntimeError(f"cannot tell the version of {exe} (redis-server "
+                                   "--version): the embedded Redis is not started")
             for command, since in DISABLED_COMMANDS:
                 if version >= since:
                     args += ["--rename-command", command, ""]

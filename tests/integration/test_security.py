@@ -160,7 +160,8 @@ def test_one_data_directory_one_server(tmp_path):
 NOT_NEEDED = [("CONFIG", "GET", "dir"), ("CONFIG", "SET", "dir", "/tmp"), ("DEBUG", "SLEEP", "0"),
               ("FLUSHALL",), ("FLUSHDB",), ("SHUTDOWN", "NOSAVE"), ("MODULE", "LIST"), ("SAVE",),
               ("BGSAVE",), ("BGREWRITEAOF",), ("REPLICAOF", "NO", "ONE"), ("SLAVEOF", "NO", "ONE"),
-              ("ACL", "LIST"), ("MONITOR",), ("SWAPDB", "0", "1"), ("MIGRATE",), ("RESTORE",)]
+              ("ACL", "LIST"), ("MONITOR",), ("SWAPDB", "0", "1"), ("MIGRATE",), ("RESTORE",),
+              ("MOVE", "k", "1"), ("COPY", "a", "b")]
 
 
 def test_the_embedded_redis_is_reachable_by_flashgate_alone(tmp_path):
@@ -622,3 +623,21 @@ def test_a_gateway_sells_over_rediss(tls_redis, tmp_path):
     text = "".join(gw.output)
     assert pw not in text
     assert f"Redis: rediss://:***@localhost:{port}/0?ssl_ca_certs=" in text
+
+
+def test_an_embedded_redis_whose_version_cannot_be_told_is_not_started(tmp_path, monkeypatch):
+    """Renaming a command the server does not know stops it from starting, so the list
+    follows its version; a server whose version cannot be read is refused rather than
+    run with CONFIG and the rest."""
+    import flashgate.embedded as embedded
+
+    fake = tmp_path / "redis-server"
+    fake.write_text("#!/bin/sh\necho 'a Redis that will not say'\nsleep 30\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(embedded, "find_redis_server", lambda: str(fake))
+    r = embedded.EmbeddedRedis(tmp_path / "data", private=True)
+    try:
+        with pytest.raises(RuntimeError, match="cannot tell the version"):
+            r.start(timeout=5)
+    finally:
+        r.stop()
