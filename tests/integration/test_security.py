@@ -632,7 +632,7 @@ def test_an_embedded_redis_whose_version_cannot_be_told_is_not_started(tmp_path,
     import flashgate.embedded as embedded
 
     fake = tmp_path / "redis-server"
-    fake.write_text("#!/bin/sh\necho 'a Redis that will not say'\nsleep 30\n")
+    fake.write_text("#!/bin/sh\necho 'a Redis that will not say'\n")
     fake.chmod(0o755)
     monkeypatch.setattr(embedded, "find_redis_server", lambda: str(fake))
     r = embedded.EmbeddedRedis(tmp_path / "data", private=True)
