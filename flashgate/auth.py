@@ -12,7 +12,6 @@ import re
 import time
 
 USER_RE = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
-IDEM_RE = re.compile(r"[\x21-\x7e]{1,255}\Z")
 # the bytes of user, event and SKU ids (and so of order ids, with "."): none needs
 # escaping in JSON
 ID_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-"

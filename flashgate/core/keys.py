@@ -33,6 +33,12 @@ EVENTS = "fg:events"
 VERSION = "fg:events:version"
 LAYOUT = "fg:layout"
 
+IDEM_TTL_S = 86400  # how long an Idempotency-Key is kept (API.md: 24 h)
+# The commit script's fixed KEYS, in order (lua/commit.lua); each reservation with an
+# Idempotency-Key adds its key after them.
+COMMIT_KEYS = ("meta", "stock", "sold", "buyers", "orders", "orders_n", "order_by_id", "reg",
+               "revenue", "sold_out_ms")
+
 
 def sku_prefix(event_id: str, sku_id: str) -> str:
     """The start every key of one SKU shares (its hash tag included)."""
@@ -63,9 +69,8 @@ class SkuKeys:
         return self.prefix + "idem:" + user + ":" + key
 
     def commit(self) -> list[str]:
-        """The fixed KEYS of the commit script, in its order (lua/commit.lua)."""
-        return [self.meta, self.stock, self.sold, self.buyers, self.orders, self.orders_n,
-                self.order_by_id, self.reg, self.revenue, self.sold_out_ms]
+        """The fixed KEYS of the commit script, in its order (``COMMIT_KEYS``)."""
+        return [getattr(self, name) for name in COMMIT_KEYS]
 
     def configure(self) -> list[str]:
         """The KEYS of the configure script (lua/configure_sku.lua)."""

@@ -2,7 +2,8 @@
 
 Every script declares in ``KEYS`` every key it touches (Redis Cluster routes a call
 by its keys, and refuses keys of two slots); the outcome codes a script answers
-with are put in front of its source as Lua locals, from core/outcomes.py.
+with (core/outcomes.py), and the constants it shares with Python (core/keys.py), are
+put in front of its source as Lua locals.
 """
 
 from __future__ import annotations
@@ -12,8 +13,12 @@ from importlib import resources
 
 import hiredis
 
+from flashgate.core.keys import COMMIT_KEYS, IDEM_TTL_S
 from flashgate.core.outcomes import lua_header
 from flashgate.core.redisconn import RedisConnection, RedisError
+
+# the constants every script may name, spelled once in Python (core/keys.py)
+_CONSTANTS = f"local FIXED_KEYS, IDEM_TTL_S = {len(COMMIT_KEYS)}, {IDEM_TTL_S}\n"
 
 
 class Script:
@@ -22,7 +27,7 @@ class Script:
     def __init__(self, name: str):
         body = resources.files("flashgate.core").joinpath("lua", name).read_text()
         self.name = name
-        self.source = lua_header() + body
+        self.source = lua_header() + _CONSTANTS + body
         self.sha = hashlib.sha1(self.source.encode()).hexdigest()
 
     def args(self, keys, argv) -> list:
@@ -54,13 +59,3 @@ async def load(execute) -> None:
     has an empty script cache). ``execute`` is a connection's execute."""
     for s in ALL:
         await execute("SCRIPT", "LOAD", s.source)
-
-
-def reservation_args(order_id, user, qty, fp) -> list:
-    """One reservation's values in a commit call (lua/commit.lua's ARGV): order id,
-    user, and the qty, or "<qty>|<fingerprint>" when it has an Idempotency-Key (whose
-    key then goes into KEYS). The purchase path packs the same values in C
-    (gateway/_commit.pyx ``pack_commit``)."""
-    if fp:
-        return [order_id, user, f"{qty}|{fp}"]
-    return [order_id, user, qty]

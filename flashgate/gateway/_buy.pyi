@@ -7,13 +7,15 @@ from flashgate.core._stock import Ledger
 from flashgate.gateway._http import Request
 
 LATENCY_BOUNDS_US: tuple[int, ...]
-IDEM_TTL_S: int
 
 def mono_us() -> int:
     """The monotonic clock the purchase path stamps requests with, in µs."""
 
 def user_of_header(raw: object) -> str | None:
     """The user id of an ``X-User-Id`` value, or None (checked in C)."""
+
+def rate_limited(wait_us: int) -> bytes:
+    """The 429 of a refusal that may be retried in ``wait_us`` microseconds."""
 
 def order_id(prefix: bytes, key: bytes, seq: int) -> bytes:
     """The order id the path makes for sequence number ``seq`` under a 16-byte key (the
@@ -101,8 +103,6 @@ class BuyPath:
         """The HTTP entry: a buy request here, every other to the router."""
     def user_of(self, req: Request) -> str | None:
         """The buyer of a request, or None."""
-    def client_of(self, req: Request) -> str:
-        """The client IP the rate limits count a request under."""
     def limit_ip(self, req: Request) -> int:
         """Count a request against its client IP's limit: 0, or the µs to wait."""
     def limit_user(self, user: str) -> int:

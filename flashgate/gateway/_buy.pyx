@@ -68,6 +68,7 @@ import hiredis
 import orjson
 
 from flashgate.auth import ID_CHARS
+from flashgate.core import keys
 from flashgate.gateway import answers
 
 log = logging.getLogger("flashgate.buy")
@@ -76,6 +77,8 @@ cdef object _loads = orjson.loads
 cdef object _JSONDecodeError = orjson.JSONDecodeError
 cdef object _pack_command = hiredis.pack_command
 cdef object _deque = collections.deque
+cdef object _event_idem = keys.event_idem
+cdef object _IDEM_TTL_S = keys.IDEM_TTL_S
 
 # pre-encoded answers (gateway/answers.py)
 cdef tuple BY_CODE = answers.BY_CODE
@@ -98,7 +101,6 @@ for _i, _b in enumerate(LATENCY_BOUNDS_US):
     _LAT[_i] = _b
 assert len(LATENCY_BOUNDS_US) == N_LATENCY - 1
 
-IDEM_TTL_S = 86400  # an Idempotency-Key's life (API.md: 24 h)
 
 
 # ------------------------------------------------------------------- clocks
@@ -332,6 +334,11 @@ def siphash24(bytes key not None, unsigned long long word):
                       word)
 
 
+def rate_limited(long long wait_us):
+    """The 429 of a refusal that may be retried in ``wait_us`` microseconds."""
+    return _rate_limited(wait_us)
+
+
 cdef inline bytes _rate_limited(long long wait_us):
     cdef long long s = (wait_us + 999999) // 1000000
     if s < 1:
@@ -485,10 +492,6 @@ cdef class BuyPath:
         """A connection's client, resolved once when it opens (the connection hands it
         to every request as ``req.peer``)."""
         return self.client_ip.peer(text)
-
-    def client_of(self, Request req not None):
-        """The client IP the rate limits count a request under (text)."""
-        return self.client_ip.of(req.peer_ip, req.headers.get(b"x-forwarded-for"))
 
     def limit_ip(self, Request req not None):
         """Count a request against its client IP's limit: 0, or the µs to wait."""
@@ -651,12 +654,12 @@ cdef class BuyPath:
         else:
             code = self.ledger.check(srt.idx, user, <int>qty, self.now_ms())
         fp = f"{srt.sku.id}:{qty}"
-        event_key = "fg:{" + srt.ert.event.id + "}:idem:" + user + ":" + key
+        event_key = _event_idem(srt.ert.event.id, user, key)
         check = _KeyCheck(self, srt, user, qty, fp, srt.idem_prefix + user + ":" + key,
                           code if code != O_SOLD and code != O_WAIT else -1)
         if check.refusal < 0:
             # the ledger would admit it: claim the key for this request, then read it
-            data = (_pack_command(("SET", event_key, fp, "NX", "EX", IDEM_TTL_S))
+            data = (_pack_command(("SET", event_key, fp, "NX", "EX", _IDEM_TTL_S))
                     + _pack_command(("GET", event_key)))
             self.conn.send_packed(data, (_ignore, check))
         else:

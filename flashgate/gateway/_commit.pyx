@@ -17,6 +17,7 @@ from flashgate.core._stock cimport Ledger
 from flashgate.core.outcomes cimport O_EXISTS, O_REPLAY, O_SOLD, O_UNAVAILABLE
 from flashgate.gateway._buy cimport EventCore, Purchase, SkuCore
 
+from flashgate.core.keys import COMMIT_KEYS
 from flashgate.gateway import answers
 
 cdef extern from "Python.h":
@@ -28,8 +29,9 @@ cdef tuple BY_CODE = answers.BY_CODE
 cdef bytes R_UNAVAILABLE = answers.UNAVAILABLE
 cdef bytes OK_JSON_HEAD = answers.OK_JSON_HEAD
 
-# the commit script's fixed KEYS (core/keys.py SkuKeys.commit); then one per key
-FIXED_KEYS = 10
+# the commit script's fixed KEYS (core/keys.py COMMIT_KEYS); then one per key
+FIXED_KEYS = len(COMMIT_KEYS)
+cdef Py_ssize_t _FIXED_KEYS = FIXED_KEYS
 
 
 # ------------------------------------------------------------------- packing
@@ -87,10 +89,10 @@ def pack_commit(bytes head not None, bytes keys not None, list items not None):
     (Purchases): ``head`` is its first two arguments packed (``Script.packed_head``),
     ``keys`` its FIXED_KEYS fixed keys packed (bulk strings); then come the number of
     keys, the fixed keys, the key of every reservation with an Idempotency-Key, the
-    count, ``0`` (a first send) and per reservation its order id, user, and qty (or
-    "<qty>|<fingerprint>" for one with a key: ``scripts.reservation_args``)."""
+    count and per reservation its order id, user, and qty (or
+    "<qty>|<fingerprint>" for one with a key: lua/commit.lua)."""
     cdef Py_ssize_t n = len(items)
-    cdef Py_ssize_t size, i, count, ulen, klen, flen, spec, nkeys = FIXED_KEYS
+    cdef Py_ssize_t size, i, count, ulen, klen, flen, spec, nkeys = _FIXED_KEYS
     cdef Purchase p
     cdef const char *u
     cdef const char *s
@@ -112,9 +114,8 @@ def pack_commit(bytes head not None, bytes keys not None, list items not None):
             spec += 1 + flen
             nkeys += 1
         size += _bulk_size(spec)
-    count = 2 + 1 + nkeys + 2 + 3 * n
+    count = 2 + 1 + nkeys + 1 + 3 * n
     size += 1 + _digits(count) + 2 + _bulk_size(_digits(nkeys)) + _bulk_size(_digits(n))
-    size += _bulk_size(1)
     out = PyBytes_FromStringAndSize(NULL, size)
     w = PyBytes_AS_STRING(out)
     w[0] = b'*'
@@ -133,7 +134,6 @@ def pack_commit(bytes head not None, bytes keys not None, list items not None):
             s = PyUnicode_AsUTF8AndSize(p.idem_key, &klen)
             w = _put_bulk(w, s, klen)
     w = _put_bulk_uint(w, n)
-    w = _put_bulk(w, b"0", 1)
     for i in range(n):
         p = <Purchase>items[i]
         w = _put_bulk(w, PyBytes_AS_STRING(p.order_id), PyBytes_GET_SIZE(p.order_id))
@@ -302,7 +302,7 @@ def answer_commit(Ledger ledger not None, SkuCore srt not None, list items not N
                     t_qty, t_price = qty, price
                 answer = t.answer(p.order_id, p.user)
                 ert.sold(qty, price, now_us - p.t0)
-            elif code == O_EXISTS:  # this very order, from a re-sent batch
+            elif code == O_EXISTS:  # its id came earlier in the batch (never from a worker)
                 ledger.settle(idx, p.user, p.held, p.qty)
                 answer = _existing(srt, p, r, at)
                 ert.sold(r[at + 3], r[at + 2], now_us - p.t0)

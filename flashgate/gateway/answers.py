@@ -51,8 +51,3 @@ def method_not_allowed(allow: str) -> bytes:
     """405 with the methods the path takes."""
     return error_response(405, "method_not_allowed", "method not allowed on this path",
                           headers=((b"Allow", allow.encode()),))
-
-
-def rate_limited(wait_us: int) -> bytes:
-    """The 429 of a refusal that may be retried in ``wait_us`` microseconds."""
-    return RATE_LIMITED[min(60, max(1, -(-wait_us // 1_000_000))) - 1]

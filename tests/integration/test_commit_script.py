@@ -1,6 +1,5 @@
 """The commit script called directly: a batch re-sent after a lost reply sells nothing twice."""
 
-import time
 
 import pytest
 import redis
@@ -8,6 +7,7 @@ import redis
 from flashgate.core import keys, orders, scripts, store
 from flashgate.core.events import parse_event
 from flashgate.core.outcomes import EXISTS, IDEMPOTENCY_MISMATCH, LIMIT_EXCEEDED, REPLAY, SOLD
+from tests.reference.purchase import reservation_args
 from tests.support import check_invariants, event_body, new_id
 
 
@@ -21,14 +21,14 @@ def configure(r, ev, body):
         r.eval(scripts.CONFIGURE_SKU.source, 3, *k.configure(), s.stock, 0, *meta)
 
 
-def raw_commit(r, k, reservations, resent=False, n=None):
+def raw_commit(r, k, reservations, n=None):
     """reservations: (order_id, user, qty, idempotency key, fingerprint), sent as the
     worker sends them (scripts.reservation_args; the key of each one with an
     Idempotency-Key in KEYS)."""
     idem = [k.idem(user, key) for _oid, user, _qty, key, _fp in reservations if key]
-    argv = [len(reservations) if n is None else n, 1 if resent else 0]
+    argv = [len(reservations) if n is None else n]
     for oid, user, qty, key, fp in reservations:
-        argv += scripts.reservation_args(oid, user, qty, fp if key else "")
+        argv += reservation_args(oid, user, qty, fp if key else "")
     return eval_commit(r, k, argv, idem)
 
 
@@ -38,10 +38,9 @@ def eval_commit(r, k, argv, extra_keys=()):
     return r.eval(scripts.COMMIT.source, len(ks), *ks, *argv)
 
 
-def commit(r, ev, sku, orders, resent):
+def commit(r, ev, sku, orders):
     """orders: (order_id, user), one unit each, no idempotency key."""
-    return raw_commit(r, keys.SkuKeys(ev, sku), [(oid, u, 1, "", "") for oid, u in orders],
-                      resent)
+    return raw_commit(r, keys.SkuKeys(ev, sku), [(oid, u, 1, "", "") for oid, u in orders])
 
 
 def items(reply, orders):
@@ -63,25 +62,6 @@ def items(reply, orders):
     return out
 
 
-def test_a_resent_batch_sells_nothing_twice(r):
-    ev = new_id("resend")
-    body = event_body(stock=(3,))
-    configure(r, ev, body)
-    batch = [(f"{ev}.s0.a1", "u1"), (f"{ev}.s0.a2", "u2")]
-    reply = commit(r, ev, "s0", batch, resent=False)
-    first = items(reply, batch)
-    assert reply[0] == 2 and [i[0] for i in first] == [0, 0]
-    time.sleep(0.01)
-    reply = commit(r, ev, "s0", batch, resent=True)
-    again = items(reply, batch)
-    assert reply[0] == 2, "the re-sent batch sold again"
-    assert [i[0] for i in again] == [9, 9]  # "this order exists": the same orders
-    assert [i[1:] for i in again] == [i[1:] for i in first]  # id, price, qty, times
-    orders = [{"order_id": i[1].decode(), "sku": "s0", "user_id": u, "qty": 1}
-              for i, u in zip(first, ("u1", "u2"), strict=True)]
-    check_invariants(r, None, ev, body, orders)
-
-
 def test_a_batch_stores_each_order_as_one_record(r):
     """Each new order is one field of the SKU's ``order_by_id`` hash (no key per order),
     and its record reads as the 200 the client got."""
@@ -90,7 +70,7 @@ def test_a_batch_stores_each_order_as_one_record(r):
     configure(r, ev, body)
     k = keys.SkuKeys(ev, "s0")
     batch = [(f"{ev}.s0.r{i}", f"u{i}") for i in range(3)]
-    reply = commit(r, ev, "s0", batch, resent=False)
+    reply = commit(r, ev, "s0", batch)
     got = items(reply, batch)
     assert [g[0] for g in got] == [0, 0, 0]
     assert r.hlen(k.order_by_id) == 3
@@ -108,8 +88,8 @@ def test_a_batch_stores_each_order_as_one_record(r):
 
 def test_orders_of_the_earlier_layout_are_moved_into_the_hash_once(r):
     """An order stored as a hash of its own (``order:<id>``, the earlier layout) is moved
-    into its SKU's ``order_by_id`` at start (store.migrate_layout), once; then it is its
-    order id's guard when its batch is re-sent, and an idempotent replay's answer."""
+    into its SKU's ``order_by_id`` at start (store.migrate_layout), once; then it is an
+    idempotent replay's answer."""
     import asyncio
 
     from flashgate.core.redisconn import RedisConnection
@@ -156,9 +136,6 @@ def test_orders_of_the_earlier_layout_are_moved_into_the_hash_once(r):
     assert r.exists(elsewhere) and r.hget(k.order_by_id, f"{ev}.s9.zzz") is None
     r.delete(squatter, not_order, elsewhere)
     assert orders.from_record(oid, r.hget(k.order_by_id, oid))["unit_price"] == 100
-    reply = raw_commit(r, k, [(oid, "u1", 1, "", "")], resent=True)
-    assert reply[0] == 1, "a re-sent order of the earlier layout sold again"
-    assert items(reply, [(oid, "u1")]) == [(EXISTS, oid.encode(), 100, 1, 7, 60007)]
     other = f"{ev}.s0.new1"
     reply = raw_commit(r, k, [(other, "u1", 1, "k", "fp")])
     assert items(reply, [(other, "u1")]) == [(REPLAY, oid.encode(), 100, 1, 7, 60007)]
@@ -179,7 +156,7 @@ def test_one_user_twice_in_a_batch_is_held_to_the_limit(r):
     r.xadd(k.orders, {"type": "created", "ts": 1, f"{ev}.s0.z0": "old|1|100"})
     r.hset(k.order_by_id, f"{ev}.s0.z0", orders.record("reserved", "old", 1, 100, 1, 2))
     batch = [(f"{ev}.s0.b{i}", u) for i, u in enumerate(["a", "a", "a", "old", "old", "b"])]
-    reply = commit(r, ev, "s0", batch, resent=False)
+    reply = commit(r, ev, "s0", batch)
     codes = [i[0] for i in items(reply, batch)]
     assert codes == [SOLD, SOLD, LIMIT_EXCEEDED, SOLD, LIMIT_EXCEEDED, SOLD]  # a: 2 then limit; old: 1 more then limit
     assert reply[0] == 1 + 4
@@ -194,7 +171,7 @@ def test_an_empty_batch_sells_nothing(r):
     ev = new_id("empty")
     body = event_body(stock=(3,))
     configure(r, ev, body)
-    assert commit(r, ev, "s0", [], resent=False) == [0, 3, 0, 0]
+    assert commit(r, ev, "s0", []) == [0, 3, 0, 0]
     check_invariants(r, None, ev, body, [])
 
 
@@ -267,7 +244,7 @@ def test_a_batch_of_thousands_commits_whole(r):
     acked = []
     for rnd in range(2):
         batch = [(f"{ev}.s0.k{rnd}x{i}", f"user{i}") for i in range(9000)]
-        reply = commit(r, ev, "s0", batch, resent=False)
+        reply = commit(r, ev, "s0", batch)
         assert [i[0] for i in items(reply, batch)] == [0] * 9000
         acked += [{"order_id": oid, "sku": "s0", "user_id": u, "qty": 1} for oid, u in batch]
     assert r.hlen(k.buyers) == 9000 and r.hget(k.buyers, "user8999") == b"2"
@@ -280,10 +257,10 @@ def test_an_order_id_twice_in_one_batch_is_sold_once(r):
     configure(r, ev, body)
     k = keys.SkuKeys(ev, "s0")
     acked = []
-    for i, resent in enumerate((False, True)):
+    for i in range(2):
         oid = f"{ev}.s0.d{i}"
         batch = [(oid, "u1"), (oid, "u1")]
-        got = items(raw_commit(r, k, [(oid, "u1", 1, "", "")] * 2, resent=resent), batch)
+        got = items(raw_commit(r, k, [(oid, "u1", 1, "", "")] * 2), batch)
         assert [g[0] for g in got] == [0, 9]
         assert got[1][1:] == got[0][1:]  # the same order, the same figures
         acked.append({"order_id": oid, "sku": "s0", "user_id": "u1", "qty": 1})
@@ -327,7 +304,7 @@ def test_a_malformed_spec_is_refused_before_anything_is_written(r, spec):
     body = event_body(stock=(5,))
     configure(r, ev, body)
     k = keys.SkuKeys(ev, "s0")
-    argv = [2, 0, f"{ev}.s0.g1", "u1", 1, f"{ev}.s0.g2", "u2", spec]
+    argv = [2, f"{ev}.s0.g1", "u1", 1, f"{ev}.s0.g2", "u2", spec]
     with pytest.raises(redis.ResponseError, match="commit: bad"):
         eval_commit(r, k, argv, [k.idem("u2", "key")])
     assert r.get(k.sold) == b"0" and not r.exists(k.buyers, k.orders)
@@ -340,7 +317,7 @@ def test_one_key_per_reservation_with_a_key_or_nothing_is_written(r, extra):
     body = event_body(stock=(5,))
     configure(r, ev, body)
     k = keys.SkuKeys(ev, "s0")
-    argv = [2, 0, f"{ev}.s0.g1", "u1", 1, f"{ev}.s0.g2", "u2", "1|s0:1"]
+    argv = [2, f"{ev}.s0.g1", "u1", 1, f"{ev}.s0.g2", "u2", "1|s0:1"]
     with pytest.raises(redis.ResponseError, match="commit: "):
         eval_commit(r, k, argv, [k.idem("u2", f"key{i}") for i in range(extra)])
     assert r.get(k.sold) == b"0" and not r.exists(k.buyers, k.orders)

@@ -128,6 +128,15 @@ def refusal(name: str) -> Answer:
     return error(o.status, o.name, o.message, (("Retry-After", "1"),) if o.status == 503 else ())
 
 
+def reservation_args(order_id, user, qty, fp) -> list:
+    """One reservation's values in a commit call (lua/commit.lua's ARGV): order id,
+    user, and the qty, or "<qty>|<fingerprint>" when it has an Idempotency-Key (whose
+    key then goes into KEYS)."""
+    if fp:
+        return [order_id, user, f"{qty}|{fp}"]
+    return [order_id, user, qty]
+
+
 def rate_limited(wait_us: int) -> Answer:
     seconds = min(60, max(1, -(-wait_us // 1_000_000)))
     return error(429, "rate_limited", "too many requests; slow down",
@@ -704,12 +713,12 @@ class ReferencePurchase:
 
     def _commit_call(self, sku: Sku, items: list[Purchase]) -> list:
         # lua/commit.lua: KEYS are the SKU's, then the key of each reservation that has
-        # an Idempotency-Key; ARGV: n, "0" (a first send), then per reservation its
+        # an Idempotency-Key; ARGV: n, then per reservation its
         # order id, user and qty (or "<qty>|<fingerprint>")
         call_keys = sku.keys.commit() + [p.idem_key for p in items if p.idem_key is not None]
-        argv: list = [len(items), 0]
+        argv: list = [len(items)]
         for p in items:
-            argv += scripts.reservation_args(p.order_id, p.user, p.qty, p.fp)
+            argv += reservation_args(p.order_id, p.user, p.qty, p.fp)
         return scripts.COMMIT.args(call_keys, argv)
 
     def _on_reply(self, sku: Sku, items: list[Purchase], flight: _Flight):

@@ -9,6 +9,7 @@ import pytest
 from flashgate.core import keys, scripts
 from flashgate.gateway._buy import Purchase, SkuCore, order_id, siphash24
 from flashgate.gateway._commit import pack_bulks, pack_commit, reply_offsets
+from tests.reference.purchase import reservation_args
 
 SKU = keys.SkuKeys("ev", "s1")
 KEYS = SKU.commit()
@@ -18,9 +19,9 @@ PACKED_KEYS = pack_bulks(KEYS)
 def reference(items, whole=False) -> bytes:
     """The call as lua/commit.lua documents it, packed by hiredis."""
     idem_keys = [p.idem_key for p in items if p.idem_key is not None]
-    argv = [len(items), 0]
+    argv = [len(items)]
     for p in items:
-        argv += scripts.reservation_args(p.order_id, p.user, p.qty, p.fp)
+        argv += reservation_args(p.order_id, p.user, p.qty, p.fp)
     args = scripts.COMMIT.args(KEYS + idem_keys, argv)
     if whole:
         args[0:2] = ["EVAL", scripts.COMMIT.source]

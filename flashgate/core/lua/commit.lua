@@ -5,15 +5,14 @@
 --       5 orders (stream: an entry per batch, core/orders.py), 6 orders_n (orders created),
 --       7 order_by_id (hash order id ->
 --       "<status>|<user>|<qty>|<unit_price>|<created_ms>|<pay_by_ms>", core/orders.py),
---       8 reg (set of registered users), 9 revenue, 10 sold_out_ms,
+--       8 reg (set of registered users), 9 revenue, 10 sold_out_ms (FIXED_KEYS in all),
 --       then one key per reservation that carries an Idempotency-Key, in the order of
 --       those reservations: where its order id is kept ("<order id>|<fingerprint>").
--- ARGV: 1 n, 2 "1" when this batch was sent before (its reply was lost): then each
---       order id is looked up first, so nothing is sold twice (ids are unique, so a
---       first send needs no lookup), then n times: order_id, user, spec, where spec is
---       the qty, or "<qty>|<fingerprint>" for a request with a key (its key is the next
---       of KEYS 11...; a fingerprint holds no "|"). Three values per reservation: each
---       value costs Redis an object and Lua a string.
+-- ARGV: 1 n, then n times: order_id, user, spec, where spec is the qty, or
+--       "<qty>|<fingerprint>" for a request with a key (its key is the next of the keys
+--       after the fixed ones; a fingerprint holds no "|"). Three values per reservation:
+--       each value costs Redis an object and Lua a string. Order ids are unique (the
+--       worker makes them): a new order's id is not looked up.
 -- Reply: {sold, stock, created_ms, pay_by_ms (of this batch's new orders), then per
 --        reservation, by its code: SOLD: code, unit_price; EXISTS and REPLAY (an order
 --        that exists): code, order_id, unit_price, qty, created_ms, pay_by_ms; any other
@@ -21,9 +20,10 @@
 --
 -- Codes (core/outcomes.py; the locals are put in front of this source): SOLD (a new
 -- order), SOLD_OUT, LIMIT_EXCEEDED, NOT_STARTED, ENDED, PAUSED, NOT_REGISTERED,
--- IDEMPOTENCY_MISMATCH, EXISTS (this order id is stored already: a re-sent batch, nothing
--- sold twice), REPLAY (an Idempotency-Key's other order), NOT_FOUND (the SKU has no
--- definition, or a re-sent batch's order is gone).
+-- IDEMPOTENCY_MISMATCH, EXISTS (this order id came earlier in the same batch: it is sold
+-- once), REPLAY (an Idempotency-Key's earlier order), NOT_FOUND (the SKU has no
+-- definition, or a key's order is gone).
+-- FIXED_KEYS and IDEM_TTL_S are put in front of this source too (core/keys.py).
 -- Malformed arguments (n not the count of reservations that follow, not one key per
 -- reservation with a key, a qty that is not an integer from 1 to 10^9, a spec with a
 -- "|" but no fingerprint) are an error before anything is written.
@@ -31,8 +31,7 @@
 -- has a limit of a few thousand values); the worker sends at most 256 per call.
 local CHUNK = 1000
 local n = tonumber(ARGV[1])
-local resent = ARGV[2] == '1'
-if not n or n < 0 or n ~= math.floor(n) or #ARGV ~= 2 + 3 * n then
+if not n or n < 0 or n ~= math.floor(n) or #ARGV ~= 1 + 3 * n then
   return redis.error_reply('ERR commit: ' .. #ARGV .. ' arguments for ' .. tostring(ARGV[1]) ..
                            ' reservations')
 end
@@ -76,13 +75,14 @@ end
 local function refuse(code)
   out[#out + 1] = code
 end
--- an order that exists (EXISTS: this very order, REPLAY: an idempotent replay) and its figures
+-- an order that exists (EXISTS: the same order id earlier in the batch, REPLAY: a key's
+-- earlier order) and its figures
 local function order_part(code, oid, unit_price, qty, created, payby)
   out[#out + 1] = code; out[#out + 1] = oid; out[#out + 1] = tonumber(unit_price)
   out[#out + 1] = tonumber(qty); out[#out + 1] = tonumber(created)
   out[#out + 1] = tonumber(payby)
 end
--- an order stored before this batch, from its record
+-- a key's order stored before this batch, from its record
 local function existing(code, oid)
   local v = redis.call('HGET', KEYS[7], oid)
   local qty, up, created, payby
@@ -112,7 +112,7 @@ end
 -- is what a write per sale would leave, with 2 commands per sale instead of 4.
 -- What each buyer of the batch already holds: one HMGET for the whole batch.
 local names = {}
-for i = 0, n - 1 do names[i + 1] = ARGV[4 + i * 3] end
+for i = 0, n - 1 do names[i + 1] = ARGV[3 + i * 3] end
 local held = {}
 for c = 1, n, CHUNK do
   local part = redis.call('HMGET', KEYS[4], unpack(names, c, math.min(c + CHUNK - 1, n)))
@@ -122,9 +122,9 @@ local made = {}      -- order id -> its place in the sales
 local total = {}     -- user -> units they hold once this batch's sales so far count
 local claimed = {}   -- idempotency key -> the place in the sales of the order it made
 local sold0, revenue = sold, 0
-local nkeys = 10        -- KEYS used so far: the next reservation with a key takes the next
+local nkeys = FIXED_KEYS  -- KEYS used so far: the next reservation with a key takes the next
 for i = 0, n - 1 do
-  local b = 3 + i * 3
+  local b = 2 + i * 3
   local oid, user, spec = ARGV[b], ARGV[b + 1], ARGV[b + 2]
   local qty_s, fp = spec, ''
   local ikey = nil
@@ -155,8 +155,6 @@ for i = 0, n - 1 do
   if made[oid] then
     -- the same order id twice in one batch (never from the worker): it is sold once
     made_here(EXISTS, made[oid])
-  elseif resent and redis.call('HEXISTS', KEYS[7], oid) == 1 then
-    existing(EXISTS, oid)
   elseif mine then
     -- the key's order was made earlier in this very batch
     if s_fp[mine] == fp then
@@ -198,7 +196,7 @@ for i = 0, n - 1 do
   end
 end
 if nkeys ~= #KEYS then
-  return redis.error_reply('ERR commit: ' .. #KEYS .. ' keys for ' .. (nkeys - 10) ..
+  return redis.error_reply('ERR commit: ' .. #KEYS .. ' keys for ' .. (nkeys - FIXED_KEYS) ..
                            ' Idempotency-Keys')
 end
 if ns > 0 then
@@ -221,7 +219,6 @@ if ns > 0 then
   -- key per order cost Redis a keyspace entry and a call per order (docs/DESIGN.md).
   -- order_id, event_id and sku are in the id, amount is unit_price * qty: readers add
   -- them (core/orders.py from_record).
-  -- The records first: they are the order ids' guard against a re-sent batch.
   local records = {}
   local tail = '|' .. now .. '|' .. payby
   for k = 1, ns do
@@ -238,7 +235,9 @@ if ns > 0 then
   for k = 1, ns do
     entry[#entry + 1] = s_oid[k]
     entry[#entry + 1] = s_user[k] .. '|' .. s_qty[k] .. '|' .. s_up[k]
-    if s_ikey[k] then redis.call('SET', s_ikey[k], s_oid[k] .. '|' .. s_fp[k], 'EX', 86400) end
+    if s_ikey[k] then
+      redis.call('SET', s_ikey[k], s_oid[k] .. '|' .. s_fp[k], 'EX', IDEM_TTL_S)
+    end
   end
   for c = 5, #entry, 2 * CHUNK do
     redis.call('XADD', KEYS[5], '*', 'type', 'created', 'ts', now,

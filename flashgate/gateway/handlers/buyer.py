@@ -9,6 +9,7 @@ from flashgate.core import store
 from flashgate.core.outcomes import ENDED
 from flashgate.core.redisconn import RedisError, RedisUnavailable
 from flashgate.gateway import answers
+from flashgate.gateway._buy import rate_limited
 from flashgate.gateway.protocol import build_response
 from flashgate.gateway.routes import OPERATOR
 
@@ -28,7 +29,7 @@ class Buyer:
         path = self.gw.path
         wait = path.limit_ip(req)
         if wait:
-            return answers.rate_limited(wait)
+            return rate_limited(wait)
         ev = ert.event
         now = path.now_ms()
         if now >= ev.ends_at_ms:
@@ -51,7 +52,7 @@ class Buyer:
             path = self.gw.path
             wait = path.limit_ip(req) or path.limit_user(who)
             if wait:
-                return answers.rate_limited(wait)
+                return rate_limited(wait)
         return self._get_order(m.params["order_id"], who)
 
     async def _get_order(self, order_id: str, who) -> bytes:
