@@ -15,7 +15,14 @@ Redis Cluster slot; the event-wide keys carry the event's own tag or none.
     fg:{<event>:<sku>}:reg         set of pre-registered users
     fg:{<event>:<sku>}:revenue     sum of the amounts of orders created
     fg:{<event>:<sku>}:sold_out_ms Redis TIME when sold first reached stock
+    fg:{<event>:<sku>}:added       units added by the operator (stock = configured + added)
+    fg:{<event>:<sku>}:returned    units given back by cancelled and expired orders, ever
+    fg:{<event>:<sku>}:units_paid  units of paid orders
+    fg:{<event>:<sku>}:revenue_paid  sum of the amounts of paid orders
     fg:{<event>}:idem:<user>:<key> the request fingerprint that first used the key, 24 h
+    fg:{<event>}:units             units held by live orders over all the event's SKUs
+    fg:{<event>}:milestones        hash threshold -> "<reached_ms>|<order id>" once reached
+    fg:{<event>}:registered        hash user -> when they registered (ms)
     fg:event:<event>               the definition (JSON; its "paused" is not read back)
     fg:paused:<event>              "1" while the operator has paused the event
     fg:events                      set of event ids
@@ -49,7 +56,8 @@ class SkuKeys:
     """The keys of one SKU."""
 
     __slots__ = ("prefix", "meta", "stock", "sold", "buyers", "orders", "orders_n",
-                 "order_by_id", "reg", "revenue", "sold_out_ms")
+                 "order_by_id", "reg", "revenue", "sold_out_ms", "added", "returned",
+                 "units_paid", "revenue_paid")
 
     def __init__(self, event_id: str, sku_id: str):
         p = self.prefix = sku_prefix(event_id, sku_id)
@@ -63,6 +71,10 @@ class SkuKeys:
         self.reg = p + "reg"
         self.revenue = p + "revenue"
         self.sold_out_ms = p + "sold_out_ms"
+        self.added = p + "added"
+        self.returned = p + "returned"
+        self.units_paid = p + "units_paid"
+        self.revenue_paid = p + "revenue_paid"
 
     def idem(self, user: str, key: str) -> str:
         """The order an Idempotency-Key made on this SKU."""
@@ -103,6 +115,21 @@ def event_idem(event_id: str, user: str, key: str) -> str:
     """The fingerprint of the request that first used an Idempotency-Key (event-wide:
     the same key with another body, even on another SKU, is refused)."""
     return "fg:{" + event_id + "}:idem:" + user + ":" + key
+
+
+def event_units(event_id: str) -> str:
+    """Units held by live orders over all the event's SKUs (milestones count these)."""
+    return "fg:{" + event_id + "}:units"
+
+
+def milestones(event_id: str) -> str:
+    """The event's reached milestones: threshold -> ``<reached_ms>|<order id>``."""
+    return "fg:{" + event_id + "}:milestones"
+
+
+def registered(event_id: str) -> str:
+    """The event's registered users: user -> when they registered (ms)."""
+    return "fg:{" + event_id + "}:registered"
 
 
 def earlier_order(prefix: str, order_id: str) -> str:
