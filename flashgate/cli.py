@@ -1,4 +1,5 @@
-"""``flashgate serve``, ``flashgate token`` and ``flashgate --version`` (also
+"""``flashgate serve``, ``flashgate token``, ``flashgate orders follow`` (orders_cli.py)
+and ``flashgate --version`` (also
 ``python -m flashgate``). Exit codes: 0 done, 2 a usage or configuration error, or a
 server that cannot start (the reason on stderr)."""
 
@@ -17,6 +18,8 @@ flashgate {__version__}: a flash-sale gateway.
 commands:
   serve            run the gateway (flashgate serve --help for its options)
   token USER_ID    print a signed buyer token (needs the gateway's user secret)
+  orders follow    follow the orders into a PostgreSQL table or a JSON-lines file
+                   (flashgate orders follow --help)
 
 options:
   -h, --help       this text
@@ -129,6 +132,10 @@ def main(argv: list[str] | None = None) -> int:
         return _serve(rest)
     if cmd == "token":
         return _token(rest)
+    if cmd == "orders":
+        from flashgate.orders_cli import main as orders_main
+
+        return orders_main(rest)
     print(f"flashgate: unknown command {cmd!r}\n\n{USAGE}", file=sys.stderr)
     return 2
 

@@ -107,3 +107,23 @@ def any_gw(request):
     """The shared gateway of each identity mode in turn: a test that takes it runs
     against dev identity and against the production configuration."""
     return request.getfixturevalue("gw" if request.param == "dev" else "prod_gw")
+
+
+@pytest.fixture(scope="session")
+def pg_cluster():
+    """A private PostgreSQL cluster (tests/pg_support.py), skipped where the machine has
+    no PostgreSQL binaries: its tests are marked ci_required (CI installs them)."""
+    from tests import pg_support
+
+    why = pg_support.missing()
+    if why:
+        pytest.skip(why)
+    cluster = pg_support.PostgresCluster().start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def pg_url(pg_cluster):
+    """The URL of a new empty database of the private cluster."""
+    return pg_cluster.create_db()

@@ -1,0 +1,386 @@
+"""``flashgate orders follow``: orders committed through a real gateway reach a real
+PostgreSQL (a private cluster the tests start: tests/pg_support.py) or a JSON-lines
+file, once each with their latest status, through a follower killed with kill -9
+mid-rush, and a database that goes away."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import psycopg
+import pytest
+
+from flashgate.core import keys, orders
+from flashgate.core.follow import Batch, Entry
+from flashgate.sinks import PostgresSink
+from tests.faultproxy import FaultProxy
+from tests.support import check_invariants, event_body, http_session, new_id, wait_for
+
+pytestmark = pytest.mark.ci_required
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+class Follower:
+    """``flashgate orders follow`` in a subprocess; its output collected."""
+
+    def __init__(self, redis_url: str, to: str, *extra: str):
+        self.args = [sys.executable, "-m", "flashgate.cli", "orders", "follow", "--to", to,
+                     "--redis", redis_url, "--claim-idle", "1", "--progress", "0.5",
+                     *extra]
+        self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True,
+                                     start_new_session=True)
+        self.output: list[str] = []
+        self._pump = threading.Thread(target=self._read, daemon=True)
+        self._pump.start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.output.append(line)
+
+    def stop(self, sig=signal.SIGTERM, timeout: float = 15) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError("the follower did not stop:\n" + self.text()) from None
+        self._pump.join(5)
+        return rc
+
+    def text(self) -> str:
+        return "".join(self.output)
+
+    def assert_clean(self, allowed=()) -> None:
+        bad = [line for line in self.output
+               if (" ERROR " in line or "Traceback" in line or " CRITICAL " in line)
+               and not any(a in line for a in allowed)]
+        assert not bad, self.text()
+
+
+def table(url: str) -> dict[str, dict]:
+    with psycopg.connect(url) as conn:
+        cur = conn.execute("SELECT * FROM flashgate_orders")
+        names = [d.name for d in cur.description]
+        return {row[0]: dict(zip(names, row, strict=True)) for row in cur.fetchall()}
+
+
+def count(url: str) -> int:
+    try:
+        with psycopg.connect(url) as conn:
+            return conn.execute("SELECT count(*) FROM flashgate_orders").fetchone()[0]
+    except psycopg.errors.UndefinedTable:
+        return 0
+
+
+def redis_orders(r, event_id: str, body: dict) -> dict[str, dict]:
+    """Every order of the event as its record says (the API's object)."""
+    out = {}
+    for sku in body["skus"]:
+        k = keys.SkuKeys(event_id, sku["id"])
+        for oid, rec in r.hgetall(k.order_by_id).items():
+            o = orders.from_record(oid.decode(), rec)
+            o.setdefault("updated_ms", o["created_ms"])
+            out[o["order_id"]] = o
+    return out
+
+
+def transition(r, order_id: str, status: str, at_ms: int) -> None:
+    """What the order lifecycle does to an order (without the units: only ``paid`` is
+    used, which keeps them): the record's status rewritten, ``updated_ms`` set, and a
+    stream entry of the same layout as ``created``."""
+    event_id, sku = keys.split_order_id(order_id)
+    k = keys.SkuKeys(event_id, sku)
+    parts = r.hget(k.order_by_id, order_id).decode().split("|")
+    parts[0] = status
+    parts = [p for p in parts if not p.startswith("updated_ms=")] + [f"updated_ms={at_ms}"]
+    pipe = r.pipeline(transaction=True)
+    pipe.hset(k.order_by_id, order_id, "|".join(parts))
+    pipe.xadd(k.orders, {"type": status, "ts": at_ms,
+                         order_id: f"{parts[1]}|{parts[2]}|{parts[3]}"})
+    pipe.execute()
+
+
+def same(row: dict, o: dict) -> bool:
+    return all(row[f] == o[f] for f in ("order_id", "event_id", "sku", "user_id", "qty",
+                                        "unit_price", "amount", "status", "created_ms",
+                                        "pay_by_ms", "updated_ms"))
+
+
+def buy_many(gw, ev, users, skus=("s0",), conns=16):
+    """One buy per user over ``conns`` keep-alive connections; the 200 answers."""
+    reqs = [gw.buy_request(ev, skus[i % len(skus)], u) for i, u in enumerate(users)]
+    sessions = [reqs[i::conns] for i in range(conns)]
+    results: list = []
+
+    async def main():
+        await asyncio.gather(*(http_session(gw.port, s, results) for s in sessions))
+
+    asyncio.run(main())
+    return [b for _, status, b in results if status == 200]
+
+
+def test_orders_reach_postgres_once_with_their_latest_status(gw, r, redis_server, pg_url):
+    ev = new_id("follow")
+    body = event_body(stock=(40, 20), limits=(1, 1))
+    gw.put_event(ev, body)
+    acked = buy_many(gw, ev, [f"u{i}" for i in range(30)], skus=("s0", "s1"))
+    assert len(acked) == 30
+    f = Follower(redis_server.url, pg_url, "--event", ev, "--group", new_id("g"))
+    try:
+        wait_for(lambda: count(pg_url) == 30, "30 rows", timeout=10)
+        rows = table(pg_url)
+        truth = redis_orders(r, ev, body)
+        assert set(rows) == set(truth) == {o["order_id"] for o in acked}
+        for oid, row in rows.items():
+            assert same(row, truth[oid]), (row, truth[oid])
+            assert row["status"] == "reserved" and row["price_breakdown"] is None
+        # an order paid: its row follows; orders bought later come too
+        paid = acked[3]["order_id"]
+        at = truth[paid]["created_ms"] + 5000
+        transition(r, paid, "paid", at)
+        more = buy_many(gw, ev, [f"v{i}" for i in range(5)], skus=("s1",))
+        assert len(more) == 5
+        wait_for(lambda: table(pg_url)[paid]["status"] == "paid" and count(pg_url) == 35,
+                 "the paid row and 5 more", timeout=10)
+        assert table(pg_url)[paid]["updated_ms"] == at
+    finally:
+        assert f.stop() == 0, f.text()
+    f.assert_clean()
+    assert "stopped: " in f.text()
+    rows = table(pg_url)
+    truth = redis_orders(r, ev, body)
+    assert len(rows) == 35 and all(same(rows[o], truth[o]) for o in truth)
+    check_invariants(r, gw, ev, body, acked + more)
+
+
+def test_events_created_later_are_followed(gw, r, redis_server, pg_url, tmp_path):
+    """Without --event: every event, those created after the follower started too
+    (the session's other events are followed as well: only this one is checked)."""
+    group = new_id("g")
+    f = Follower(redis_server.url, pg_url, "--group", group)
+    try:
+        wait_for(lambda: "following" in f.text(), "the follower to start", timeout=10)
+        ev = new_id("later")
+        body = event_body(stock=(10,))
+        gw.put_event(ev, body)
+        acked = buy_many(gw, ev, [f"u{i}" for i in range(6)])
+        ids = {o["order_id"] for o in acked}
+        wait_for(lambda: ids <= set(table(pg_url)), "the new event's orders", timeout=10)
+    finally:
+        assert f.stop() == 0, f.text()
+    f.assert_clean()
+    check_invariants(r, gw, ev, body, acked)
+
+
+def test_kill_9_mid_rush_then_restart(gw, r, redis_server, pg_url):
+    """A rush of 2,000 orders (and payments of some of them); the follower is killed
+    with kill -9 while it writes, a second one starts (a new consumer of the group):
+    it takes over what the first left pending. Every order ends in the table exactly
+    once, with the status Redis has."""
+    ev = new_id("kill")
+    body = event_body(stock=(1200, 1200), limits=(1, 1))
+    gw.put_event(ev, body)
+    group = new_id("g")
+    first = Follower(redis_server.url, pg_url, "--event", ev, "--group", group, "--batch", "50")
+    acked: list = []
+    done = threading.Event()
+
+    def rush():
+        try:
+            for part in range(4):
+                acked.extend(buy_many(gw, ev, [f"u{part}-{i}" for i in range(500)],
+                                      skus=("s0", "s1")))
+        finally:
+            done.set()
+
+    t = threading.Thread(target=rush)
+    t.start()
+    try:
+        wait_for(lambda: count(pg_url) > 0, "the first rows", timeout=15, interval=0.005)
+        first.proc.kill()  # kill -9, mid-stream
+        first.proc.wait()
+        killed_at = count(pg_url)
+        second = Follower(redis_server.url, pg_url, "--event", ev, "--group", group)
+        t.join(60)
+        assert done.is_set()
+        rnd = random.Random(3)
+        paid = rnd.sample(acked, 100)
+        for o in paid:
+            transition(r, o["order_id"], "paid", o["created_ms"] + 1000)
+        assert len(acked) == 2000
+        truth = redis_orders(r, ev, body)
+
+        def caught_up():
+            rows = table(pg_url)
+            return len(rows) == len(truth) and all(same(rows[o], truth[o]) for o in truth)
+
+        wait_for(caught_up, "every order with its status", timeout=20, interval=0.1)
+    finally:
+        first.stop()
+        assert second.stop() == 0, second.text()
+    second.assert_clean()
+    assert killed_at < 2000, "the follower was killed after the rush, not during it"
+    rows = table(pg_url)
+    assert sum(row["status"] == "paid" for row in rows.values()) == 100
+    assert set(rows) == {o["order_id"] for o in acked}
+    # nothing left pending in the group
+    for sku in ("s0", "s1"):
+        assert r.xpending(keys.SkuKeys(ev, sku).orders, group)["pending"] == 0
+    check_invariants(r, gw, ev, body, acked)
+
+
+def test_a_database_that_goes_away_loses_nothing(gw, r, redis_server, pg_cluster, pg_url):
+    """Between the follower and PostgreSQL a proxy cuts every connection, then drops
+    everything for a while (a silent network), during sales: the batches are kept and
+    written again; nothing is acknowledged before it is in the table."""
+    ev = new_id("dbgone")
+    body = event_body(stock=(300,), limits=(1,))
+    gw.put_event(ev, body)
+    proxy = FaultProxy(pg_cluster.port).start()
+    url = pg_url.replace(f":{pg_cluster.port}/", f":{proxy.port}/")
+    group = new_id("g")
+    f = Follower(redis_server.url, url, "--event", ev, "--group", group, "--write-timeout", "1")
+    try:
+        acked = buy_many(gw, ev, [f"a{i}" for i in range(50)])
+        wait_for(lambda: count(pg_url) == 50, "50 rows", timeout=10)
+        proxy.cut()
+        proxy.blackhole = True
+        proxy.cut()
+        acked += buy_many(gw, ev, [f"b{i}" for i in range(50)])
+        time.sleep(1.5)
+        assert count(pg_url) == 50
+        k = keys.SkuKeys(ev, "s0")
+        assert r.xpending(k.orders, group)["pending"] > 0, "acknowledged before written"
+        proxy.blackhole = False
+        proxy.cut()
+        acked += buy_many(gw, ev, [f"c{i}" for i in range(50)])
+        wait_for(lambda: count(pg_url) == 150, "150 rows", timeout=20, interval=0.1)
+        wait_for(lambda: r.xpending(k.orders, group)["pending"] == 0, "every entry acked")
+    finally:
+        assert f.stop() == 0, f.text()
+        proxy.stop()
+    assert "trying again" in f.text()
+    f.assert_clean()
+    truth = redis_orders(r, ev, body)
+    rows = table(pg_url)
+    assert set(rows) == set(truth) and all(same(rows[o], truth[o]) for o in truth)
+    check_invariants(r, gw, ev, body, acked)
+
+
+def test_upsert_never_goes_back(pg_url):
+    """The sink's rules: a row moves only to a state at least as recent, a final state
+    is never replaced by reserved, a repeat changes nothing; a straddled order keeps
+    its breakdown (jsonb) and exact amount."""
+    base = {"order_id": "e1.s0.a1", "event_id": "e1", "sku": "s0", "user_id": "u1", "qty": 3,
+            "unit_price": 100, "amount": 320, "status": "reserved", "created_ms": 1000,
+            "pay_by_ms": 901000, "updated_ms": 1000,
+            "price_breakdown": [{"qty": 2, "unit_price": 100}, {"qty": 1, "unit_price": 120}]}
+
+    def batch(*states):
+        return Batch([Entry("k", "e1", "s0", f"{i}-0", "x", 0, [dict(base, **s)])
+                      for i, s in enumerate(states)])
+
+    async def main():
+        sink = PostgresSink(pg_url)
+        await sink.open()
+        try:
+            assert await sink.write(batch({})) == 1
+            assert await sink.write(batch({})) == 0  # a repeat
+            assert await sink.write(batch({"status": "paid", "updated_ms": 2000})) == 1
+            assert await sink.write(batch({})) == 0  # the older reserved state: ignored
+            assert await sink.write(batch({"updated_ms": 2000})) == 0  # reserved, same ms
+            assert await sink.write(batch({"status": "paid", "updated_ms": 2000})) == 0
+            # two states of one order in one batch: the latest wins
+            assert await sink.write(batch({"order_id": "e1.s0.a2", "status": "expired",
+                                           "updated_ms": 9000},
+                                          {"order_id": "e1.s0.a2"})) == 1
+        finally:
+            await sink.close()
+
+    asyncio.run(main())
+    rows = table(pg_url)
+    assert rows["e1.s0.a1"]["status"] == "paid" and rows["e1.s0.a1"]["updated_ms"] == 2000
+    assert rows["e1.s0.a1"]["amount"] == 320
+    assert rows["e1.s0.a1"]["price_breakdown"] == base["price_breakdown"]
+    assert rows["e1.s0.a2"]["status"] == "expired"
+
+
+def test_jsonl(gw, r, redis_server, tmp_path):
+    """jsonl:PATH: a line per order event, the order as the API shows it; a torn last
+    line (a crash mid-write) is cut off when the file is opened again."""
+    ev = new_id("jsonl")
+    body = event_body(stock=(10,))
+    gw.put_event(ev, body)
+    acked = buy_many(gw, ev, [f"u{i}" for i in range(5)])
+    path = tmp_path / "orders.jsonl"
+    path.write_bytes(b'{"order_id": "torn')
+    f = Follower(redis_server.url, f"jsonl:{path}", "--event", ev, "--group", new_id("g"))
+    try:
+        wait_for(lambda: path.read_text().count("\n") == 5, "5 lines", timeout=10)
+        paid = acked[0]["order_id"]
+        transition(r, paid, "paid", acked[0]["created_ms"] + 7)
+        wait_for(lambda: path.read_text().count("\n") == 6, "the paid line", timeout=10)
+    finally:
+        assert f.stop() == 0, f.text()
+    f.assert_clean()
+    assert "torn by a crash" in f.text()
+    lines = [json.loads(x) for x in path.read_text().splitlines()]
+    truth = redis_orders(r, ev, body)
+    assert {o["order_id"] for o in lines} == set(truth)
+    assert lines[-1] == truth[paid] and lines[-1]["status"] == "paid"
+    for o in lines[:-1]:
+        if o["order_id"] != paid:
+            assert o == truth[o["order_id"]]
+        assert o == {**acked_by_id(acked)[o["order_id"]], **o}  # the API's fields, at least
+    assert os.stat(path).st_mode & 0o077 == 0
+    check_invariants(r, gw, ev, body, acked)
+
+
+def acked_by_id(acked):
+    return {o["order_id"]: o for o in acked}
+
+
+def test_bad_arguments(redis_server, pg_cluster, tmp_path):
+    def run(*args, env=None):
+        out = subprocess.run([sys.executable, "-m", "flashgate.cli", "orders", "follow", *args],
+                             capture_output=True, text=True, timeout=30,
+                             env={**os.environ, "PYTHONPATH": REPO, **(env or {})},
+                             cwd=tmp_path)
+        return out.returncode, out.stderr
+
+    rc, err = run("--to", "mysql://u@h/db", "--redis", redis_server.url)
+    assert rc == 2 and "unknown kind 'mysql'" in err, err
+    rc, err = run("--to", "orders.txt", "--redis", redis_server.url)
+    assert rc == 2 and "jsonl:PATH" in err, err
+    rc, err = run("--redis", redis_server.url)
+    assert rc == 2 and "--to" in err, err
+    rc, err = run("--to", "jsonl:x", "--redis", redis_server.url, "--event", "a b")
+    assert rc == 2 and "not an event id" in err, err
+    rc, err = run("--to", "jsonl:x", "--redis", redis_server.url, "--claim-idle", "0")
+    assert rc == 2, err
+    rc, err = run("--to", "jsonl:x", env={"FLASHGATE_REDIS": ""})
+    assert rc == 2 and "no Redis" in err, err
+    rc, err = run("--to", "jsonl:x", "--redis", "ftp://h")
+    assert rc == 2 and "--redis" in err, err
+    from flashgate.embedded import free_port
+
+    dead = free_port()
+    rc, err = run("--to", f"postgresql://postgres@127.0.0.1:{dead}/x", "--redis", redis_server.url)
+    assert rc == 1 and f"cannot connect to postgresql://postgres@127.0.0.1:{dead}/x" in err, err
+    rc, err = run("--to", pg_cluster.url("no_such_db"), "--redis", redis_server.url)
+    assert rc == 1 and "no_such_db" in err, err
+    rc, err = run("--to", "jsonl:x", "--redis", f"redis://127.0.0.1:{dead}")
+    assert rc == 1 and "Redis" in err, err
+    rc, err = run("--to", f"jsonl:{tmp_path}/no/such/dir/x", "--redis", redis_server.url)
+    assert rc == 1 and "cannot open" in err, err
