@@ -17,6 +17,7 @@ import time
 
 import psycopg
 import pytest
+import redis
 
 from flashgate.core import keys, orders
 from flashgate.core.follow import Batch, Entry
@@ -207,10 +208,21 @@ def test_kill_9_mid_rush_then_restart(gw, r, redis_server, pg_url):
     t = threading.Thread(target=rush)
     t.start()
     try:
-        wait_for(lambda: count(pg_url) > 0, "the first rows", timeout=15, interval=0.005)
-        first.proc.kill()  # kill -9, mid-stream
+        streams = [keys.SkuKeys(ev, sku).orders for sku in ("s0", "s1")]
+
+        def pending() -> int:
+            try:
+                return sum(r.xpending(s, group)["pending"] for s in streams)
+            except redis.ResponseError:  # no group yet
+                return 0
+
+        # mid-stream: rows written, and entries delivered but not yet acknowledged
+        wait_for(lambda: count(pg_url) > 0 and pending() > 0, "the first rows", timeout=15,
+                 interval=0.002)
+        first.proc.kill()  # kill -9
         first.proc.wait()
         killed_at = count(pg_url)
+        left = pending()
         second = Follower(redis_server.url, pg_url, "--event", ev, "--group", group)
         t.join(60)
         assert done.is_set()
@@ -231,6 +243,7 @@ def test_kill_9_mid_rush_then_restart(gw, r, redis_server, pg_url):
         assert second.stop() == 0, second.text()
     second.assert_clean()
     assert killed_at < 2000, "the follower was killed after the rush, not during it"
+    assert left > 0 and "took over" in second.text(), (left, second.text())
     rows = table(pg_url)
     assert sum(row["status"] == "paid" for row in rows.values()) == 100
     assert set(rows) == {o["order_id"] for o in acked}
@@ -343,7 +356,6 @@ def test_jsonl(gw, r, redis_server, tmp_path):
         if o["order_id"] != paid:
             assert o == truth[o["order_id"]]
         assert o == {**acked_by_id(acked)[o["order_id"]], **o}  # the API's fields, at least
-    assert os.stat(path).st_mode & 0o077 == 0
     check_invariants(r, gw, ev, body, acked)
 
 
@@ -384,3 +396,46 @@ def test_bad_arguments(redis_server, pg_cluster, tmp_path):
     assert rc == 1 and "Redis" in err, err
     rc, err = run("--to", f"jsonl:{tmp_path}/no/such/dir/x", "--redis", redis_server.url)
     assert rc == 1 and "cannot open" in err, err
+
+
+def test_the_embedded_redis_of_a_data_dir(tmp_path):
+    """Without --redis: the embedded Redis that flashgate serve runs in --data-dir (its
+    unix socket), commands renamed away and all."""
+    import orjson
+
+    from flashgate.core.events import parse_event
+    from flashgate.embedded import EmbeddedRedis
+
+    data = tmp_path / "d"
+    server = EmbeddedRedis(data, private=True, persist=False).start()
+    try:
+        if not str(server.socket_path).startswith(str(data)):
+            pytest.skip("the data directory's path is too long for a unix socket here")
+        rc = redis.Redis(unix_socket_path=server.socket_path)
+        ev = "emb"
+        rc.set(keys.event(ev), orjson.dumps(parse_event(ev, event_body()).to_dict()))
+        rc.sadd(keys.EVENTS, ev)
+        k = keys.SkuKeys(ev, "s0")
+        oid = f"{ev}.s0.abc1"
+        rc.hset(k.order_by_id, oid, orders.record("reserved", "u1", 1, 100, 5, 905))
+        rc.xadd(k.orders, {"type": "created", "ts": 5, oid: "u1|1|100"})
+        path = tmp_path / "out.jsonl"
+        env_redis = os.environ.pop("FLASHGATE_REDIS", None)
+        try:
+            f = Follower("", f"jsonl:{path}", "--data-dir", str(data))
+        finally:
+            if env_redis is not None:
+                os.environ["FLASHGATE_REDIS"] = env_redis
+        try:
+            wait_for(lambda: path.exists() and path.read_text().count("\n") == 1, "the line",
+                     timeout=10)
+        finally:
+            assert f.stop() == 0, f.text()
+        f.assert_clean()
+        assert json.loads(path.read_text()) == {
+            "order_id": oid, "event_id": ev, "sku": "s0", "user_id": "u1", "qty": 1,
+            "unit_price": 100, "amount": 100, "status": "reserved", "created_ms": 5,
+            "pay_by_ms": 905, "updated_ms": 5}
+        rc.close()
+    finally:
+        server.stop()
