@@ -85,10 +85,11 @@ def _fail(message: str, code: int) -> int:
 
 
 def redis_url(a: argparse.Namespace) -> str:
-    """--redis, else the embedded Redis of --data-dir (its unix socket), else ""."""
+    """--redis, else the embedded Redis that flashgate serve runs in --data-dir (its
+    unix socket, DATA_DIR/redis/redis.sock), else ""."""
     if a.redis:
         return a.redis
-    sock = os.path.join(os.path.abspath(a.data_dir), "redis.sock")
+    sock = os.path.join(os.path.abspath(a.data_dir), "redis", "redis.sock")
     return f"unix://{sock}" if os.path.exists(sock) else ""
 
 

@@ -44,7 +44,10 @@ def missing() -> str | None:
 class PostgresCluster:
     """``start()``, ``url(db)``, ``create_db()``, ``stop()``."""
 
-    def __init__(self):
+    def __init__(self, durable: bool = False):
+        # durable: fsync and synchronous commit on, as a shop's server runs (slower);
+        # else off, for the speed of the tests
+        self.durable = durable
         self.port = free_port()
         self.base = tempfile.mkdtemp(prefix="flashgate-pg-")
         self.data = os.path.join(self.base, "data")
@@ -71,8 +74,9 @@ class PostgresCluster:
         self._run([self.initdb, "-D", self.data, "-U", "postgres", "-A", "trust", "-E", "UTF8",
                    "--no-locale", "--no-sync", "--no-instructions"])
         opts = (f"-p {self.port} -k {self.base} -c listen_addresses=127.0.0.1 "
-                "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
-                "-c max_connections=50 -c shared_buffers=32MB")
+                "-c max_connections=50 -c shared_buffers=64MB")
+        if not self.durable:
+            opts += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         self._run([self.pg_ctl, "-D", self.data, "-l", self.log, "-o", opts, "-w", "-t", "30",
                    "start"])
         return self

@@ -407,7 +407,7 @@ def test_the_embedded_redis_of_a_data_dir(tmp_path):
     from flashgate.embedded import EmbeddedRedis
 
     data = tmp_path / "d"
-    server = EmbeddedRedis(data, private=True, persist=False).start()
+    server = EmbeddedRedis(data / "redis", private=True, persist=False).start()
     try:
         if not str(server.socket_path).startswith(str(data)):
             pytest.skip("the data directory's path is too long for a unix socket here")
@@ -439,3 +439,60 @@ def test_the_embedded_redis_of_a_data_dir(tmp_path):
         rc.close()
     finally:
         server.stop()
+
+
+@pytest.mark.skipif(not os.environ.get("FLASHGATE_FOLLOW_RATE"),
+                    reason="a measurement: FLASHGATE_FOLLOW_RATE=<orders> runs it")
+def test_follow_rate(redis_server, r, tmp_path):
+    """How many orders a second one follower writes into a durable PostgreSQL (fsync
+    and synchronous commit on) and a JSON-lines file: a backlog of N orders (entries of
+    50 orders, as a rush's commit batches make them) followed from scratch."""
+    from tests.pg_support import PostgresCluster
+
+    n = int(os.environ["FLASHGATE_FOLLOW_RATE"])
+    per = int(os.environ.get("FLASHGATE_FOLLOW_RATE_ENTRY", "50"))  # orders per entry
+    ev = new_id("rate")
+    body = event_body(stock=(n, n))
+    import orjson
+
+    from flashgate.core.events import parse_event
+
+    r.set(keys.event(ev), orjson.dumps(parse_event(ev, body).to_dict()))
+    t0 = int(time.time() * 1000)
+    pipe = r.pipeline(transaction=False)
+    for start in range(0, n, per):
+        sku = "s0" if start // per % 2 == 0 else "s1"
+        k = keys.SkuKeys(ev, sku)
+        entry = {"type": "created", "ts": t0}
+        recs = {}
+        for i in range(start, min(start + per, n)):
+            oid = f"{ev}.{sku}.{i:012x}"
+            recs[oid] = orders.record("reserved", f"u{i}", 1, 100, t0, t0 + 900_000)
+            entry[oid] = f"u{i}|1|100"
+        pipe.hset(k.order_by_id, mapping=recs)
+        pipe.xadd(k.orders, entry)
+        if len(pipe) > 200:
+            pipe.execute()
+    pipe.execute()
+    cluster = PostgresCluster(durable=True).start()
+    try:
+        results = {}
+        for kind, to, done in (
+                ("postgresql", cluster.create_db(), lambda to: count(to) == n),
+                ("jsonl", f"jsonl:{tmp_path}/o.jsonl",
+                 lambda to: os.path.exists(to[6:]) and
+                 open(to[6:], "rb").read().count(b"\n") == n)):
+            f = Follower(redis_server.url, to, "--event", ev, "--group", new_id("g"))
+            try:
+                wait_for(lambda f=f: "following 2 more" in f.text(), "the follower", timeout=20)
+                start = time.monotonic()
+                wait_for(lambda to=to, done=done: done(to), f"{n} orders", timeout=600,
+                         interval=0.05)
+                results[kind] = n / (time.monotonic() - start)
+            finally:
+                assert f.stop() == 0, f.text()
+            f.assert_clean()
+        print(f"\nfollow rate, {n} orders, {per} per entry: " + ", ".join(
+            f"{k} {v:,.0f} orders/s" for k, v in results.items()))
+    finally:
+        cluster.stop()
