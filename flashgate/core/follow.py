@@ -45,6 +45,10 @@ from flashgate.core.redisconn import RedisConnection, RedisError
 log = logging.getLogger("flashgate.follow")
 
 DEFAULT_GROUP = "flashgate-follow"
+HMGET_CHUNK = 1000  # order ids per HMGET: no single command keeps Redis busy long
+# a consumer of the group with nothing pending that has not read for this long is gone
+# (a live follower reads every block_ms): its name is removed from the group
+FORGET_CONSUMER_MS = 3_600_000
 
 
 def consumer_name() -> str:
@@ -138,6 +142,8 @@ class OrderFollower:
         self._next_scan = 0.0
         self._next_claim = 0.0
         self._claim_cursor: dict[str, str] = {}
+        self._next_forget = 0.0
+        self._waiting_said = False
         self.stopping = False
 
     # -- which streams ---------------------------------------------------------------
@@ -179,6 +185,11 @@ class OrderFollower:
                      ", ".join(f"{e}/{s}" for e, s in (found[k] for k in new)))
         for k in [k for k in self.streams if k not in found]:
             del self.streams[k]  # a SKU removed from its event: nothing more comes
+        if not self.streams and not self._waiting_said:
+            log.info("no stream to follow yet (%s): waiting for one",
+                     "no such event: " + ", ".join(self.events) if self.events
+                     else "no event")
+        self._waiting_said = not self.streams
         self._version = version
 
     # -- reading ---------------------------------------------------------------------
@@ -252,10 +263,12 @@ class OrderFollower:
             ids += [o[0] for o in found]
         cmds, order = [], []
         for stream, ids in wanted.items():
-            if ids:
-                event_id, sku = self.streams.get(stream) or _split_stream(stream)
-                cmds.append(["HMGET", keys.SkuKeys(event_id, sku).order_by_id, *ids])
-                order.append(ids)
+            event_id, sku = self.streams.get(stream) or _split_stream(stream)
+            hkey = keys.SkuKeys(event_id, sku).order_by_id
+            for i in range(0, len(ids), HMGET_CHUNK):
+                chunk = ids[i:i + HMGET_CHUNK]
+                cmds.append(["HMGET", hkey, *chunk])
+                order.append(chunk)
         current: dict[str, dict | None] = {}
         for ids, reply in zip(order, await self.conn.pipeline(cmds) if cmds else [],
                               strict=True):
@@ -290,8 +303,38 @@ class OrderFollower:
             if len(raw) < self.count:  # none left behind: look again later
                 self._next_claim = now + max(self.claim_idle_ms / 4000, 0.1)
         if not raw:
-            raw = await self._read()
+            try:
+                raw = await self._read()
+            except RedisError as e:
+                if "NOGROUP" not in str(e):
+                    raise
+                # a stream (and its group) deleted, or a Redis that lost its data:
+                # create the groups again
+                log.warning("%s; creating the consumer groups again", e)
+                self.streams.clear()
+                self._next_scan = 0.0
+                return Batch()
+        if now >= self._next_forget:
+            self._next_forget = now + 60.0
+            await self._forget_consumers()
         return await self._records(raw) if raw else Batch()
+
+    async def _forget_consumers(self) -> None:
+        """Remove from the group the consumers that are gone: nothing pending, no read
+        for FORGET_CONSUMER_MS (each follower's run adds one name)."""
+        for stream in list(self.streams):
+            try:
+                infos = await self.conn.execute("XINFO", "CONSUMERS", stream, self.group)
+            except RedisError:
+                continue
+            for info in infos:
+                it = iter(info)
+                d = {k.decode(): v for k, v in zip(it, it, strict=True)}
+                name = d.get("name", b"").decode()
+                if name != self.consumer and d.get("pending") == 0 and \
+                        d.get("idle", 0) > FORGET_CONSUMER_MS:
+                    await self.conn.execute("XGROUP", "DELCONSUMER", stream, self.group, name)
+                    log.info("%s: consumer %s forgotten (gone, nothing pending)", stream, name)
 
     async def batches(self) -> AsyncIterator[Batch]:
         """Non-empty batches until ``stop()``; each must be acknowledged (``ack``)

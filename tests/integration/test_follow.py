@@ -496,3 +496,84 @@ def test_follow_rate(redis_server, r, tmp_path):
             f"{k} {v:,.0f} orders/s" for k, v in results.items()))
     finally:
         cluster.stop()
+
+
+def put_definition(r, ev: str, body: dict) -> None:
+    import orjson
+
+    from flashgate.core.events import parse_event
+
+    r.set(keys.event(ev), orjson.dumps(parse_event(ev, body).to_dict()))
+    r.sadd(keys.EVENTS, ev)
+    r.incr(keys.VERSION)
+
+
+def add_order(r, ev: str, sku: str, n: int, *later, status="reserved") -> str:
+    k = keys.SkuKeys(ev, sku)
+    oid = f"{ev}.{sku}.{n:012x}"
+    rec = orders.record(status, f"u{n}", 3, 100, 1000 + n, 901000 + n)
+    r.hset(k.order_by_id, oid, "|".join([rec, *later]))
+    r.xadd(k.orders, {"type": "created", "ts": 1000 + n, oid: f"u{n}|3|100"})
+    return oid
+
+
+def test_the_follower_itself(redis_server, r):
+    """core/follow.py in process: batches with the records' truth (a straddled order's
+    breakdown and exact amount, updated_ms always there), a SKU added later, another
+    consumer's entries taken over once idle, a stream deleted (its group with it)
+    followed again."""
+    from flashgate.core.follow import OrderFollower
+    from flashgate.core.redisconn import RedisConnection
+
+    ev = new_id("unit")
+    put_definition(r, ev, event_body(stock=(10,)))
+    o1 = add_order(r, ev, "s0", 1)
+    o2 = add_order(r, ev, "s0", 2, "bd=2x100,1x120", "updated_ms=5000", status="paid")
+    group = new_id("g")
+
+    async def main():
+        conn = RedisConnection(redis_server.url, command_timeout=10)
+        await conn.connect()
+        try:
+            a = OrderFollower(conn, group=group, consumer="a", events=[ev], claim_idle_ms=200,
+                              block_ms=50, rescan_interval=0.05)
+            b = OrderFollower(conn, group=group, consumer="b", events=[ev], claim_idle_ms=200,
+                              block_ms=50, rescan_interval=0.05)
+            batch = await a.next_batch()
+            got = {o["order_id"]: o for o in batch.orders()}
+            assert set(got) == {o1, o2}
+            assert got[o1]["updated_ms"] == got[o1]["created_ms"] == 1001
+            assert got[o2]["price_breakdown"] == [{"qty": 2, "unit_price": 100},
+                                                  {"qty": 1, "unit_price": 120}]
+            assert got[o2]["amount"] == 320 and got[o2]["status"] == "paid"
+            assert "bd" not in got[o2]
+            assert [(e.event_id, e.sku, e.kind) for e in batch.entries] == [(ev, "s0",
+                                                                               "created")] * 2
+            # a dies with the batch unacknowledged: b takes it over once it is idle
+            assert not (await b.next_batch()).entries
+            await asyncio.sleep(0.3)
+            b._next_claim = 0
+            taken = await b.next_batch()
+            assert {o["order_id"] for o in taken.orders()} == {o1, o2}
+            await b.ack(taken)
+            assert r.xpending(keys.SkuKeys(ev, "s0").orders, group)["pending"] == 0
+            # a SKU added to the event later
+            put_definition(r, ev, event_body(stock=(10, 5)))
+            o3 = add_order(r, ev, "s1", 3)
+            await asyncio.sleep(0.1)
+            later = await b.next_batch()
+            assert [o["order_id"] for o in later.orders()] == [o3]
+            await b.ack(later)
+            # the stream deleted: the group is created again and what comes is followed
+            r.delete(keys.SkuKeys(ev, "s0").orders)
+            assert not (await b.next_batch()).entries
+            o4 = add_order(r, ev, "s0", 4)
+            for _ in range(20):
+                again = await b.next_batch()
+                if again.entries:
+                    break
+            assert [o["order_id"] for o in again.orders()] == [o4]
+        finally:
+            conn.close()
+
+    asyncio.run(main())
