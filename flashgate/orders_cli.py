@@ -27,6 +27,8 @@ from flashgate import __version__
 
 log = logging.getLogger("flashgate.follow")
 
+STOP_GRACE = 3.0  # seconds a write in progress may take to finish after SIGTERM
+
 USAGE = """usage: flashgate orders follow --to TARGET [options]
 
 Follows the orders of the sale into the shop's database. (flashgate orders follow --help)
@@ -243,7 +245,7 @@ class Follow:
         delay = 0.2
         while True:
             try:
-                changed = await sink.write(batch)
+                changed = await self._write_once(sink, batch)
             except SinkError as e:
                 if self.stopping:
                     log.warning("%s; stopping with %d entries not written (not acknowledged: "
@@ -261,6 +263,27 @@ class Follow:
             self.written += sum(len(e.orders) for e in batch.entries)
             self.changed += changed
             return True
+
+    async def _write_once(self, sink, batch) -> int:
+        """One write; a stop that comes meanwhile gives it STOP_GRACE seconds, then
+        abandons it (not committed, or committed and not acknowledged: either way the
+        entries come again)."""
+        from flashgate.sinks import SinkError
+
+        task = asyncio.ensure_future(sink.write(batch))
+        waker = asyncio.ensure_future(self.wake.wait())
+        try:
+            await asyncio.wait((task, waker), return_when=asyncio.FIRST_COMPLETED)
+            if not task.done():
+                await asyncio.wait((task,), timeout=STOP_GRACE)
+            if not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                await sink.close()
+                raise SinkError(f"{sink.where}: the write in progress was abandoned at the stop")
+            return task.result()
+        finally:
+            waker.cancel()
 
     def _progress(self, final: bool = False) -> None:
         now = time.monotonic()

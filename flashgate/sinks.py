@@ -133,16 +133,28 @@ class PostgresSink:
         except psycopg.Error as e:
             raise SinkError(f"cannot connect to {self.where}: {_why(e)}") from None
         try:
-            async with conn.transaction():
-                await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
-                await conn.execute(CREATE_TABLE)
-            await conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {TABLE}_in "
-                               f"(LIKE {TABLE}) ON COMMIT DELETE ROWS")
+            # (a table made by the shop, with only the rights to write its rows, is used
+            # as it is: CREATE ... IF NOT EXISTS would still ask for the right to create)
+            cur = await conn.execute("SELECT to_regclass(%s) IS NOT NULL", (TABLE,))
+            if not (await cur.fetchone())[0]:
+                async with conn.transaction():
+                    await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
+                    await conn.execute(CREATE_TABLE)
+                log.info("created the table %s in %s", TABLE, self.where)
             await conn.commit()
         except psycopg.Error as e:
             await conn.close()
             raise SinkError(f"cannot create the table {TABLE} in {self.where}: {_why(e)}") \
                 from None
+        try:
+            await conn.execute(f"SELECT {_cols} FROM {TABLE} LIMIT 0")
+            await conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {TABLE}_in "
+                               f"(LIKE {TABLE}) ON COMMIT DELETE ROWS")
+            await conn.commit()
+        except psycopg.Error as e:
+            await conn.close()
+            raise SinkError(f"the table {TABLE} in {self.where} cannot take the orders "
+                            f"(it needs the columns {_cols}): {_why(e)}") from None
         self.conn = conn
 
     async def write(self, batch: Batch) -> int:

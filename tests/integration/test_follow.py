@@ -577,3 +577,37 @@ def test_the_follower_itself(redis_server, r):
             conn.close()
 
     asyncio.run(main())
+
+
+def test_a_table_made_by_the_shop(gw, r, redis_server, pg_cluster, pg_url):
+    """The shop made the table and lets flashgate only read and write its rows (no right
+    to create anything in the schema): the follower uses it. A table without the
+    columns it needs stops the follower at start with exit code 1."""
+    from flashgate.sinks import CREATE_TABLE
+
+    role = new_id("shop").replace("-", "_")
+    db = pg_url.rsplit("/", 1)[1]
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(CREATE_TABLE)
+        conn.execute(f"CREATE ROLE {role} LOGIN")
+        conn.execute(f"GRANT SELECT, INSERT, UPDATE ON flashgate_orders TO {role}")
+    ev = new_id("shop")
+    body = event_body(stock=(10,))
+    gw.put_event(ev, body)
+    acked = buy_many(gw, ev, [f"u{i}" for i in range(4)])
+    f = Follower(redis_server.url, pg_cluster.url(db, user=role), "--event", ev,
+                 "--group", new_id("g"))
+    try:
+        wait_for(lambda: count(pg_url) == 4, "4 rows", timeout=10)
+    finally:
+        assert f.stop() == 0, f.text()
+    f.assert_clean()
+    check_invariants(r, gw, ev, body, acked)
+
+    other = pg_cluster.create_db()
+    with psycopg.connect(other, autocommit=True) as conn:
+        conn.execute("CREATE TABLE flashgate_orders (order_id text PRIMARY KEY, total int)")
+    out = subprocess.run([sys.executable, "-m", "flashgate.cli", "orders", "follow", "--to",
+                          other, "--redis", redis_server.url], capture_output=True, text=True,
+                         timeout=30)
+    assert out.returncode == 1 and "cannot take the orders" in out.stderr, out.stderr
