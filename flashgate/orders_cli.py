@@ -64,7 +64,8 @@ def parser() -> argparse.ArgumentParser:
                    help=f"the Redis consumer group (default {DEFAULT_GROUP}); followers "
                         "that write to different places need different groups")
     p.add_argument("--consumer", metavar="NAME",
-                   help="this follower's consumer name (default: host-pid-random)")
+                   help="this follower's consumer name, one no running follower of the group "
+                        "has (default: host-pid-random)")
     p.add_argument("--claim-idle", type=float, default=30.0, metavar="SECONDS",
                    help="entries delivered to a follower and not acknowledged for this long "
                         "are taken over (its follower died; default 30)")
@@ -100,7 +101,8 @@ def main(argv: list[str]) -> int:
         print(USAGE)
         return 0
     if argv[0] != "follow":
-        return _fail(f"unknown command {argv[0]!r}\n\n{USAGE}", 2)
+        print(f"flashgate orders: unknown command {argv[0]!r}\n\n{USAGE}", file=sys.stderr)
+        return 2
     a = parser().parse_args(argv[1:])  # (a usage error exits 2)
     from flashgate.core.redisconn import parse_url
     from flashgate.sinks import check_target

@@ -69,6 +69,10 @@ class Entry:
     ts: int
     orders: list[dict]
 
+    @property
+    def sku_keys(self) -> keys.SkuKeys:
+        return keys.SkuKeys(self.event_id, self.sku)
+
 
 @dataclass(slots=True)
 class Batch:
