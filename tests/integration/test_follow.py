@@ -611,3 +611,41 @@ def test_a_table_made_by_the_shop(gw, r, redis_server, pg_cluster, pg_url):
                           other, "--redis", redis_server.url], capture_output=True, text=True,
                          timeout=30)
     assert out.returncode == 1 and "cannot take the orders" in out.stderr, out.stderr
+
+
+def test_a_redis_connection_that_breaks(gw, r, redis_server, tmp_path):
+    """The follower's connection to Redis is cut (twice, once mid-batch likely): it
+    reconnects and goes on; every order arrives, none is left pending."""
+    ev = new_id("redis-cut")
+    body = event_body(stock=(200,))
+    gw.put_event(ev, body)
+    port = int(redis_server.url.rsplit(":", 1)[1].split("/")[0])
+    proxy = FaultProxy(port).start()
+    path = tmp_path / "o.jsonl"
+    group = new_id("g")
+    f = Follower(f"redis://127.0.0.1:{proxy.port}/0", f"jsonl:{path}", "--event", ev,
+                 "--group", group)
+
+    def ids():
+        return {json.loads(x)["order_id"] for x in path.read_text().splitlines()} \
+            if path.exists() else set()
+
+    try:
+        wait_for(lambda: "following 1 more" in f.text(), "the follower", timeout=10)
+        acked = buy_many(gw, ev, [f"a{i}" for i in range(50)])
+        wait_for(lambda: len(ids()) == 50, "the first orders", timeout=10)
+        proxy.cut()
+        acked += buy_many(gw, ev, [f"b{i}" for i in range(50)])
+        proxy.cut()
+        acked += buy_many(gw, ev, [f"c{i}" for i in range(50)])
+        wait_for(lambda: ids() == {o["order_id"] for o in acked}, "every order", timeout=15,
+                 interval=0.1)
+        k = keys.SkuKeys(ev, "s0")
+        wait_for(lambda: r.xpending(k.orders, group)["pending"] == 0, "nothing pending",
+                 timeout=10)
+    finally:
+        assert f.stop() == 0, f.text()
+        proxy.stop()
+    assert f.text().count("lost the connection to Redis") >= 2, f.text()
+    f.assert_clean()
+    check_invariants(r, gw, ev, body, acked)
