@@ -1,7 +1,8 @@
 """``flashgate orders follow``: orders committed through a real gateway reach a real
 PostgreSQL (a private cluster the tests start: tests/pg_support.py) or a JSON-lines
 file, once each with their latest status, through a follower killed with kill -9
-mid-rush, and a database that goes away."""
+mid-rush, and a database that goes away. The tests that need PostgreSQL are marked
+ci_required: CI installs its binaries (.ci/run)."""
 
 from __future__ import annotations
 
@@ -25,7 +26,6 @@ from flashgate.sinks import PostgresSink
 from tests.faultproxy import FaultProxy
 from tests.support import check_invariants, event_body, http_session, new_id, wait_for
 
-pytestmark = pytest.mark.ci_required
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -131,6 +131,7 @@ def buy_many(gw, ev, users, skus=("s0",), conns=16):
     return [b for _, status, b in results if status == 200]
 
 
+@pytest.mark.ci_required
 def test_orders_reach_postgres_once_with_their_latest_status(gw, r, redis_server, pg_url):
     ev = new_id("follow")
     body = event_body(stock=(40, 20), limits=(1, 1))
@@ -165,6 +166,7 @@ def test_orders_reach_postgres_once_with_their_latest_status(gw, r, redis_server
     check_invariants(r, gw, ev, body, acked + more)
 
 
+@pytest.mark.ci_required
 def test_events_created_later_are_followed(gw, r, redis_server, pg_url, tmp_path):
     """Without --event: every event, those created after the follower started too
     (the session's other events are followed as well: only this one is checked)."""
@@ -184,6 +186,7 @@ def test_events_created_later_are_followed(gw, r, redis_server, pg_url, tmp_path
     check_invariants(r, gw, ev, body, acked)
 
 
+@pytest.mark.ci_required
 def test_kill_9_mid_rush_then_restart(gw, r, redis_server, pg_url):
     """A rush of 2,000 orders (and payments of some of them); the follower is killed
     with kill -9 while it writes, a second one starts (a new consumer of the group):
@@ -253,6 +256,7 @@ def test_kill_9_mid_rush_then_restart(gw, r, redis_server, pg_url):
     check_invariants(r, gw, ev, body, acked)
 
 
+@pytest.mark.ci_required
 def test_a_database_that_goes_away_loses_nothing(gw, r, redis_server, pg_cluster, pg_url):
     """Between the follower and PostgreSQL a proxy cuts every connection, then drops
     everything for a while (a silent network), during sales: the batches are kept and
@@ -291,6 +295,7 @@ def test_a_database_that_goes_away_loses_nothing(gw, r, redis_server, pg_cluster
     check_invariants(r, gw, ev, body, acked)
 
 
+@pytest.mark.ci_required
 def test_upsert_never_goes_back(pg_url):
     """The sink's rules: a row moves only to a state at least as recent, a final state
     is never replaced by reserved, a repeat changes nothing; a straddled order keeps
@@ -363,6 +368,7 @@ def acked_by_id(acked):
     return {o["order_id"]: o for o in acked}
 
 
+@pytest.mark.ci_required
 def test_bad_arguments(redis_server, pg_cluster, tmp_path):
     def run(*args, env=None):
         out = subprocess.run([sys.executable, "-m", "flashgate.cli", "orders", "follow", *args],
@@ -579,6 +585,7 @@ def test_the_follower_itself(redis_server, r):
     asyncio.run(main())
 
 
+@pytest.mark.ci_required
 def test_a_table_made_by_the_shop(gw, r, redis_server, pg_cluster, pg_url):
     """The shop made the table and lets flashgate only read and write its rows (no right
     to create anything in the schema): the follower uses it. A table without the
