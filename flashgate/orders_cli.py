@@ -226,7 +226,7 @@ class Follow:
                     continue
                 if not batch.entries:
                     continue
-                if not await self._write(sink, batch, SinkError):
+                if not await self._write(sink, batch):
                     break  # stopped while the sink was down: nothing acknowledged
                 try:
                     await follower.ack(batch)
@@ -241,9 +241,11 @@ class Follow:
             conn.close()
         return 0
 
-    async def _write(self, sink, batch, SinkError) -> bool:  # noqa: N803 - the class
+    async def _write(self, sink, batch) -> bool:
         """Write the batch, retrying with back-off until it is durable: True, or False
         if a stop came first."""
+        from flashgate.sinks import SinkError
+
         delay = 0.2
         while True:
             try:
