@@ -49,7 +49,9 @@ class PostgresCluster:
         # else off, for the speed of the tests
         self.durable = durable
         self.port = free_port()
-        self.base = tempfile.mkdtemp(prefix="flashgate-pg-")
+        # (as root: in /tmp, whose parents nobody can pass through, whatever TMPDIR says)
+        where = "/tmp" if os.geteuid() == 0 and os.path.isdir("/tmp") else None
+        self.base = tempfile.mkdtemp(prefix="flashgate-pg-", dir=where)
         self.data = os.path.join(self.base, "data")
         self.log = os.path.join(self.base, "postgres.log")
         self.as_user: list[str] = []
