@@ -367,7 +367,7 @@ def test_jsonl(gw, r, redis_server, tmp_path):
         pay(gw, r, paid, acked[0]["created_ms"] + 7)
         wait_for(lambda: path.read_text().count("\n") == 6, "the paid line", timeout=10)
     finally:
-        assert f.stop() == 0, f.text()
+        assert f.stop(signal.SIGINT) == 0, f.text()  # (Ctrl-C)
     f.assert_clean()
     assert "torn by a crash" in f.text()
     lines = [json.loads(x) for x in path.read_text().splitlines()]
