@@ -646,3 +646,28 @@ def check_invariants(r: redis.Redis, gw: Gateway | None, event_id: str, event: d
         assert len(ex_ids) == len(set(ex_ids)), "duplicate order ids in the export"
         assert set(ex_ids) == all_stream_ids, "export != orders in the streams"
     return figures
+
+
+def crossing_bounds(r, ev, sku_ids):
+    """Every created order of the event in commit order, as far as the streams tell it:
+    ``{order id: (lo, hi, qty)}`` where the event's units before the order lie in
+    [lo, hi]. Entries of one SKU are in order; entries of different SKUs are ordered
+    by their stream ids' time, and those of the same millisecond may be in either
+    order (hi - lo counts them). For sales without returns (``created`` entries only)."""
+    entries = []  # (ms, sku index, seq, [(order id, qty)])
+    for i, sku in enumerate(sku_ids):
+        for eid, fields in r.xrange(keys.SkuKeys(ev, sku).orders):
+            kind, _, found = orders.stream_orders(fields)
+            ms, seq = (int(x) for x in eid.split(b"-"))
+            if kind == "created":
+                entries.append((ms, i, seq, [(o, q) for o, _u, q, _p in found]))
+    entries.sort()
+    out = {}
+    for ms, i, seq, found in entries:
+        lo = sum(q for m2, i2, s2, f2 in entries for _, q in f2
+                 if m2 < ms or (i2 == i and (m2, s2) < (ms, seq)))
+        tied = sum(q for m2, i2, _s2, f2 in entries for _, q in f2 if m2 == ms and i2 != i)
+        for o, q in found:
+            out[o] = (lo, lo + tied, q)
+            lo += q
+    return out

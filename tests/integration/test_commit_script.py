@@ -15,7 +15,7 @@ from flashgate.core.outcomes import (
     SOLD_TIERS,
 )
 from tests.reference.purchase import reservation_args
-from tests.support import check_invariants, event_body, new_id
+from tests.support import check_invariants, crossing_bounds, event_body, new_id
 
 
 def configure(r, ev, body):
@@ -545,31 +545,6 @@ def test_a_milestone_defined_below_the_units_held_is_reached_when_defined(r):
     check_invariants(r, None, ev, body, [
         {"order_id": f"{ev}.s0.a", "sku": "s0", "user_id": "a", "qty": 4},
         {"order_id": f"{ev}.s0.b", "sku": "s0", "user_id": "b", "qty": 2}])
-
-
-def crossing_bounds(r, ev, sku_ids):
-    """Every created order of the event in commit order, as far as the streams tell it:
-    ``{order id: (lo, hi, qty)}`` where the event's units before the order lie in
-    [lo, hi]. Entries of one SKU are in order; entries of different SKUs are ordered
-    by their stream ids' time, and those of the same millisecond may be in either
-    order (hi - lo counts them)."""
-    entries = []  # (ms, sku index, seq, [(order id, qty)])
-    for i, sku in enumerate(sku_ids):
-        for eid, fields in r.xrange(keys.SkuKeys(ev, sku).orders):
-            kind, _, found = orders.stream_orders(fields)
-            ms, seq = (int(x) for x in eid.split(b"-"))
-            if kind == "created":
-                entries.append((ms, i, seq, [(o, q) for o, _u, q, _p in found]))
-    entries.sort()
-    out = {}
-    for ms, i, seq, found in entries:
-        lo = sum(q for m2, i2, s2, f2 in entries for _, q in f2
-                 if m2 < ms or (i2 == i and (m2, s2) < (ms, seq)))
-        tied = sum(q for m2, i2, _s2, f2 in entries for _, q in f2 if m2 == ms and i2 != i)
-        for o, q in found:
-            out[o] = (lo, lo + tied, q)
-            lo += q
-    return out
 
 
 @pytest.mark.parametrize("n_skus", [1, 3])

@@ -98,3 +98,44 @@ def test_a_bad_milestone_is_refused_and_changes_nothing(gw, r, bad):
     status, data, _ = gw.admin("PUT", f"/api/v1/admin/events/{ev}", body)
     assert (status, data["error"]) == (400, "bad_request")
     assert not r.exists(keys.event(ev), keys.SkuKeys(ev, "s0").meta, keys.event_units(ev))
+
+
+def test_milestones_in_a_rush_over_several_workers(gw, r):
+    """Buyers on many connections over both workers, qty 1-3, two SKUs (one with a
+    ladder): every threshold the event's units reached is recorded once, by an order
+    whose units crossed it as the streams order the sales; the orders' amounts add
+    up to the revenue (check_invariants)."""
+    import asyncio
+    import random
+
+    from tests.support import crossing_bounds, http_session
+
+    ev = new_id("msrush")
+    thresholds = list(range(4, 130, 7))
+    body = event_body(stock=(60, 60), limits=(3, 3),
+                      milestones=[{"sold": t, "reward": f"r{t}"} for t in thresholds])
+    body["skus"][0]["tiers"] = [{"units": 5, "price": 10}, {"units": 5, "price": 20}]
+    gw.put_event(ev, body)
+    rng = random.Random(7)
+    sessions = [[gw.buy_request(ev, f"s{rng.randrange(2)}", f"c{c}u{n}", rng.randint(1, 3))
+                 for n in range(6)] for c in range(24)]
+    results: list = []
+
+    async def rush():
+        await asyncio.gather(*(http_session(gw.port, reqs, results) for reqs in sessions))
+
+    asyncio.run(rush())
+    acked = [data for _tag, status, data in results if status == 200]
+    assert all(status in (200, 409) for _tag, status, _ in results), results
+    assert len(acked) > 20
+    total = int(r.get(keys.event_units(ev)))
+    assert total == sum(o["qty"] for o in acked)
+    got = store.parse_milestones(r.hgetall(keys.milestones(ev)))
+    assert sorted(got) == [t for t in thresholds if t <= total]
+    bounds = crossing_bounds(r, ev, ["s0", "s1"])
+    by_id = {o["order_id"]: o for o in acked}
+    for t, (ms, oid) in got.items():
+        lo, hi, q = bounds[oid]
+        assert lo < t <= hi + q, f"{oid} ({lo}..{hi} before it, qty {q}) did not cross {t}"
+        assert ms == by_id[oid]["created_ms"]
+    check_invariants(r, gw, ev, body, acked)
