@@ -23,6 +23,7 @@ Redis Cluster slot; the event-wide keys carry the event's own tag or none.
     fg:{<event>}:idem:<user>:<key> the request fingerprint that first used the key, 24 h
     fg:{<event>}:units             units held by live orders over all the event's SKUs
     fg:{<event>}:milestones        hash threshold -> "<reached_ms>|<order id>" once reached
+                                   (no order id: reached when it was defined)
     fg:{<event>}:registered        hash user -> when they registered (ms)
     fg:event:<event>               the definition (JSON; its "paused" is not read back)
     fg:paused:<event>              "1" while the operator has paused the event

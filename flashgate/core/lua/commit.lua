@@ -224,7 +224,8 @@ for i = 0, n - 1 do
     refuse(SOLD_OUT)
   else
     local up, up_s, edge = unit_price(sold)
-    local amount, bd = up * qty, nil
+    -- an order past its first unit's tier (rare) is priced unit by unit
+    local amount, bd
     if edge and sold + qty > edge then amount, bd = straddle(sold, qty) end
     if not bd then amount = up * qty end
     sold = sold + qty
