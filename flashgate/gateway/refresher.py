@@ -152,8 +152,8 @@ class Refresher:
         if isinstance(now, list) and t1 - t0 < 100_000_000:
             # a sample that took long says nothing of the clocks: skip it
             self._clock(int(now[0]) * 1000 + int(now[1]) // 1000 - (t0 + t1) // 2_000_000)
-        await self.read_counts(self.runtimes.all_skus())
-        await self.read_milestones()
+        # (both sent before either reply is awaited: one round trip)
+        await asyncio.gather(self.read_counts(self.runtimes.all_skus()), self.read_milestones())
         if not isinstance(version, Exception) and int(version or 0) != self.version:
             try:
                 await self.reload()

@@ -603,3 +603,40 @@ def test_milestones_under_concurrent_commits_are_reached_once_by_the_right_order
                                                  oid))["created_ms"]
         assert ms == created, (t, ms, created)
     check_invariants(r, None, ev, body, acked)
+
+
+def test_serve_counts_the_units_of_events_sold_before_they_were_counted(r):
+    """An event whose SKUs sold before the commit script counted the event's units gets
+    them (the sum of its SKUs' sold) when serve starts, and its passed milestones are
+    recorded; an event that has its count keeps it."""
+    import asyncio
+
+    from flashgate.core.redisconn import RedisConnection
+
+    ev = new_id("old")
+    body = event_body(stock=(10, 10), limits=(5, 5),
+                      milestones=[{"sold": 3, "reward": "x"}, {"sold": 9, "reward": "y"}])
+    url = f"redis://127.0.0.1:{r.connection_pool.connection_kwargs['port']}/0"
+
+    async def run(coro_fn):
+        conn = RedisConnection(url)
+        await conn.connect()
+        try:
+            return await coro_fn(conn)
+        finally:
+            conn.close()
+
+    asyncio.run(run(lambda conn: store.save_event(conn, parse_event(ev, body))))
+    acked = []
+    for i, qty in ((0, 2), (1, 3)):
+        oid = f"{ev}.s{i}.a"
+        raw_commit(r, keys.SkuKeys(ev, f"s{i}"), [(oid, "a", qty, "", "")])
+        acked.append({"order_id": oid, "sku": f"s{i}", "user_id": "a", "qty": qty})
+    assert reached(r, ev)[3][1] == f"{ev}.s1.a"
+    # as an earlier version left it: no count, no milestones
+    r.delete(keys.event_units(ev), keys.milestones(ev))
+    assert asyncio.run(run(store.count_event_units)) >= 1
+    assert r.get(keys.event_units(ev)) == b"5" and list(reached(r, ev)) == [3]
+    assert reached(r, ev)[3][1] == ""  # reached before it was counted: by no order
+    assert asyncio.run(run(store.count_event_units)) == 0  # once
+    check_invariants(r, None, ev, body, acked)
