@@ -564,12 +564,15 @@ async def http_session(port: int, requests, results: list, *, timeout=30.0):
 
 
 def check_invariants(r: redis.Redis, gw: Gateway | None, event_id: str, event: dict,
-                     acked: list[dict], *, exact: bool = True) -> dict:
+                     acked: list[dict], *, exact: bool = True, revenue: bool = True) -> dict:
     """The promises, checked against Redis (and the API when ``gw`` is given):
     sold <= stock; sum(buyers) == sold == created orders in the stream == orders_n;
-    nobody over the limit; every acknowledged order present; no duplicate order ids.
+    the event's units == sum of its SKUs' sold; revenue == sum of the live orders'
+    amounts; nobody over the limit; every acknowledged order present; no duplicate
+    order ids.
     ``exact``: every order in Redis was acknowledged (no client saw an indeterminate
-    answer, and no order came another way). Returns per-SKU figures."""
+    answer, and no order came another way). ``revenue``: check it (False only for a
+    test that breaks the revenue key on purpose). Returns per-SKU figures."""
     figures = {}
     acked_ids = [o["order_id"] for o in acked]
     assert len(acked_ids) == len(set(acked_ids)), "an order id was acknowledged twice"
@@ -612,6 +615,21 @@ def check_invariants(r: redis.Redis, gw: Gateway | None, event_id: str, event: d
         all_stream_ids.update(ids)
         figures[sku["id"]] = {"stock": stock, "sold": sold, "orders": len(ids),
                               "buyers": len(buyers)}
+    # the event's units (milestones count them) are the units its SKUs hold; each
+    # SKU's revenue is the exact sum of its live orders' amounts (across price tiers)
+    units = r.get(keys.event_units(event_id))
+    if units is not None:
+        total = sum(f["sold"] for f in figures.values())
+        assert int(units) == total, f"event units {int(units)} != sold over its SKUs {total}"
+    for sku in event["skus"] if revenue else ():
+        k = keys.SkuKeys(event_id, sku["id"])
+        amounts = 0
+        for o, raw in r.hscan_iter(k.order_by_id):
+            got = orders.from_record(o.decode(), raw)
+            if got["status"] in ("reserved", "paid") or got.get("kept"):
+                amounts += got["amount"]
+        assert int(r.get(k.revenue) or 0) == amounts, (
+            f"{sku['id']}: revenue {int(r.get(k.revenue) or 0)} != amounts of live orders {amounts}")
     missing = [o for o in acked_ids if o not in all_stream_ids]
     assert not missing, f"acknowledged orders missing from Redis: {missing[:5]}"
     for o in acked:
@@ -628,3 +646,28 @@ def check_invariants(r: redis.Redis, gw: Gateway | None, event_id: str, event: d
         assert len(ex_ids) == len(set(ex_ids)), "duplicate order ids in the export"
         assert set(ex_ids) == all_stream_ids, "export != orders in the streams"
     return figures
+
+
+def crossing_bounds(r, ev, sku_ids):
+    """Every created order of the event in commit order, as far as the streams tell it:
+    ``{order id: (lo, hi, qty)}`` where the event's units before the order lie in
+    [lo, hi]. Entries of one SKU are in order; entries of different SKUs are ordered
+    by their stream ids' time, and those of the same millisecond may be in either
+    order (hi - lo counts them). For sales without returns (``created`` entries only)."""
+    entries = []  # (ms, sku index, seq, [(order id, qty)])
+    for i, sku in enumerate(sku_ids):
+        for eid, fields in r.xrange(keys.SkuKeys(ev, sku).orders):
+            kind, _, found = orders.stream_orders(fields)
+            ms, seq = (int(x) for x in eid.split(b"-"))
+            if kind == "created":
+                entries.append((ms, i, seq, [(o, q) for o, _u, q, _p in found]))
+    entries.sort()
+    out = {}
+    for ms, i, seq, found in entries:
+        lo = sum(q for m2, i2, s2, f2 in entries for _, q in f2
+                 if m2 < ms or (i2 == i and (m2, s2) < (ms, seq)))
+        tied = sum(q for m2, i2, _s2, f2 in entries for _, q in f2 if m2 == ms and i2 != i)
+        for o, q in found:
+            out[o] = (lo, lo + tied, q)
+            lo += q
+    return out

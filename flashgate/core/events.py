@@ -55,6 +55,11 @@ class Event:
     milestones: list[tuple[int, str]] = field(default_factory=list)
     paused: bool = False
 
+    def milestones_arg(self) -> str:
+        """The milestones' thresholds as the commit script reads them: "150,300"
+        (ascending, each once)."""
+        return ",".join(str(n) for n in sorted({n for n, _ in self.milestones}))
+
     def sku(self, sku_id: str) -> Sku | None:
         for s in self.skus:
             if s.id == sku_id:

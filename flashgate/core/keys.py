@@ -3,7 +3,8 @@
 A SKU's keys share one hash tag, ``{<event>:<sku>}``, so every script runs on one
 Redis Cluster slot; the event-wide keys carry the event's own tag or none.
 
-    fg:{<event>:<sku>}:meta        hash: window, pause flag, limit, prices, ids
+    fg:{<event>:<sku>}:meta        hash: window, pause flag, limit, prices, ids,
+                                   the event's milestone thresholds (ms)
     fg:{<event>:<sku>}:stock       units in total (configured, plus units added)
     fg:{<event>:<sku>}:sold        units held by live orders
     fg:{<event>:<sku>}:buyers      hash user -> units held
@@ -22,6 +23,7 @@ Redis Cluster slot; the event-wide keys carry the event's own tag or none.
     fg:{<event>}:idem:<user>:<key> the request fingerprint that first used the key, 24 h
     fg:{<event>}:units             units held by live orders over all the event's SKUs
     fg:{<event>}:milestones        hash threshold -> "<reached_ms>|<order id>" once reached
+                                   (no order id: reached when it was defined)
     fg:{<event>}:registered        hash user -> when they registered (ms)
     fg:event:<event>               the definition (JSON; its "paused" is not read back)
     fg:paused:<event>              "1" while the operator has paused the event
@@ -41,10 +43,11 @@ VERSION = "fg:events:version"
 LAYOUT = "fg:layout"
 
 IDEM_TTL_S = 86400  # how long an Idempotency-Key is kept (API.md: 24 h)
-# The commit script's fixed KEYS, in order (lua/commit.lua); each reservation with an
-# Idempotency-Key adds its key after them.
+# The commit script's fixed KEYS, in order (lua/commit.lua): names of SkuKeys' fields;
+# each reservation with an Idempotency-Key adds its key after them. The last two are
+# the event's (another hash slot than the SKU's: docs/DESIGN.md, "Milestones").
 COMMIT_KEYS = ("meta", "stock", "sold", "buyers", "orders", "orders_n", "order_by_id", "reg",
-               "revenue", "sold_out_ms")
+               "revenue", "sold_out_ms", "event_units", "milestones")
 
 
 def sku_prefix(event_id: str, sku_id: str) -> str:
@@ -57,7 +60,7 @@ class SkuKeys:
 
     __slots__ = ("prefix", "meta", "stock", "sold", "buyers", "orders", "orders_n",
                  "order_by_id", "reg", "revenue", "sold_out_ms", "added", "returned",
-                 "units_paid", "revenue_paid")
+                 "units_paid", "revenue_paid", "event_units", "milestones")
 
     def __init__(self, event_id: str, sku_id: str):
         p = self.prefix = sku_prefix(event_id, sku_id)
@@ -75,6 +78,9 @@ class SkuKeys:
         self.returned = p + "returned"
         self.units_paid = p + "units_paid"
         self.revenue_paid = p + "revenue_paid"
+        # the event's keys the commit script writes too (not of this SKU's hash tag)
+        self.event_units = event_units(event_id)
+        self.milestones = milestones(event_id)
 
     def idem(self, user: str, key: str) -> str:
         """The order an Idempotency-Key made on this SKU."""

@@ -5,7 +5,11 @@ order id -> ``<status>|<user_id>|<qty>|<unit_price>|<created_ms>|<pay_by_ms>``, 
 any field a later state adds as ``|<name>=<value>``. No part holds a ``|``: user ids
 are ``[A-Za-z0-9_-]``, the rest are numbers and status names. The commit script
 writes the first six; the id names the event and the SKU, and amount is
-unit_price * qty, so neither is stored.
+unit_price * qty, so neither is stored. An order whose units straddle price tiers
+carries ``|bd=<qty>x<price>,<qty>x<price>...`` (each run of units at its tier's price,
+in the order they were sold): its API object has ``price_breakdown``
+(``[{"qty", "unit_price"}]``), ``amount`` is the exact sum, and ``unit_price`` is the
+first unit's price.
 
 The SKU's ``orders`` stream tells what happened to orders, in order: each entry is
 ``type`` (``created``, later ``paid``, ``cancelled``, ``expired``), ``ts`` (Redis TIME,
@@ -42,6 +46,12 @@ def from_record(order_id: str, raw: bytes | None) -> dict | None:
     d: dict = dict(zip(RECORD_FIELDS, parts, strict=False))
     for extra in parts[len(RECORD_FIELDS):]:
         name, _, value = extra.partition("=")
+        if name == "bd":
+            breakdown = parse_breakdown(value)
+            if breakdown is None:
+                return None
+            d["price_breakdown"] = breakdown
+            continue
         d[name] = int(value) if value.isdigit() else value
     try:
         for f in _INT_FIELDS:
@@ -49,6 +59,23 @@ def from_record(order_id: str, raw: bytes | None) -> dict | None:
     except ValueError:
         return None
     return api_order(order_id, d)
+
+
+def parse_breakdown(text: str) -> list[dict] | None:
+    """``[{"qty", "unit_price"}, ...]`` of a record's ``bd`` (``1x100,1x990``), or None
+    if it is not one."""
+    out = []
+    for part in text.split(","):
+        qty, x, price = part.partition("x")
+        if not x or not qty.isdigit() or not price.isdigit():
+            return None
+        out.append({"qty": int(qty), "unit_price": int(price)})
+    return out
+
+
+def breakdown_arg(breakdown: list[dict]) -> str:
+    """A record's ``bd`` of a ``price_breakdown``."""
+    return ",".join(f"{p['qty']}x{p['unit_price']}" for p in breakdown)
 
 
 def record_of_hash(flat) -> str | None:
@@ -68,13 +95,17 @@ def record_of_hash(flat) -> str | None:
 
 def api_order(order_id: str, d: dict) -> dict:
     """The API's order object from the stored fields ``d`` (emptied): the id names the
-    event and the SKU, amount is unit_price * qty, the rest is as stored."""
+    event and the SKU, amount is unit_price * qty (or the sum of the price breakdown of
+    an order that straddles tiers), the rest is as stored."""
     where = split_order_id(order_id)
     qty, unit_price = d.pop("qty", 0), d.pop("unit_price", 0)
+    breakdown = d.get("price_breakdown")
+    amount = (sum(p["qty"] * p["unit_price"] for p in breakdown) if breakdown
+              else unit_price * qty)
     order = {"order_id": order_id, "event_id": where[0] if where else "",
              "sku": where[1] if where else "", "user_id": d.pop("user_id", ""),
-             "qty": qty, "unit_price": unit_price, "amount": unit_price * qty}
-    order.update(d)  # status, created_ms, pay_by_ms (and whatever later states add)
+             "qty": qty, "unit_price": unit_price, "amount": amount}
+    order.update(d)  # status, created_ms, pay_by_ms (and price_breakdown, later states' fields)
     return order
 
 

@@ -21,4 +21,5 @@ cdef enum:
     O_UNAVAILABLE = 14
     O_BAD_REQUEST = 15
     O_UNAUTHENTICATED = 16
-    N_OUTCOMES = 17
+    O_SOLD_TIERS = 17           # script: a new order whose units straddle price tiers
+    N_OUTCOMES = 18

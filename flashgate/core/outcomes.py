@@ -12,7 +12,9 @@ A code is produced by one or more layers:
 * gateway: decided by the request path before the ledger (identity, limits, body).
 
 ``O_WAIT`` and ``O_PROBE`` are the ledger's instructions to the request path, never
-an answer; ``O_EXISTS`` and ``O_REPLAY`` are answered with the order they name.
+an answer; ``O_EXISTS`` and ``O_REPLAY`` are answered with the order they name;
+``O_SOLD_TIERS`` is a sale like ``O_SOLD`` whose units straddle price tiers (its reply
+carries the breakdown).
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ OUTCOMES: tuple[Outcome, ...] = (
             "gateway"),
     Outcome(15, "bad_request", 400, "the request is malformed", "gateway"),
     Outcome(16, "unauthenticated", 401, "missing or invalid identity", "gateway"),
+    Outcome(17, "sold_tiers", 0, "a new order whose units straddle price tiers", "script"),
 )
 
 BY_NAME: dict[str, Outcome] = {o.name: o for o in OUTCOMES}
@@ -71,6 +74,7 @@ RATE_LIMITED = 13
 UNAVAILABLE = 14
 BAD_REQUEST = 15
 UNAUTHENTICATED = 16
+SOLD_TIERS = 17
 
 # The refusals a request can be counted under (every outcome with an answer of its
 # own, but the sale): the ``rejections`` of the stats.

@@ -89,6 +89,7 @@ async def save_event(conn: RedisConnection, event: Event) -> bool:
             "price", s.price, "tiers", s.tiers_arg(),
             "pay_ms", event.payment_timeout_s * 1000,
             "reg", int(event.registration_required),
+            "ms", event.milestones_arg(),
         ]
         status, sold_now = await scripts.CONFIGURE_SKU.run(
             conn, keys.SkuKeys(event.id, s.id).configure(), [s.stock, int(event.paused), *meta]
@@ -97,12 +98,90 @@ async def save_event(conn: RedisConnection, event: Event) -> bool:
             raise EventError(
                 "conflict", f"sku {s.id!r}: stock {s.stock} is below the {sold_now} units sold"
             )
+    await record_passed_milestones(conn, event)
     await conn.pipeline([
         ["SET", keys.event(event.id), orjson.dumps(event.to_dict())],
         ["SADD", keys.EVENTS, event.id],
         ["INCR", keys.VERSION],
     ])
     return old is None
+
+
+async def record_passed_milestones(conn: RedisConnection, event: Event) -> None:
+    """A milestone defined when the event's units are already at or past it is reached
+    now, by no order (``"<ms>|"``): the commit script records only the thresholds a
+    batch crosses. Run after the SKUs' meta has the thresholds, so a sale that crosses
+    one meanwhile records it itself (HSETNX: the first record stays)."""
+    if not event.milestones:
+        return
+    units, now = await conn.pipeline([["GET", keys.event_units(event.id)], ["TIME"]])
+    units = int(units or 0)
+    passed = sorted({n for n, _ in event.milestones if n <= units})
+    if passed:
+        ms = int(now[0]) * 1000 + int(now[1]) // 1000
+        for r in await conn.pipeline([["HSETNX", keys.milestones(event.id), n, f"{ms}|"]
+                                      for n in passed]):
+            if isinstance(r, Exception):
+                raise r
+
+
+async def count_event_units(conn: RedisConnection) -> int:
+    """Give every event that has none its units (the sum of its SKUs' sold), for events
+    sold before the commit script counted them; returns how many were set. (The commit
+    script adds to the count from then on; run when ``serve`` starts.)"""
+    _, events = await load_events(conn)
+    n = 0
+    for event in events:
+        if await conn.execute("EXISTS", keys.event_units(event.id)):
+            continue
+        units = sum((await read_sold(conn, event)).values())
+        n += await conn.execute("SET", keys.event_units(event.id), units, "NX") is not None
+        await record_passed_milestones(conn, event)
+    return n
+
+
+def parse_milestones(flat) -> dict[int, tuple[int, str]]:
+    """threshold -> ``(reached_ms, order id)`` of an HGETALL of ``keys.milestones`` (a
+    flat list or a dict; bytes or str); fields that do not read are left out."""
+    if isinstance(flat, dict):
+        flat = [x for kv in flat.items() for x in kv]
+    it = iter(x.decode() if isinstance(x, bytes) else x for x in flat or ())
+    out = {}
+    for name, value in zip(it, it, strict=True):
+        ms, _, oid = value.partition("|")
+        if name.isdigit() and ms.isdigit():
+            out[int(name)] = (int(ms), oid)
+    return out
+
+
+def milestones_view(event: Event, reached: dict[int, tuple[int, str]]) -> list[dict]:
+    """The event's milestones as the API shows them (event view, stats):
+    ``{"sold", "reward", "reached", "reached_ms"}``."""
+    out = []
+    for n, reward in event.milestones:
+        got = reached.get(n)
+        out.append({"sold": n, "reward": reward, "reached": got is not None,
+                    "reached_ms": got[0] if got else None})
+    return out
+
+
+# an order whose buyer earns the reached milestones' rewards (docs/API.md)
+EARNING = ("reserved", "paid")
+
+
+def add_rewards(found: list[dict], event: Event, reached: dict[int, tuple[int, str]]) -> None:
+    """Give each order of ``found`` (every order of the event) ``"rewards"``: the rewards
+    of the reached milestones its buyer earned. A buyer earns every reached milestone's
+    reward while they hold a live (reserved or paid) order of the event; each line of
+    theirs lists them (a shop gives each reward once per buyer)."""
+    rewards = [reward for n, reward in event.milestones if n in reached]
+    earners = {o["user_id"] for o in found if o.get("status") in EARNING} if rewards else ()
+    for o in found:
+        o["rewards"] = rewards if o["user_id"] in earners else []
+
+
+async def read_milestones(conn: RedisConnection, event: Event) -> dict[int, tuple[int, str]]:
+    return parse_milestones(await conn.execute("HGETALL", keys.milestones(event.id)))
 
 
 async def set_paused(conn: RedisConnection, event: Event, paused: bool) -> None:

@@ -23,7 +23,7 @@ cdef class EventCore:
     cdef long long latency[N_LATENCY]    # committed buys by latency bucket, since the last take
 
     cdef void count(self, int code) noexcept
-    cdef void sold(self, long long qty, long long price, long long elapsed_us) noexcept
+    cdef void sold(self, long long qty, long long amount, long long elapsed_us) noexcept
 
 
 cdef class SkuCore:

@@ -136,11 +136,11 @@ cdef class EventCore:
     cdef void count(self, int code) noexcept:
         self.answered[code] += 1
 
-    cdef void sold(self, long long qty, long long price, long long elapsed_us) noexcept:
+    cdef void sold(self, long long qty, long long amount, long long elapsed_us) noexcept:
         cdef int k = 0
         self.orders += 1
         self.units += qty
-        self.revenue += price * qty
+        self.revenue += amount
         while k < N_LATENCY - 1 and _LAT[k] < elapsed_us:
             k += 1
         self.latency[k] += 1

@@ -20,6 +20,11 @@ def sale_answer(srt: SkuCore, oid: bytes, user: str, qty: int, price: int, creat
                 pay_by: Any) -> bytes:
     """The 200 answer of one order, as a commit reply answers it."""
 
+def tiered_order(oid: bytes | str, user: str, qty: int, price: int, created: int,
+                 pay_by: int, bd: bytes | str) -> dict | None:
+    """The API order of a new order whose units straddle price tiers (``bd``: its
+    record's breakdown, ``1x100,1x990``), or None if ``bd`` is not one."""
+
 def reply_offsets(reply: Any, n: int) -> list[int] | None:
     """Where each of ``n`` reservations' part starts in a commit reply, or None."""
 

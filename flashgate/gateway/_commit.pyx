@@ -14,11 +14,15 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 from libc.string cimport memcpy
 
 from flashgate.core._stock cimport Ledger
-from flashgate.core.outcomes cimport O_EXISTS, O_REPLAY, O_SOLD, O_UNAVAILABLE
+from flashgate.core.outcomes cimport O_EXISTS, O_REPLAY, O_SOLD, O_SOLD_TIERS, O_UNAVAILABLE
 from flashgate.gateway._buy cimport EventCore, Purchase, SkuCore
 
+import orjson
+
+from flashgate.core import orders
 from flashgate.core.keys import COMMIT_KEYS
 from flashgate.gateway import answers
+from flashgate.gateway.protocol import build_response
 
 cdef extern from "Python.h":
     const char *PyUnicode_AsUTF8AndSize(object s, Py_ssize_t *size) except NULL
@@ -229,6 +233,26 @@ def sale_answer(SkuCore srt not None, bytes oid not None, str user not None, lon
     return _sale_template(srt, qty, price, created, pay_by).answer(oid, user)
 
 
+def tiered_order(oid, str user not None, qty, price, created, pay_by, bd):
+    """The API order of a new order whose units straddle price tiers (``bd``, its
+    record's breakdown: ``1x100,1x990``), made from its record as every reader makes
+    it (core/orders.py), or None if ``bd`` is not a breakdown. Rare (an order of more
+    than one unit across a tier's edge): built in Python, not from a template."""
+    if type(oid) is bytes:
+        oid = (<bytes>oid).decode()
+    if type(bd) is bytes:
+        bd = (<bytes>bd).decode()
+    rec = orders.record("reserved", user, qty, price, created, pay_by, bd=bd)
+    return orders.from_record(oid, rec.encode())
+
+
+cdef bytes _tiered_answer(oid, str user, qty, price, created, pay_by, bd):
+    order = tiered_order(oid, user, qty, price, created, pay_by, bd)
+    if order is None:
+        raise ValueError(f"a price breakdown that does not read: {bd!r}")
+    return build_response(200, orjson.dumps(order))
+
+
 cdef list _offsets(reply, Py_ssize_t n):
     if type(reply) is not list:
         return None
@@ -248,7 +272,9 @@ cdef list _offsets(reply, Py_ssize_t n):
         if code == O_SOLD:
             at += 2
         elif code == O_EXISTS or code == O_REPLAY:
-            at += 6
+            at += 7
+        elif code == O_SOLD_TIERS:
+            at += 4
         else:
             at += 1
     return offsets if at == size else None
@@ -257,17 +283,32 @@ cdef list _offsets(reply, Py_ssize_t n):
 def reply_offsets(reply, Py_ssize_t n):
     """Where each of ``n`` reservations' part starts in a commit reply, or None if the
     reply has not the shape lua/commit.lua gives: four figures, then per reservation
-    2 values (SOLD), 6 (EXISTS, REPLAY: an existing order) or 1 (a refusal)."""
+    2 values (SOLD), 4 (SOLD_TIERS), 7 (EXISTS, REPLAY: an existing order) or 1 (a
+    refusal)."""
     return _offsets(reply, n)
 
 
 cdef bytes _existing(SkuCore srt, Purchase p, list r, Py_ssize_t at):
-    # the answer of an order that exists (EXISTS, REPLAY): reply[at + 1:at + 6] is
-    # order id, unit price, qty, created, pay by
+    # the answer of an order that exists (EXISTS, REPLAY): reply[at + 1:at + 7] is
+    # order id, unit price, qty, created, pay by, price breakdown ("": one price)
     oid, price, qty, created, pay_by = r[at + 1], r[at + 2], r[at + 3], r[at + 4], r[at + 5]
     if type(oid) is not bytes:
         raise TypeError(f"an order id of type {type(oid).__name__}")
+    bd = r[at + 6]
+    if bd:
+        return _tiered_answer(oid, p.user, qty, price, created, pay_by, bd)
     return _sale_template(srt, qty, price, created, pay_by).answer(oid, p.user)
+
+
+cdef long long _existing_amount(list r, Py_ssize_t at) except? -1:
+    # the amount of an order that exists (EXISTS), from its reply part
+    bd = r[at + 6]
+    if not bd:
+        return <long long>r[at + 2] * <long long>r[at + 3]
+    parts = orders.parse_breakdown(bd.decode() if type(bd) is bytes else bd)
+    if parts is None:
+        raise ValueError(f"a price breakdown that does not read: {bd!r}")
+    return sum(x["qty"] * x["unit_price"] for x in parts)
 
 
 def answer_commit(Ledger ledger not None, SkuCore srt not None, list items not None, reply,
@@ -301,11 +342,16 @@ def answer_commit(Ledger ledger not None, SkuCore srt not None, list items not N
                     t = _sale_template(srt, qty, price, created, pay_by)
                     t_qty, t_price = qty, price
                 answer = t.answer(p.order_id, p.user)
-                ert.sold(qty, price, now_us - p.t0)
+                ert.sold(qty, price * qty, now_us - p.t0)
+            elif code == O_SOLD_TIERS:  # a new order across price tiers (rare: slower)
+                ledger.settle(idx, p.user, p.held, p.qty)
+                answer = _tiered_answer(p.order_id, p.user, p.qty, r[at + 1], created, pay_by,
+                                        r[at + 3])
+                ert.sold(p.qty, r[at + 2], now_us - p.t0)
             elif code == O_EXISTS:  # its id came earlier in the batch (never from a worker)
                 ledger.settle(idx, p.user, p.held, p.qty)
                 answer = _existing(srt, p, r, at)
-                ert.sold(r[at + 3], r[at + 2], now_us - p.t0)
+                ert.sold(r[at + 3], _existing_amount(r, at), now_us - p.t0)
             elif code == O_REPLAY:  # the key's order (counted when it was made)
                 ledger.settle(idx, p.user, p.held, 0)
                 answer = _existing(srt, p, r, at)

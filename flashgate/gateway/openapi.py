@@ -248,7 +248,10 @@ def _schemas() -> dict:
             description="An event definition as stored, defaults filled in."),
         "SkuView": _obj(sku | {"left": _int(0, None, "units left; lags by at most 1 s"),
                                "sold": _int(0)}),
-        "MilestoneView": _obj(milestone["properties"] | {"reached": {"type": "boolean"}}),
+        "MilestoneView": _obj(milestone["properties"] | {
+            "reached": {"type": "boolean", "description": "once reached, stays reached"},
+            "reached_ms": _ms("when the event's units first reached `sold`; null until "
+                              "then", nullable=True)}),
         "EventView": _obj(
             {"id": _id("event id"), "name": _str(),
              "state": _str("where the sale stands now", enum=EVENT_STATES),
@@ -265,11 +268,20 @@ def _schemas() -> dict:
              | {"default": 1}}),
         "Order": _obj({
             "order_id": _str(minLength=1), "event_id": _str(), "sku": _str(),
-            "user_id": _str(), "qty": _int(1), "unit_price": _int(0),
-            "amount": _int(0, None, "unit_price * qty"),
+            "user_id": _str(), "qty": _int(1),
+            "unit_price": _int(0, None, "the price of its first unit"),
+            "amount": _int(0, None, "unit_price * qty; for an order across price tiers, "
+                                    "the sum of its price_breakdown"),
             "status": _str(enum=ORDER_STATUSES),
             "created_ms": _ms(), "pay_by_ms": _ms("unpaid after this, the order expires"),
-        }),
+        }, {"price_breakdown": _array(_ref("PricePart"), minItems=2, description=(
+            "only on an order whose units straddle price tiers: each run of units at "
+            "its tier's price, in the order they were sold"))}),
+        "PricePart": _obj({"qty": _int(1), "unit_price": _int(0)}),
+        "ExportedOrder": {"allOf": [_ref("Order"), _obj({"rewards": _array(_str(), description=(
+            "the rewards of the reached milestones its buyer earned (a buyer holding a "
+            "reserved or paid order of the event earns every reached milestone's reward; "
+            "each line of theirs lists them)"))})]},
         "PauseState": _obj({"id": _id("event id"), "paused": {"type": "boolean"},
                             "state": _str(enum=EVENT_STATES)}),
         "StockAdd": _obj({"add": _int(1, MAX_STOCK, "units to add to the SKU's stock")}),
@@ -284,7 +296,7 @@ def _schemas() -> dict:
              "latency_ms": _obj({q: {"type": ["number", "null"]}
                                  for q in ("p50", "p99", "p999")}),
              "skus": _array(_ref("SkuStats"))},
-            {"event_id": _id("event id")},
+            {"event_id": _id("event id"), "milestones": _array(_ref("MilestoneView"))},
             "Totals across all workers and instances."),
         "SkuStats": _obj(
             {"id": _str(), "stock": _int(), "sold": _int()},
@@ -428,8 +440,9 @@ def _operations() -> dict:
         "exportOrders": _op("exportOrders", "Every order of an event, as JSON lines", "admin",
                             ADMIN,
                             {200: _content("application/x-ndjson",
-                                           "One Order (JSON object) per line.",
-                                           line_schema=_ref("Order"))},
+                                           "One order (JSON object) per line, with "
+                                           "its buyer's rewards.",
+                                           line_schema=_ref("ExportedOrder"))},
                             ADMIN_ERRORS),
         "exportRegistrations": _op(
             "exportRegistrations", "Every registration of an event, as JSON lines", "admin",

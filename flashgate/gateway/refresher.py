@@ -5,7 +5,10 @@ Redis ``TIME`` (this host's clock is checked against it: beyond
 ``--max-clock-skew-ms`` the worker refuses to sell), the definitions' version
 (``fg:events:version``, bumped by every change of any definition: a new version
 reloads them all), and every SKU's stock and sold (so the sold-out flag and the
-public ``left`` follow what other workers and instances sell).
+public ``left`` follow what other workers and instances sell); then the reached
+milestones of each event that has some not yet reached (one HGETALL of a small hash
+per such event; none once all are reached: a milestone stays reached), for the event
+view served from memory.
 
 Replies are applied by callbacks, in wire order with the commit replies on the same
 connection: a refresh never overwrites what a later commit reported.
@@ -108,6 +111,21 @@ class Refresher:
                             [applier(s) for s in skus])
         return done
 
+    async def read_milestones(self) -> None:
+        """Read the reached milestones of every event that has one not reached yet."""
+        erts = [ert for ert in self.runtimes.events.values()
+                if any(n not in ert.reached for n, _ in ert.event.milestones)]
+        if not erts:
+            return
+        try:
+            replies = await self.conn.pipeline([["HGETALL", keys.milestones(ert.event.id)]
+                                                for ert in erts])
+        except (RedisUnavailable, RedisError):
+            return
+        for ert, reply in zip(erts, replies, strict=True):
+            if isinstance(reply, list):
+                ert.reached = store.parse_milestones(reply)
+
     def observe(self, srt: SkuRuntime, stock: int, sold: int) -> None:
         old_stock, old_sold, _, _ = self.ledger.state(srt.idx)
         self.ledger.observe(srt.idx, sold, stock)  # (units that came back: see observe)
@@ -134,7 +152,8 @@ class Refresher:
         if isinstance(now, list) and t1 - t0 < 100_000_000:
             # a sample that took long says nothing of the clocks: skip it
             self._clock(int(now[0]) * 1000 + int(now[1]) // 1000 - (t0 + t1) // 2_000_000)
-        await self.read_counts(self.runtimes.all_skus())
+        # (both sent before either reply is awaited: one round trip)
+        await asyncio.gather(self.read_counts(self.runtimes.all_skus()), self.read_milestones())
         if not isinstance(version, Exception) and int(version or 0) != self.version:
             try:
                 await self.reload()

@@ -43,11 +43,14 @@ class SkuRuntime(SkuCore):
 
 
 class EventRuntime(EventCore):
-    __slots__ = ("skus",)
+    __slots__ = ("skus", "reached")
 
     def __init__(self, event: Event):
         self.event = event
         self.skus: list[SkuRuntime] = []
+        # its reached milestones, as the refresher last read them: threshold ->
+        # (reached_ms, order id) (store.parse_milestones)
+        self.reached: dict[int, tuple[int, str]] = {}
 
 
 class Runtimes:

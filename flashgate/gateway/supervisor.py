@@ -85,6 +85,8 @@ async def prepare(cfg: Config) -> list[tuple[str, str]]:
         moved = await store.migrate_layout(conn)
         if moved:
             log.info("moved %d orders of the earlier layout into their SKUs' hashes", moved)
+        if await store.count_event_units(conn):  # events sold before units were counted
+            log.info("counted the units of events sold by an earlier version")
         with contextlib.suppress(RedisError):  # INFO may be disabled on a managed Redis
             policy = store.evicting_policy(await conn.execute("INFO", "memory"))
             if policy:

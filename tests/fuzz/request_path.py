@@ -27,7 +27,7 @@ input started is over, and raises ``PathFailure`` when one of these does not hol
    body or head contains a traceback, a source file location or the package's
    directory; a 200 answer matches its request (a buy's order names the path's
    event, the sku and qty of the body and the ``X-User-Id`` user, and amount is
-   unit_price * qty; an event view or order or definition names the id of its
+   unit_price * qty, or the sum of its price_breakdown; an event view or order or definition names the id of its
    path); two 200 answers for the same Idempotency-Key (event, user, key) carry
    the same order;
 6. no hang: the owed answers are all written within ``timeout`` seconds (reading
@@ -730,7 +730,11 @@ class RequestPath:
         want = {"event_id": event_id, "sku": sku, "user_id": uid, "qty": qty,
                 "status": "reserved"}
         got = {k: doc.get(k) for k in want}
-        if got != want or doc.get("amount") != doc.get("unit_price", 0) * qty:
+        parts = doc.get("price_breakdown")  # an order across price tiers: the exact sum
+        amount = (sum(p["qty"] * p["unit_price"] for p in parts) if parts
+                  else doc.get("unit_price", 0) * qty)
+        if got != want or doc.get("amount") != amount or (
+                parts and sum(p["qty"] for p in parts) != qty):
             raise PathFailure(f"order {doc} does not match the buy {want}")
         oid = doc["order_id"]
         self.acked[oid] = doc

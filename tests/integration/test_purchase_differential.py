@@ -519,10 +519,18 @@ class SideBySide:
             if k.endswith(":order_by_id"):
                 records = {}
                 for o, rec in value.items():
-                    status, user, qty, price, created, pay_by = rec.decode().split("|")
+                    status, user, qty, price, created, pay_by, *later = rec.decode().split("|")
                     assert (int(created), int(pay_by)) == self.times[o.decode()], (k, o, rec)
-                    records[oid(o)] = (status, user, qty, price)
+                    records[oid(o)] = (status, user, qty, price, *later)
                 value = records
+            elif k.endswith("}:milestones"):
+                # threshold -> "<reached_ms>|<order id>": the batch's time, its order's
+                reached = {}
+                for t, v in value.items():
+                    ms, _, o = v.decode().partition("|")
+                    assert int(ms) == self.times[o][0], (k, t, v)
+                    reached[t] = oid(o.encode())
+                value = reached
             elif k.endswith("}:orders"):
                 # the orders of every entry, in order (how they are grouped in entries
                 # follows the batches, which may differ)
@@ -593,6 +601,11 @@ def _buy(sku="s0", qty=1, user="u1", key=None, event=MAIN):
     [("group", (_buy(key=b"k1"), _buy(key=b"k1"), _buy("s1", key=b"k1"))),
      ("one", _buy(key=b"k1")), ("one", _buy(qty=2, key=b"k1")), ("pause", True),
      ("one", _buy(key=b"k1")), ("one", _buy(key=b"k2"))]))
+@example(scenario=(  # orders across price tiers: alone, in a batch, replayed by their key
+    [(8, 3, 250, [(1, 50), (2, 90)]), (4, 3, 100, [(1, 5), (1, 5)])],
+    [("one", _buy(qty=2, user="u0", key=b"k1")), ("one", _buy(qty=2, user="u0", key=b"k1")),
+     ("group", (_buy(qty=2, user="u1"), _buy(qty=3, user="u2"), _buy("s1", 3, "u3"))),
+     ("view", MAIN)]))
 def test_differential(loop, redis_server, scenario):
     """Dev identity (X-User-Id), no rate limits."""
     run_scenario(loop, redis_server, scenario)

@@ -14,7 +14,8 @@ fast ones:
   differential test compares the C ledger too: its state after every step, not only
   the answers it leads to;
 * answers: dicts rendered with ``json``, not the C path's pre-encoded bytes and
-  templates;
+  templates; a new order's prices from the SKU's ladder, unit by unit (``ladder``),
+  not from the script's reply;
 * counters: a dict per event, by outcome name.
 
 What it shares with the product is what a second implementation could not change
@@ -152,13 +153,59 @@ BAD_QTY = error(400, "bad_request", "qty must be an integer >= 1")
 BAD_KEY = error(400, "bad_request", "Idempotency-Key must be 1-255 visible ASCII characters")
 
 
+def breakdown_of(raw) -> list[dict] | None:
+    """The ``price_breakdown`` of a commit reply's breakdown (``b"1x100,1x990"``; empty:
+    an order of one price, None)."""
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    if not text:
+        return None
+    out = []
+    for part in text.split(","):
+        qty, price = part.split("x")
+        out.append({"qty": int(qty), "unit_price": int(price)})
+    return out
+
+
+def ladder(definition: events.Sku, before: int, qty: int) -> tuple[int, list[dict] | None]:
+    """``(first unit's price, price_breakdown or None)`` of ``qty`` units sold after
+    ``before`` units, unit by unit: a unit goes at the price of the tier it falls in
+    (tiers cover the first units in turn), else at the SKU's price; runs of one price
+    are merged, and an order of one price has no breakdown."""
+    prices = []
+    for unit in range(before, before + qty):
+        edge, price = 0, definition.price
+        for units, tier_price in definition.tiers:
+            edge += units
+            if unit < edge:
+                price = tier_price
+                break
+        prices.append(price)
+    runs: list[list[int]] = []
+    for price in prices:
+        if runs and runs[-1][1] == price:
+            runs[-1][0] += 1
+        else:
+            runs.append([1, price])
+    if len(runs) == 1:
+        return prices[0], None
+    return prices[0], [{"qty": q, "unit_price": price} for q, price in runs]
+
+
 def order_answer(order_id: str, event_id: str, sku_id: str, user: str, qty: int,
-                 unit_price: int, created_ms: int, pay_by_ms: int) -> Answer:
-    return Answer(200, {
+                 unit_price: int, created_ms: int, pay_by_ms: int,
+                 breakdown: list[dict] | None = None) -> Answer:
+    """A sale's 200. An order whose units straddle price tiers has its breakdown, and
+    its amount is the breakdown's sum (``unit_price`` is its first unit's price)."""
+    body = {
         "order_id": order_id, "event_id": event_id, "sku": sku_id, "user_id": user,
         "qty": qty, "unit_price": unit_price, "amount": unit_price * qty,
         "status": "reserved", "created_ms": created_ms, "pay_by_ms": pay_by_ms,
-    })
+    }
+    if breakdown:
+        assert sum(p["qty"] for p in breakdown) == qty, breakdown
+        body["amount"] = sum(p["qty"] * p["unit_price"] for p in breakdown)
+        body["price_breakdown"] = breakdown
+    return Answer(200, body)
 
 
 # ------------------------------------------------------------------- identity
@@ -372,6 +419,7 @@ class EventState:
     definition: events.Event
     skus: dict[str, Sku] = field(default_factory=dict)
     counters: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTERS, 0))
+    reached: dict[int, int] = field(default_factory=dict)  # milestone -> reached_ms, as read
 
     @property
     def id(self) -> str:
@@ -491,7 +539,6 @@ class ReferencePurchase:
                          "original_price": s.original_price, "stock": stock,
                          "left": max(0, stock - sold), "sold": sold,
                          "per_user_limit": s.per_user_limit})
-        sold_total = sum(s["sold"] for s in skus)
         if now >= d.ends_at_ms:
             state = "ended"
         elif now < d.starts_at_ms:
@@ -508,8 +555,10 @@ class ReferencePurchase:
             "starts_at_ms": d.starts_at_ms, "ends_at_ms": d.ends_at_ms,
             "preheat_at_ms": d.preheat_at_ms, "registration_required": d.registration_required,
             "skus": skus,
-            "milestones": [{"sold": n, "reward": r, "reached": sold_total >= n}
-                           for n, r in d.milestones],
+            # what this worker last read of the event's reached milestones (the gateway
+            # reads them on its refresh tick, which the differential test keeps out)
+            "milestones": [{"sold": n, "reward": r, "reached": n in ev.reached,
+                            "reached_ms": ev.reached.get(n)} for n, r in d.milestones],
         })
 
     # -- the buy request ---------------------------------------------------------------
@@ -748,22 +797,28 @@ class ReferencePurchase:
             ev.count("unavailable", len(items))
         else:
             sold, stock, created, pay_by, parts = read
+            # The batch's new orders were sold one after the other from `before` units:
+            # the reference prices them itself from the ladder (ladder()), so a 200
+            # differs from the gateway's if the script priced a unit otherwise.
+            before = sold - sum(p.qty for p, (name, _) in zip(items, parts, strict=True)
+                                if name in ("sold", "sold_tiers"))
             for p, (name, values) in zip(items, parts, strict=True):
-                if name == "sold":  # a new order, made now
-                    (price,) = values
+                if name in ("sold", "sold_tiers"):  # a new order, made now
+                    price, breakdown = ladder(sku.definition, before, p.qty)
+                    before += p.qty
                     self.ledger.settle(sku.idx, p.user, p.held, p.qty)
-                    self._count_sale(ev, p.qty, price)
                     answer = order_answer(p.order_id, ev.id, sku.id, p.user, p.qty, price,
-                                          created, pay_by)
+                                          created, pay_by, breakdown)
+                    self._count_sale(ev, p.qty, answer.body["amount"])
                 elif name in ("exists", "replay"):  # an order that exists
-                    oid, price, qty, o_created, o_pay_by = values
+                    oid, price, qty, o_created, o_pay_by, bd = values
+                    answer = order_answer(oid.decode(), ev.id, sku.id, p.user, qty, price,
+                                          o_created, o_pay_by, breakdown_of(bd))
                     if name == "exists":  # this very order, from a re-sent batch
                         self.ledger.settle(sku.idx, p.user, p.held, p.qty)
-                        self._count_sale(ev, qty, price)
+                        self._count_sale(ev, qty, answer.body["amount"])
                     else:  # the key's order, counted when it was made
                         self.ledger.settle(sku.idx, p.user, p.held, 0)
-                    answer = order_answer(oid.decode(), ev.id, sku.id, p.user, qty, price,
-                                          o_created, o_pay_by)
                 else:
                     self.ledger.settle(sku.idx, p.user, p.held, 0)
                     if name is not None and OUTCOME_BY_NAME[name].status >= 400:
@@ -780,17 +835,18 @@ class ReferencePurchase:
         self.retry_waiters(sku)
 
     @staticmethod
-    def _count_sale(ev: EventState, qty: int, price: int) -> None:
+    def _count_sale(ev: EventState, qty: int, amount: int) -> None:
         ev.count("orders")
         ev.count("units_sold", qty)
-        ev.count("revenue", qty * price)
+        ev.count("revenue", amount)
 
 
 def read_commit_reply(reply, n: int):
     """``(sold, stock, created_ms, pay_by_ms, [(outcome name, values)] * n)`` of a commit
     script's reply (lua/commit.lua: four figures, then per reservation its code and,
-    for SOLD, the unit price, for EXISTS and REPLAY, the order's id, unit price, qty,
-    created and pay-by times), or None if the reply has not that shape."""
+    for SOLD, the unit price, for SOLD_TIERS, the first unit's price, the amount and the
+    breakdown, for EXISTS and REPLAY, the order's id, unit price, qty, created and
+    pay-by times and breakdown), or None if the reply has not that shape."""
     if not isinstance(reply, list) or len(reply) < 4:
         return None
     parts = []
@@ -800,7 +856,7 @@ def read_commit_reply(reply, n: int):
             return None
         outcome = OUTCOME_BY_CODE.get(reply[at])
         name = outcome.name if outcome is not None else None
-        width = {"sold": 1, "exists": 5, "replay": 5}.get(name, 0)
+        width = {"sold": 1, "sold_tiers": 3, "exists": 6, "replay": 6}.get(name, 0)
         parts.append((name, reply[at + 1:at + 1 + width]))
         at += 1 + width
     if at != len(reply):

@@ -70,9 +70,11 @@ def test_packing_refuses_what_is_not_a_purchase_or_a_positive_qty():
 
 
 def test_reply_offsets_of_each_part_shape():
-    # sold (2 values), an existing order (6), a refusal (1)
-    reply = [5, 10, 1, 2, 0, 100, 9, b"o", 100, 1, 1, 2, 1]
-    assert reply_offsets(reply, 3) == [4, 6, 12]
+    # sold (2 values), an existing order (7), a refusal (1), sold across tiers (4)
+    reply = [5, 10, 1, 2, 0, 100, 9, b"o", 100, 1, 1, 2, b"", 1, 17, 100, 1090, b"1x100,1x990"]
+    assert reply_offsets(reply, 4) == [4, 6, 13, 14]
+    reply = reply[:14]
+    assert reply_offsets(reply, 3) == [4, 6, 13]
     assert reply_offsets(reply, 2) is None  # values left over
     assert reply_offsets(reply, 4) is None  # a part missing
     assert reply_offsets(reply[:5], 1) is None  # a sale without its price

@@ -83,3 +83,39 @@ def test_a_failed_load_fails_only_the_calls_it_was_for(monkeypatch):
     first, second = asyncio.run(main())
     assert isinstance(first, ConnectionError)
     assert second == 5  # its own load, after the failed one
+
+
+def test_milestones_are_read_only_for_events_with_one_not_reached():
+    """One HGETALL per event that has a milestone not reached yet; none for an event
+    without milestones or with all of them reached (a milestone stays reached)."""
+    from types import SimpleNamespace
+
+    from flashgate.core import keys
+    from flashgate.core.events import parse_event
+
+    def event(eid, thresholds):
+        return parse_event(eid, {"starts_at_ms": 1, "ends_at_ms": 2,
+                                 "skus": [{"id": "s0", "price": 1, "stock": 1}],
+                                 "milestones": [{"sold": t, "reward": "r"} for t in thresholds]})
+
+    erts = {e: SimpleNamespace(event=event(e, t), reached=reached) for e, t, reached in (
+        ("none", (), {}), ("open", (2, 5), {2: (7, "o")}), ("done", (2,), {2: (7, "o")}))}
+
+    class Conn:
+        sent: list = []
+
+        async def pipeline(self, cmds):
+            Conn.sent.append(cmds)
+            return [[b"2", b"7|o", b"5", b"9|p"]]
+
+    class Runtimes:
+        events = erts
+
+    r = refresher.Refresher(Conn(), None, None, Runtimes(), lambda rt: None,
+                            max_clock_skew_ms=1000)
+    asyncio.run(r.read_milestones())
+    assert Conn.sent == [[["HGETALL", keys.milestones("open")]]]
+    assert erts["open"].reached == {2: (7, "o"), 5: (9, "p")}
+    Conn.sent.clear()
+    asyncio.run(r.read_milestones())
+    assert Conn.sent == []  # every milestone reached: nothing more to read

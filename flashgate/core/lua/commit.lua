@@ -5,7 +5,10 @@
 --       5 orders (stream: an entry per batch, core/orders.py), 6 orders_n (orders created),
 --       7 order_by_id (hash order id ->
 --       "<status>|<user>|<qty>|<unit_price>|<created_ms>|<pay_by_ms>", core/orders.py),
---       8 reg (set of registered users), 9 revenue, 10 sold_out_ms (FIXED_KEYS in all),
+--       8 reg (set of registered users), 9 revenue, 10 sold_out_ms, 11 the event's units
+--       (units held by live orders over all its SKUs), 12 the event's milestones (hash
+--       threshold -> "<reached_ms>|<order id>") (FIXED_KEYS in all; 11 and 12 are the
+--       event's, in another hash slot than the SKU's: docs/DESIGN.md),
 --       then one key per reservation that carries an Idempotency-Key, in the order of
 --       those reservations: where its order id is kept ("<order id>|<fingerprint>").
 -- ARGV: 1 n, then n times: order_id, user, spec, where spec is the qty, or
@@ -14,12 +17,15 @@
 --       each value costs Redis an object and Lua a string. Order ids are unique (the
 --       worker makes them): a new order's id is not looked up.
 -- Reply: {sold, stock, created_ms, pay_by_ms (of this batch's new orders), then per
---        reservation, by its code: SOLD: code, unit_price; EXISTS and REPLAY (an order
---        that exists): code, order_id, unit_price, qty, created_ms, pay_by_ms; any other
---        code: the code alone}
+--        reservation, by its code: SOLD: code, unit_price; SOLD_TIERS (a new order whose
+--        units straddle price tiers): code, the first unit's price, amount, breakdown
+--        ("<qty>x<price>,..."); EXISTS and REPLAY (an order that exists): code, order_id,
+--        unit_price, qty, created_ms, pay_by_ms, breakdown ("" for an order of one
+--        price); any other code: the code alone}
 --
 -- Codes (core/outcomes.py; the locals are put in front of this source): SOLD (a new
--- order), SOLD_OUT, LIMIT_EXCEEDED, NOT_STARTED, ENDED, PAUSED, NOT_REGISTERED,
+-- order), SOLD_TIERS (a new order at more than one price), SOLD_OUT, LIMIT_EXCEEDED,
+-- NOT_STARTED, ENDED, PAUSED, NOT_REGISTERED,
 -- IDEMPOTENCY_MISMATCH, EXISTS (this order id came earlier in the same batch: it is sold
 -- once), REPLAY (an Idempotency-Key's earlier order), NOT_FOUND (the SKU has no
 -- definition, or a key's order is gone).
@@ -36,7 +42,7 @@ if not n or n < 0 or n ~= math.floor(n) or #ARGV ~= 1 + 3 * n then
                            ' reservations')
 end
 local m = redis.call('HMGET', KEYS[1], 'starts', 'ends', 'paused', 'limit', 'price',
-                     'tiers', 'pay_ms', 'reg')
+                     'tiers', 'pay_ms', 'reg', 'ms')
 local stock = tonumber(redis.call('GET', KEYS[2]) or '0')
 local sold = tonumber(redis.call('GET', KEYS[3]) or '0')
 local out = {0, stock, 0, 0}
@@ -68,19 +74,54 @@ local function unit_price(before)
   local edge = 0
   for k = 1, #tiers, 2 do
     edge = edge + tiers[k]
-    if before < edge then return tiers[k + 1], tiers_s[k + 1] end
+    if before < edge then return tiers[k + 1], tiers_s[k + 1], edge end
   end
-  return price, m[5]
+  return price, m[5], nil
+end
+-- The price of `qty` units sold after `before` units when they straddle tiers: each unit
+-- at its own tier's price. Returns the amount and the breakdown "<qty>x<price>,..." (runs
+-- of one price merged, in the order the units are sold), or nil when every unit has one
+-- price after all (two tiers of the same price).
+local function straddle(before, qty)
+  local counts, prices = {}, {}
+  local amount, at, last, edge = 0, before, before + qty, 0
+  local function add(c, p, p_s)
+    if c <= 0 then return end
+    amount = amount + c * p
+    if #prices > 0 and prices[#prices] == p_s then
+      counts[#counts] = counts[#counts] + c
+    else
+      counts[#counts + 1] = c; prices[#prices + 1] = p_s
+    end
+  end
+  for k = 1, #tiers, 2 do
+    edge = edge + tiers[k]
+    if at < edge and at < last then
+      local c = math.min(edge, last) - at
+      add(c, tiers[k + 1], tiers_s[k + 1])
+      at = at + c
+    end
+  end
+  add(last - at, price, m[5])
+  if #prices == 1 then return nil end
+  local parts = {}
+  for j = 1, #prices do parts[j] = string.format('%d', counts[j]) .. 'x' .. prices[j] end
+  return amount, table.concat(parts, ',')
+end
+-- the milestones' thresholds ("150,300", ascending), from the SKU's meta
+local thresholds = {}
+if m[9] and m[9] ~= '' then
+  for v in string.gmatch(m[9], '[^,]+') do thresholds[#thresholds + 1] = v end
 end
 local function refuse(code)
   out[#out + 1] = code
 end
 -- an order that exists (EXISTS: the same order id earlier in the batch, REPLAY: a key's
 -- earlier order) and its figures
-local function order_part(code, oid, unit_price, qty, created, payby)
+local function order_part(code, oid, unit_price, qty, created, payby, bd)
   out[#out + 1] = code; out[#out + 1] = oid; out[#out + 1] = tonumber(unit_price)
   out[#out + 1] = tonumber(qty); out[#out + 1] = tonumber(created)
-  out[#out + 1] = tonumber(payby)
+  out[#out + 1] = tonumber(payby); out[#out + 1] = bd or ''
 end
 -- a key's order stored before this batch, from its record
 local function existing(code, oid)
@@ -90,20 +131,20 @@ local function existing(code, oid)
     qty, up, created, payby = string.match(v, '^[^|]*|[^|]*|(%d+)|(%d+)|(%d+)|(%d+)')
   end
   if qty then
-    order_part(code, oid, up, qty, created, payby)
+    order_part(code, oid, up, qty, created, payby, string.match(v, '|bd=([%dx,]+)'))
   else
     -- the order is gone (deleted by hand): say so, keep the reply aligned
     refuse(NOT_FOUND)
   end
 end
 -- The sales of this batch, in order, one array per field (no table per sale):
--- order id, user, qty and unit price (as strings), idempotency key (false = none),
--- fingerprint.
-local s_oid, s_user, s_qty, s_up, s_ikey, s_fp = {}, {}, {}, {}, {}, {}
+-- order id, user, qty and unit price (the first unit's; as strings), idempotency key
+-- (false = none), fingerprint, price breakdown (false = one price).
+local s_oid, s_user, s_qty, s_up, s_ikey, s_fp, s_bd = {}, {}, {}, {}, {}, {}, {}
 local ns = 0
 -- an order this very batch made (not stored yet): `k` is its place in the sales
 local function made_here(code, k)
-  order_part(code, s_oid[k], s_up[k], s_qty[k], out[3], out[4])
+  order_part(code, s_oid[k], s_up[k], s_qty[k], out[3], out[4], s_bd[k])
 end
 -- Two passes. The first decides every reservation from what it reads, counting in
 -- local tables what the batch itself sells (a user or an Idempotency-Key may appear
@@ -182,17 +223,26 @@ for i = 0, n - 1 do
   elseif sold + qty > stock then
     refuse(SOLD_OUT)
   else
-    local up, up_s = unit_price(sold)
+    local up, up_s, edge = unit_price(sold)
+    -- an order past its first unit's tier (rare) is priced unit by unit
+    local amount, bd
+    if edge and sold + qty > edge then amount, bd = straddle(sold, qty) end
+    if not bd then amount = up * qty end
     sold = sold + qty
     total[user] = (total[user] or tonumber(held[i + 1]) or 0) + qty
-    revenue = revenue + up * qty
+    revenue = revenue + amount
     if qty_s ~= '1' then qty_s = string.format('%d', qty) end  -- canonical: '2.0' -> '2'
     ns = ns + 1
-    s_oid[ns], s_user[ns], s_qty[ns], s_up[ns], s_ikey[ns], s_fp[ns] =
-      oid, user, qty_s, up_s, ikey or false, fp
+    s_oid[ns], s_user[ns], s_qty[ns], s_up[ns], s_ikey[ns], s_fp[ns], s_bd[ns] =
+      oid, user, qty_s, up_s, ikey or false, fp, bd or false
     made[oid] = ns
     if ikey then claimed[ikey] = ns end
-    out[#out + 1] = SOLD; out[#out + 1] = up
+    if bd then
+      out[#out + 1] = SOLD_TIERS; out[#out + 1] = up; out[#out + 1] = amount
+      out[#out + 1] = bd
+    else
+      out[#out + 1] = SOLD; out[#out + 1] = up
+    end
   end
 end
 if nkeys ~= #KEYS then
@@ -200,8 +250,11 @@ if nkeys ~= #KEYS then
                            ' Idempotency-Keys')
 end
 if ns > 0 then
-  -- sold first: scripts do not roll back, so a failure below can only undersell
-  redis.call('INCRBY', KEYS[3], sold - sold0)
+  -- sold first: scripts do not roll back, so a failure below can only undersell; the
+  -- event's units with it (every event: returns take them back; milestones count them)
+  local batch_units = sold - sold0
+  redis.call('INCRBY', KEYS[3], batch_units)
+  local after = redis.call('INCRBY', KEYS[11], batch_units)
   local totals = {}
   for user, units in pairs(total) do
     totals[#totals + 1] = user
@@ -217,13 +270,15 @@ if ns > 0 then
   local now, payby = string.format('%d', out[3]), string.format('%d', out[4])
   -- Every order of the batch goes into the SKU's one hash of orders, in one HSET: a
   -- key per order cost Redis a keyspace entry and a call per order (docs/DESIGN.md).
-  -- order_id, event_id and sku are in the id, amount is unit_price * qty: readers add
-  -- them (core/orders.py from_record).
+  -- order_id, event_id and sku are in the id, amount is unit_price * qty (or the sum of
+  -- the breakdown "bd" of an order across tiers): readers add them (core/orders.py
+  -- from_record).
   local records = {}
   local tail = '|' .. now .. '|' .. payby
   for k = 1, ns do
     records[2 * k - 1] = s_oid[k]
     records[2 * k] = 'reserved|' .. s_user[k] .. '|' .. s_qty[k] .. '|' .. s_up[k] .. tail
+    if s_bd[k] then records[2 * k] = records[2 * k] .. '|bd=' .. s_bd[k] end
   end
   for c = 1, #records, 2 * CHUNK do
     redis.call('HSET', KEYS[7], unpack(records, c, math.min(c + 2 * CHUNK - 1, #records)))
@@ -247,6 +302,25 @@ if ns > 0 then
   -- per batch, not per order (counters for stats; the stream is the record)
   redis.call('INCRBY', KEYS[6], ns)
   redis.call('INCRBY', KEYS[9], revenue)
+  -- The milestones this batch reached: a threshold t with before < t <= after (the
+  -- event's units) is reached by the sale whose units took the running total from
+  -- below t to t or beyond, recorded once (HSETNX: once reached it stays reached,
+  -- whatever returns do later).
+  local before = after - batch_units
+  if #thresholds > 0 and tonumber(thresholds[#thresholds]) > before then
+    local k, running = 0, before
+    for j = 1, #thresholds do
+      local t = tonumber(thresholds[j])
+      if t > after then break end
+      if t > before then
+        while running < t do
+          k = k + 1
+          running = running + tonumber(s_qty[k])
+        end
+        redis.call('HSETNX', KEYS[12], thresholds[j], now .. '|' .. s_oid[k])
+      end
+    end
+  end
 end
 out[1] = sold
 return out

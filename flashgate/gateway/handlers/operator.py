@@ -88,6 +88,7 @@ class Operator:
             raw, uv = await gw.conn.pipeline([["HGETALL", key], ["PFCOUNT", keys.stats_uv(ev.id)]])
             skus = await store.sku_totals(gw.conn, ev)
             so = await gw.conn.pipeline([["GET", s.keys.sold_out_ms] for s in ert.skus])
+            reached = await store.read_milestones(gw.conn, ev)
         except (RedisUnavailable, RedisError):
             return answers.UNAVAILABLE
         it = iter(raw)
@@ -112,6 +113,7 @@ class Operator:
             "sold_out_ms": sold_out_ms,
             "latency_ms": latency_percentiles(lat),
             "skus": skus,
+            "milestones": store.milestones_view(ev, reached),
         }))
 
     async def orders(self, req, m, who) -> bytes:
@@ -119,7 +121,9 @@ class Operator:
             return answers.NOT_FOUND
         try:
             orders = await store.export_orders(self.gw.conn, m.ert.event)
+            reached = await store.read_milestones(self.gw.conn, m.ert.event)
         except (RedisUnavailable, RedisError):
             return answers.UNAVAILABLE
+        store.add_rewards(orders, m.ert.event, reached)
         body = b"".join(orjson.dumps(o) + b"\n" for o in orders)
         return build_response(200, body, content_type=b"application/x-ndjson")

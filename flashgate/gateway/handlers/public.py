@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import orjson
 
+from flashgate.core import store
 from flashgate.gateway import answers
 from flashgate.gateway.protocol import build_response
 from flashgate.gateway.runtime import EventRuntime, state_of
@@ -26,11 +27,9 @@ class Public:
         ev = ert.event
         now = gw.path.now_ms()
         skus = []
-        total_sold = 0
         for srt in ert.skus:
             s = srt.sku
             stock, sold, _, _ = gw.ledger.state(srt.idx)
-            total_sold += sold
             skus.append({"id": s.id, "name": s.name, "price": s.price,
                          "original_price": s.original_price, "stock": stock,
                          "left": max(0, stock - sold), "sold": sold,
@@ -40,6 +39,6 @@ class Public:
             "server_time_ms": now, "starts_at_ms": ev.starts_at_ms, "ends_at_ms": ev.ends_at_ms,
             "preheat_at_ms": ev.preheat_at_ms,
             "registration_required": ev.registration_required, "skus": skus,
-            "milestones": [{"sold": n, "reward": r, "reached": total_sold >= n}
-                           for n, r in ev.milestones],
+            # reached as the refresher last read them (once reached, they stay reached)
+            "milestones": store.milestones_view(ev, ert.reached),
         }
