@@ -11,6 +11,11 @@ The SKU's ``orders`` stream tells what happened to orders, in order: each entry 
 ``type`` (``created``, later ``paid``, ``cancelled``, ``expired``), ``ts`` (Redis TIME,
 ms), then one field per order it is about: the order id -> ``<user>|<qty>|<unit_price>``.
 The commit script writes one ``created`` entry per batch (all its new orders).
+
+After the sale (lua/transition.lua): a ``reserved`` order becomes ``paid``, or
+``cancelled`` (by the operator) or ``expired`` (unpaid at ``pay_by_ms``), each final. The
+record then carries ``updated_ms=<ms>``, and ``kept=1`` when the order ended at or after
+the sale's end and so kept its units; the stream gets an entry of that type.
 """
 
 from __future__ import annotations
@@ -18,6 +23,9 @@ from __future__ import annotations
 from flashgate.core.keys import split_order_id
 
 STATUSES = ("reserved", "paid", "cancelled", "expired")
+# the statuses whose order holds its units (and a cancelled or expired one with kept=1:
+# it ended after the sale's end, when no unit comes back)
+LIVE = ("reserved", "paid")
 # the fields of a record, in order (lua/commit.lua writes them)
 RECORD_FIELDS = ("status", "user_id", "qty", "unit_price", "created_ms", "pay_by_ms")
 _INT_FIELDS = ("qty", "unit_price", "created_ms", "pay_by_ms")
@@ -31,12 +39,12 @@ def record(status: str, user_id: str, qty: int, unit_price: int, created_ms: int
     return "|".join(parts)
 
 
-def from_record(order_id: str, raw: bytes | None) -> dict | None:
-    """The API's order object from its record, or None for none (or for a record that
-    is not one)."""
+def parse_record(raw: bytes | str | None) -> dict | None:
+    """The stored fields of a record (the later ``name=value`` ones included), or None
+    for none (or for a record that is not one)."""
     if not raw:
         return None
-    parts = raw.decode().split("|")
+    parts = (raw.decode() if isinstance(raw, bytes) else raw).split("|")
     if len(parts) < len(RECORD_FIELDS):
         return None
     d: dict = dict(zip(RECORD_FIELDS, parts, strict=False))
@@ -48,6 +56,19 @@ def from_record(order_id: str, raw: bytes | None) -> dict | None:
             d[f] = int(d[f])
     except ValueError:
         return None
+    return d
+
+
+def from_record(order_id: str, raw: bytes | None) -> dict | None:
+    """The API's order object from its record, or None for none (or for a record that
+    is not one). ``updated_ms`` is the last transition's time, or ``created_ms`` for an
+    order never changed; ``kept`` (an order that ended after the sale's end, its units
+    not returned) is the store's and not shown."""
+    d = parse_record(raw)
+    if d is None:
+        return None
+    d.setdefault("updated_ms", d["created_ms"])
+    d.pop("kept", None)
     return api_order(order_id, d)
 
 
