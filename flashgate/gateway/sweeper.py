@@ -103,7 +103,9 @@ class Sweeper:
                     return self._done(srt, done)
                 cursor = entry_id.decode()
             if len(entries) < ENTRIES_PER_READ:
-                self.cursors[k.prefix] = (cursor, 0)
+                # the stream is read: what is committed from now on is due in a second
+                # at the earliest
+                self.cursors[k.prefix] = (cursor, now + MIN_TIMEOUT_MS)
                 return self._done(srt, done)
 
     def _done(self, srt, n: int) -> int:

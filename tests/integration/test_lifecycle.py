@@ -340,3 +340,73 @@ def test_script_amount_of_a_straddled_order(r):
     r.set(k.revenue, 70)
     transition(r, ev, "s0", "cancel", [oid])
     assert int(r.get(k.revenue)) == 0
+
+
+def test_buys_payments_cancels_and_expiries_together(any_gw, r):
+    """Rounds of concurrent buys (stock 12, limit 1, 40 users, 1 s to pay) while the
+    operator cancels a third of the orders and pays a third, some of them right at
+    their deadline, and the sweeper expires the rest: whatever wins each race, the
+    invariants hold, every unit given back is sold again, and in the end every order
+    is final and sold == the units paid."""
+    import random
+    from concurrent.futures import ThreadPoolExecutor
+
+    gw = any_gw
+    ev = new_id("mix")
+    body = event_body(stock=(12,), payment_timeout_s=1)
+    gw.put_event(ev, body)
+    rnd = random.Random(11)
+    users = [f"m{i}" for i in range(40)]
+    acked: list[dict] = []
+    answers = {"paid": [], "cancel": []}
+    deadline = time.monotonic() + 4.0
+    with ThreadPoolExecutor(16) as pool:
+        while time.monotonic() < deadline:
+            got = list(pool.map(lambda u: gw.buy(ev, "s0", u), users))
+            new = []
+            for status, data, _ in got:
+                if status == 200:
+                    new.append(data)
+                else:
+                    assert status == 409 and data["error"] in ("sold_out", "limit_exceeded"), data
+            acked += new
+            jobs = []
+            for o in new:
+                pick = rnd.random()
+                if pick < 1 / 3:
+                    jobs.append(("cancel", o, 0.0))
+                elif pick < 2 / 3:
+                    # some pay at once, some right at the deadline (a race with the sweeper)
+                    late = rnd.random() < 0.5
+                    jobs.append(("paid", o, (o["pay_by_ms"] - now_ms()) / 1000 if late else 0.0))
+
+            def run(job):
+                action, o, wait = job
+                if wait > 0:
+                    time.sleep(wait)
+                fn = paid if action == "paid" else cancel
+                status, data, _ = fn(gw, o["order_id"])
+                return action, o, status, data
+
+            for action, o, status, data in pool.map(run, jobs):
+                assert status in (200, 409), (action, status, data)
+                if status == 409:
+                    assert data["error"] == "conflict", data
+                answers[action].append((o["order_id"], status))
+            time.sleep(0.2)
+    assert len(acked) > 12, "units given back were sold again"
+    assert any(s == 200 for _, s in answers["paid"]) and answers["cancel"]
+
+    def all_final():
+        return all(x["status"] != "reserved" for x in gw.orders_export(ev))
+
+    wait_for(all_final, "every order paid, cancelled or expired", 6)
+    final = {x["order_id"]: x["status"] for x in gw.orders_export(ev)}
+    for oid, status in answers["paid"]:
+        assert final[oid] == ("paid" if status == 200 else "expired"), (oid, status)
+    for oid, status in answers["cancel"]:
+        assert final[oid] == ("cancelled" if status == 200 else "expired"), (oid, status)
+    k = keys.SkuKeys(ev, "s0")
+    assert int(r.get(k.sold)) == int(r.get(k.units_paid)) == \
+        sum(1 for s in final.values() if s == "paid")
+    check_invariants(r, gw, ev, body, acked)
