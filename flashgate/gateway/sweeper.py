@@ -52,6 +52,8 @@ class Sweeper:
                 await self.sweep()
             except (RedisUnavailable, RedisError) as e:
                 log.debug("sweep interrupted: %s", e)
+            except Exception:  # a bug here must not stop the expiries for good
+                log.exception("sweep failed")
 
     async def sweep(self) -> int:
         """One pass over every SKU; returns the orders it expired."""
