@@ -5,6 +5,7 @@ script called directly. Every test that touches stock ends with the invariant ch
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -14,6 +15,8 @@ from tests.integration.test_commit_script import commit, configure
 from tests.support import check_invariants, event_body, new_id, now_ms, wait_for
 
 ORDERS = "/api/v1/admin/orders/"
+# FLASHGATE_SOAK=N runs the mixed lifecycle test N times longer (tests/integration/test_faults.py)
+SOAK = float(os.environ.get("FLASHGATE_SOAK", "1"))
 
 
 def paid(gw, order_id, body=None):
@@ -359,7 +362,7 @@ def test_buys_payments_cancels_and_expiries_together(any_gw, r):
     users = [f"m{i}" for i in range(40)]
     acked: list[dict] = []
     answers = {"paid": [], "cancel": []}
-    deadline = time.monotonic() + 4.0
+    deadline = time.monotonic() + 4.0 * SOAK
     with ThreadPoolExecutor(16) as pool:
         while time.monotonic() < deadline:
             got = list(pool.map(lambda u: gw.buy(ev, "s0", u), users))
