@@ -609,7 +609,7 @@ def check_invariants(r: redis.Redis, gw: Gateway | None, event_id: str, event: d
         live_per_user: dict[str, int] = {}
         returned = paid = 0
         for o, user, qty, price in created:
-            got = orders.parse_record(records[o])
+            got = orders.from_record(o, records[o])
             assert got is not None, f"{sku['id']}: order {o} of the stream has no record"
             assert (got["user_id"], got["qty"], got["unit_price"]) == (user, qty, price), o
             steps = ended.pop(o, [])
@@ -617,7 +617,7 @@ def check_invariants(r: redis.Redis, gw: Gateway | None, event_id: str, event: d
             status = got["status"]
             assert status == ({"paid": "paid", "cancelled": "cancelled", "expired": "expired"}
                               [steps[0]] if steps else "reserved"), (o, status, steps)
-            if status in orders.LIVE or got.get("kept") == 1:
+            if status in orders.LIVE or orders.kept(records[o]):
                 live_per_user[user] = live_per_user.get(user, 0) + qty
             else:
                 returned += qty

@@ -39,12 +39,14 @@ def record(status: str, user_id: str, qty: int, unit_price: int, created_ms: int
     return "|".join(parts)
 
 
-def parse_record(raw: bytes | str | None) -> dict | None:
-    """The stored fields of a record (the later ``name=value`` ones included), or None
-    for none (or for a record that is not one)."""
+def from_record(order_id: str, raw: bytes | None) -> dict | None:
+    """The API's order object from its record, or None for none (or for a record that
+    is not one). ``updated_ms`` is the last transition's time, or ``created_ms`` for an
+    order never changed; ``kept`` (an order that ended after the sale's end, its units
+    not returned) is the store's and not shown."""
     if not raw:
         return None
-    parts = (raw.decode() if isinstance(raw, bytes) else raw).split("|")
+    parts = raw.decode().split("|")
     if len(parts) < len(RECORD_FIELDS):
         return None
     d: dict = dict(zip(RECORD_FIELDS, parts, strict=False))
@@ -56,20 +58,15 @@ def parse_record(raw: bytes | str | None) -> dict | None:
             d[f] = int(d[f])
     except ValueError:
         return None
-    return d
-
-
-def from_record(order_id: str, raw: bytes | None) -> dict | None:
-    """The API's order object from its record, or None for none (or for a record that
-    is not one). ``updated_ms`` is the last transition's time, or ``created_ms`` for an
-    order never changed; ``kept`` (an order that ended after the sale's end, its units
-    not returned) is the store's and not shown."""
-    d = parse_record(raw)
-    if d is None:
-        return None
     d.setdefault("updated_ms", d["created_ms"])
     d.pop("kept", None)
     return api_order(order_id, d)
+
+
+def kept(raw: bytes | None) -> bool:
+    """Whether a record is of an order that ended after the sale's end, keeping its
+    units (``kept=1``)."""
+    return bool(raw) and (raw.endswith(b"|kept=1") or b"|kept=1|" in raw)
 
 
 def record_of_hash(flat) -> str | None:

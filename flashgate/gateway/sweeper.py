@@ -86,7 +86,7 @@ class Sweeper:
                     chunk = ids[i:i + store.MAX_TRANSITION_IDS]
                     records = await self.conn.execute("HMGET", k.order_by_id, *chunk)
                     for oid, raw in zip(chunk, records, strict=True):
-                        d = orders.parse_record(raw)
+                        d = orders.from_record(oid, raw)
                         if d is None or d["status"] != "reserved":
                             continue
                         if d["pay_by_ms"] <= now:

@@ -177,7 +177,7 @@ def test_after_the_end_orders_end_but_keep_their_units(gw, r):
     status, got, _ = cancel(gw, a["order_id"])
     assert status == 200 and got["status"] == "cancelled" and "kept" not in got
     k = keys.SkuKeys(ev, "s0")
-    assert orders.parse_record(r.hget(k.order_by_id, a["order_id"]))["kept"] == 1
+    assert orders.kept(r.hget(k.order_by_id, a["order_id"]))
     assert int(r.get(k.sold)) == 2 and int(r.get(k.returned) or 0) == 0
     # paying within the deadline is still possible after the end
     assert paid(gw, b["order_id"])[1]["status"] == "paid"
@@ -310,7 +310,7 @@ def test_script_due_orders_expire_whatever_was_asked(r):
     commit(r, ev, "s0", batch)
     # every order is due now: their deadline moved into the past
     for oid, _ in batch:
-        d = orders.parse_record(r.hget(k.order_by_id, oid))
+        d = orders.from_record(oid, r.hget(k.order_by_id, oid))
         r.hset(k.order_by_id, oid, orders.record("reserved", "u1", 1, 100, d["created_ms"] - 5000,
                                                  d["created_ms"] - 1))
     reply = transition(r, ev, "s0", "paid", [batch[0][0]])
@@ -337,7 +337,7 @@ def test_script_amount_of_a_straddled_order(r):
     k = keys.SkuKeys(ev, "s0")
     oid = f"{ev}.s0.o1"
     commit(r, ev, "s0", [(oid, "u1")])
-    d = orders.parse_record(r.hget(k.order_by_id, oid))
+    d = orders.from_record(oid, r.hget(k.order_by_id, oid))
     r.hset(k.order_by_id, oid, orders.record("reserved", "u1", 1, 100, d["created_ms"],
                                              d["pay_by_ms"], bd="1x70"))
     r.set(k.revenue, 70)

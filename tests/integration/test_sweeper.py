@@ -26,7 +26,7 @@ class _Refresher:
 
 def _make_due(r, k, oid, due: bool):
     """Move an order's deadline into the past (due) or an hour ahead."""
-    d = orders.parse_record(r.hget(k.order_by_id, oid))
+    d = orders.from_record(oid, r.hget(k.order_by_id, oid))
     pay_by = now_ms() - 1 if due else now_ms() + 3_600_000
     r.hset(k.order_by_id, oid, orders.record("reserved", d["user_id"], d["qty"],
                                              d["unit_price"], d["created_ms"], pay_by))
@@ -51,7 +51,7 @@ def test_the_cursor_stops_at_an_order_not_yet_due(r, redis_server):
     refresher = _Refresher()
 
     def status(oid):
-        return orders.parse_record(r.hget(k.order_by_id, oid))["status"]
+        return orders.from_record(oid, r.hget(k.order_by_id, oid))["status"]
 
     async def main():
         conn = RedisConnection(redis_server.url, on_connect=load)

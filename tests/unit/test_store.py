@@ -2,7 +2,7 @@
 
 import pytest
 
-from flashgate.core.orders import from_record, record, record_of_hash
+from flashgate.core.orders import from_record, kept, record, record_of_hash
 from flashgate.core.store import evicting_policy
 
 
@@ -29,7 +29,8 @@ def test_a_transition_says_when_and_kept_is_not_shown():
     raw = record("cancelled", "u1", 1, 100, 1000, 61000, updated_ms=7000, kept=1).encode()
     order = from_record("ev.s0.ab1", raw)
     assert (order["status"], order["updated_ms"]) == ("cancelled", 7000)
-    assert "kept" not in order
+    assert "kept" not in order and kept(raw)
+    assert not kept(record("cancelled", "u1", 1, 100, 1000, 61000, updated_ms=7000).encode())
 
 
 @pytest.mark.parametrize("raw", [None, b"", b"reserved|u1|1|100", b"reserved|u1|x|100|7|8"])
