@@ -566,14 +566,15 @@ async def http_session(port: int, requests, results: list, *, timeout=30.0):
 def check_invariants(r: redis.Redis, gw: Gateway | None, event_id: str, event: dict,
                      acked: list[dict], *, exact: bool = True) -> dict:
     """The promises, checked against Redis (and the API when ``gw`` is given):
-    sold <= stock (the defined stock plus the units added); sum(buyers) == sold ==
-    units of the live orders (reserved, paid, or ended after the sale's end with their
-    units kept) and each buyer's units == their live orders'; created orders in the
-    stream == orders_n; nobody over the limit; every acknowledged order present; no
-    duplicate order ids; no order in two final states (at most one transition each, and
-    the record says the last); units returned and paid as the orders say.
+    sold <= stock; sum(buyers) == sold == created orders in the stream == orders_n;
+    nobody over the limit; every acknowledged order present; no duplicate order ids.
     ``exact``: every order in Redis was acknowledged (no client saw an indeterminate
     answer, and no order came another way). Returns per-SKU figures."""
+    # The order lifecycle: stock is the defined stock plus the units added; sold and each
+    # buyer's units are those of the live orders (reserved, paid, or ended after the
+    # sale's end with their units kept), not of every created one; no order is in two
+    # final states (at most one transition each, and its record says the last); the
+    # units returned and paid are as the orders say.
     figures = {}
     acked_ids = [o["order_id"] for o in acked]
     assert len(acked_ids) == len(set(acked_ids)), "an order id was acknowledged twice"

@@ -39,6 +39,12 @@ def record(status: str, user_id: str, qty: int, unit_price: int, created_ms: int
     return "|".join(parts)
 
 
+def kept(raw: bytes | None) -> bool:
+    """Whether a record is of an order that ended after the sale's end, keeping its
+    units (``kept=1``)."""
+    return bool(raw) and (raw.endswith(b"|kept=1") or b"|kept=1|" in raw)
+
+
 def from_record(order_id: str, raw: bytes | None) -> dict | None:
     """The API's order object from its record, or None for none (or for a record that
     is not one). ``updated_ms`` is the last transition's time, or ``created_ms`` for an
@@ -61,12 +67,6 @@ def from_record(order_id: str, raw: bytes | None) -> dict | None:
     d.setdefault("updated_ms", d["created_ms"])
     d.pop("kept", None)
     return api_order(order_id, d)
-
-
-def kept(raw: bytes | None) -> bool:
-    """Whether a record is of an order that ended after the sale's end, keeping its
-    units (``kept=1``)."""
-    return bool(raw) and (raw.endswith(b"|kept=1") or b"|kept=1|" in raw)
 
 
 def record_of_hash(flat) -> str | None:

@@ -4,10 +4,8 @@ Every ``--refresh-interval`` (0.1 s) the refresher reads, in one pipelined write
 Redis ``TIME`` (this host's clock is checked against it: beyond
 ``--max-clock-skew-ms`` the worker refuses to sell), the definitions' version
 (``fg:events:version``, bumped by every change of any definition: a new version
-reloads them all), and every SKU's stock, sold and units returned (so the sold-out flag and the
-public ``left`` follow what other workers and instances sell, and a buyer whose order
-was cancelled or expired may buy again: a growth of ``returned`` drops the local buyer
-table, which Redis's limit check then stands in for).
+reloads them all), and every SKU's stock and sold (so the sold-out flag and the
+public ``left`` follow what other workers and instances sell).
 
 Replies are applied by callbacks, in wire order with the commit replies on the same
 connection: a refresh never overwrites what a later commit reported.
@@ -99,8 +97,8 @@ class Refresher:
             def apply(reply):
                 try:
                     if isinstance(reply, list):
-                        self.observe(srt, int(reply[0] or 0), int(reply[1] or 0),
-                                     int(reply[2] or 0))
+                        self.returned(srt, int(reply[2] or 0))
+                        self.observe(srt, int(reply[0] or 0), int(reply[1] or 0))
                 finally:
                     left[0] -= 1
                     if not left[0] and not done.done():
@@ -111,17 +109,21 @@ class Refresher:
                             [applier(s) for s in skus])
         return done
 
-    def observe(self, srt: SkuRuntime, stock: int, sold: int, returned: int = -1) -> None:
+    def observe(self, srt: SkuRuntime, stock: int, sold: int) -> None:
         old_stock, old_sold, _, _ = self.ledger.state(srt.idx)
-        if returned >= 0 and srt.returned < returned:
-            # units were given back since the last read (a cancel, an expiry): the local
-            # buyer table may be too strict even if sales made sold grow again meanwhile
-            if srt.returned >= 0:
-                self.ledger.forget_buyers(srt.idx)
-            srt.returned = returned
         self.ledger.observe(srt.idx, sold, stock)  # (units that came back: see observe)
         if (sold != old_sold or stock != old_stock) and srt.waiters:
             self.path.retry_waiters(srt)
+
+    def returned(self, srt: SkuRuntime, returned: int) -> None:
+        """The SKU's units given back so far (cancelled and expired orders; they only
+        grow). When they grew since the last read, a buyer whose order ended may buy
+        again: the local buyer table may be too strict, and is dropped (Redis's limit
+        check stands in), even if sales made ``sold`` grow back meanwhile."""
+        if srt.returned < returned:
+            if srt.returned >= 0:
+                self.ledger.forget_buyers(srt.idx)
+            srt.returned = returned
 
     async def run(self, interval: float) -> None:
         while True:

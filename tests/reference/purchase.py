@@ -158,7 +158,6 @@ def order_answer(order_id: str, event_id: str, sku_id: str, user: str, qty: int,
         "order_id": order_id, "event_id": event_id, "sku": sku_id, "user_id": user,
         "qty": qty, "unit_price": unit_price, "amount": unit_price * qty,
         "status": "reserved", "created_ms": created_ms, "pay_by_ms": pay_by_ms,
-        "updated_ms": created_ms,
     })
 
 
