@@ -573,6 +573,11 @@ def check_invariants(r: redis.Redis, gw: Gateway | None, event_id: str, event: d
     ``exact``: every order in Redis was acknowledged (no client saw an indeterminate
     answer, and no order came another way). ``revenue``: check it (False only for a
     test that breaks the revenue key on purpose). Returns per-SKU figures."""
+    # The order lifecycle: stock is the defined stock plus the units added; sold and each
+    # buyer's units are those of the live orders (reserved, paid, or ended after the
+    # sale's end with their units kept), not of every created one; no order is in two
+    # final states (at most one transition each, and its record says the last); the
+    # units returned and paid are as the orders say.
     figures = {}
     acked_ids = [o["order_id"] for o in acked]
     assert len(acked_ids) == len(set(acked_ids)), "an order id was acknowledged twice"
@@ -581,37 +586,57 @@ def check_invariants(r: redis.Redis, gw: Gateway | None, event_id: str, event: d
         k = keys.SkuKeys(event_id, sku["id"])
         stock = int(r.get(k.stock) or 0)
         sold = int(r.get(k.sold) or 0)
+        added = int(r.get(k.added) or 0)
         buyers = {u.decode(): int(v) for u, v in r.hgetall(k.buyers).items()}
         created = []  # (order id, user, qty, unit_price) of every "created" entry
+        ended: dict[str, list[str]] = {}  # order id -> the transitions of the stream
         for _, fields in r.xrange(k.orders):
             kind, _, found = orders.stream_orders(fields)
             if kind == "created":
                 created += found
+            else:
+                assert kind in ("paid", "cancelled", "expired"), f"stream entry type {kind!r}"
+                for o in found:
+                    ended.setdefault(o[0], []).append(kind)
         ids = [o[0] for o in created]
-        units = sum(o[2] for o in created)
         assert len(ids) == len(set(ids)), f"{sku['id']}: duplicate order ids in the stream"
-        assert stock == sku["stock"], f"{sku['id']}: stock {stock}, defined {sku['stock']}"
+        assert stock == sku["stock"] + added, (
+            f"{sku['id']}: stock {stock}, defined {sku['stock']} + {added} added")
         assert sold <= stock, f"{sku['id']}: oversold {sold} > {stock}"
         assert sum(buyers.values()) == sold, f"{sku['id']}: sum(buyers) {sum(buyers.values())} != sold {sold}"
-        assert units == sold, f"{sku['id']}: units in the stream {units} != sold {sold}"
         assert int(r.get(k.orders_n) or 0) == len(ids)
         # every order of the stream has its record, and no record is without its entry
         records = {}
         for i in range(0, len(ids), 1000):
             chunk = ids[i:i + 1000]
             records.update(zip(chunk, r.hmget(k.order_by_id, chunk), strict=True))
+        live_per_user: dict[str, int] = {}
+        returned = paid = 0
         for o, user, qty, price in created:
             got = orders.from_record(o, records[o])
             assert got is not None, f"{sku['id']}: order {o} of the stream has no record"
             assert (got["user_id"], got["qty"], got["unit_price"]) == (user, qty, price), o
+            steps = ended.pop(o, [])
+            assert len(steps) <= 1, f"{sku['id']}: order {o} ended twice: {steps}"
+            status = got["status"]
+            assert status == ({"paid": "paid", "cancelled": "cancelled", "expired": "expired"}
+                              [steps[0]] if steps else "reserved"), (o, status, steps)
+            if status in orders.LIVE or orders.kept(records[o]):
+                live_per_user[user] = live_per_user.get(user, 0) + qty
+            else:
+                returned += qty
+            if status == "paid":
+                paid += qty
+        assert not ended, f"{sku['id']}: transitions of orders never created: {list(ended)[:5]}"
+        assert sum(live_per_user.values()) == sold, (
+            f"{sku['id']}: units of live orders {sum(live_per_user.values())} != sold {sold}")
+        assert int(r.get(k.returned) or 0) == returned, f"{sku['id']}: units returned"
+        assert int(r.get(k.units_paid) or 0) == paid, f"{sku['id']}: units paid"
         assert r.hlen(k.order_by_id) == sum(v is not None for v in records.values()), (
             f"{sku['id']}: records without a stream entry")
         over = {u: n for u, n in buyers.items() if n > sku["per_user_limit"]}
         assert not over, f"{sku['id']}: users over the limit: {over}"
-        per_user_stream: dict[str, int] = {}
-        for _o, u, qty, _price in created:
-            per_user_stream[u] = per_user_stream.get(u, 0) + qty
-        assert per_user_stream == buyers, f"{sku['id']}: buyers hash != stream per user"
+        assert live_per_user == buyers, f"{sku['id']}: buyers hash != live orders per user"
         all_stream_ids.update(ids)
         figures[sku["id"]] = {"stock": stock, "sold": sold, "orders": len(ids),
                               "buyers": len(buyers)}
@@ -626,7 +651,7 @@ def check_invariants(r: redis.Redis, gw: Gateway | None, event_id: str, event: d
         amounts = 0
         for o, raw in r.hscan_iter(k.order_by_id):
             got = orders.from_record(o.decode(), raw)
-            if got["status"] in ("reserved", "paid") or got.get("kept"):
+            if got["status"] in orders.LIVE or orders.kept(raw):
                 amounts += got["amount"]
         assert int(r.get(k.revenue) or 0) == amounts, (
             f"{sku['id']}: revenue {int(r.get(k.revenue) or 0)} != amounts of live orders {amounts}")

@@ -92,7 +92,18 @@ class SkuKeys:
 
     def configure(self) -> list[str]:
         """The KEYS of the configure script (lua/configure_sku.lua)."""
-        return [self.meta, self.stock, self.sold]
+        return [self.meta, self.stock, self.sold, self.added]
+
+    def add_stock(self) -> list[str]:
+        """The KEYS of the stock addition (lua/add_stock.lua)."""
+        return [self.meta, self.stock, self.sold, self.added]
+
+    def transition(self, event_id: str) -> list[str]:
+        """The KEYS of the orders' transitions (lua/transition.lua): the SKU's, then
+        the event's units (``event_units``)."""
+        return [self.meta, self.sold, self.buyers, self.orders, self.order_by_id,
+                self.revenue, self.returned, self.units_paid, self.revenue_paid,
+                event_units(event_id)]
 
 
 def event(event_id: str) -> str:

@@ -15,6 +15,11 @@ The SKU's ``orders`` stream tells what happened to orders, in order: each entry 
 ``type`` (``created``, later ``paid``, ``cancelled``, ``expired``), ``ts`` (Redis TIME,
 ms), then one field per order it is about: the order id -> ``<user>|<qty>|<unit_price>``.
 The commit script writes one ``created`` entry per batch (all its new orders).
+
+After the sale (lua/transition.lua): a ``reserved`` order becomes ``paid``, or
+``cancelled`` (by the operator) or ``expired`` (unpaid at ``pay_by_ms``), each final. The
+record then carries ``updated_ms=<ms>``, and ``kept=1`` when the order ended at or after
+the sale's end and so kept its units; the stream gets an entry of that type.
 """
 
 from __future__ import annotations
@@ -22,6 +27,9 @@ from __future__ import annotations
 from flashgate.core.keys import split_order_id
 
 STATUSES = ("reserved", "paid", "cancelled", "expired")
+# the statuses whose order holds its units (and a cancelled or expired one with kept=1:
+# it ended after the sale's end, when no unit comes back)
+LIVE = ("reserved", "paid")
 # the fields of a record, in order (lua/commit.lua writes them)
 RECORD_FIELDS = ("status", "user_id", "qty", "unit_price", "created_ms", "pay_by_ms")
 _INT_FIELDS = ("qty", "unit_price", "created_ms", "pay_by_ms")
@@ -35,9 +43,17 @@ def record(status: str, user_id: str, qty: int, unit_price: int, created_ms: int
     return "|".join(parts)
 
 
+def kept(raw: bytes | None) -> bool:
+    """Whether a record is of an order that ended after the sale's end, keeping its
+    units (``kept=1``)."""
+    return bool(raw) and (raw.endswith(b"|kept=1") or b"|kept=1|" in raw)
+
+
 def from_record(order_id: str, raw: bytes | None) -> dict | None:
     """The API's order object from its record, or None for none (or for a record that
-    is not one)."""
+    is not one). ``updated_ms`` is the last transition's time, or ``created_ms`` for an
+    order never changed; ``kept`` (an order that ended after the sale's end, its units
+    not returned) is the store's and not shown."""
     if not raw:
         return None
     parts = raw.decode().split("|")
@@ -58,6 +74,8 @@ def from_record(order_id: str, raw: bytes | None) -> dict | None:
             d[f] = int(d[f])
     except ValueError:
         return None
+    d.setdefault("updated_ms", d["created_ms"])
+    d.pop("kept", None)
     return api_order(order_id, d)
 
 

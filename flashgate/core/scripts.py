@@ -51,7 +51,9 @@ class Script:
 
 COMMIT = Script("commit.lua")
 CONFIGURE_SKU = Script("configure_sku.lua")
-ALL = (COMMIT, CONFIGURE_SKU)
+ADD_STOCK = Script("add_stock.lua")
+TRANSITION = Script("transition.lua")
+ALL = (COMMIT, CONFIGURE_SKU, ADD_STOCK, TRANSITION)
 
 
 async def load(execute) -> None:

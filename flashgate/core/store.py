@@ -10,7 +10,7 @@ from __future__ import annotations
 import orjson
 
 from flashgate.core import keys, orders, scripts
-from flashgate.core.events import Event, EventError, check_replace
+from flashgate.core.events import MAX_STOCK, Event, EventError, check_replace
 from flashgate.core.redisconn import RedisConnection
 
 # The order layout this build writes: 2 = every order of a SKU is one field of its
@@ -76,8 +76,13 @@ async def save_event(conn: RedisConnection, event: Event) -> bool:
     old = Event.from_dict(orjson.loads(old_raw)) if old_raw else None
     now = await redis_time_ms(conn)
     if old is not None:
+        # a SKU's stock is its defined stock plus the units added since (add_stock):
+        # the definition's stock need only cover the units sold beyond those
         sold = await read_sold(conn, old)
-        check_replace(old, event, sold, now)
+        added = await conn.pipeline([["GET", keys.SkuKeys(event.id, s.id).added]
+                                     for s in old.skus])
+        check_replace(old, event, {s.id: sold[s.id] - int(a or 0)
+                                   for s, a in zip(old.skus, added, strict=True)}, now)
     # the pause flag is the operator's: a definition never writes it (a new SKU
     # of a paused event starts paused)
     event.paused = await conn.execute("GET", keys.paused(event.id)) == b"1"
@@ -238,6 +243,50 @@ async def get_order(conn: RedisConnection, order_id: str) -> dict | None:
     return orders.from_record(order_id, raw)
 
 
+ACTIONS = ("paid", "cancel", "expire")  # lua/transition.lua
+MAX_TRANSITION_IDS = 500  # order ids per script call
+
+
+async def transition(conn: RedisConnection, event_id: str, sku_id: str, action: str,
+                     order_ids: list[str]) -> tuple[int, list[tuple[str, dict | None]]]:
+    """Pay, cancel or expire orders of one SKU (``action``: ``ACTIONS``), at most
+    ``MAX_TRANSITION_IDS``: ``(sold after, [(outcome, order or None) per id])``, the
+    outcomes lua/transition.lua's ('done', 'same', 'conflict', 'not_found', 'not_due')."""
+    assert action in ACTIONS and len(order_ids) <= MAX_TRANSITION_IDS
+    reply = await scripts.TRANSITION.run(
+        conn, keys.SkuKeys(event_id, sku_id).transition(event_id), [action, *order_ids])
+    out = []
+    for k, oid in enumerate(order_ids):
+        outcome, raw = reply[1 + 2 * k], reply[2 + 2 * k]
+        out.append((outcome.decode(), orders.from_record(oid, raw)))
+    return int(reply[0]), out
+
+
+async def transition_order(conn: RedisConnection, action: str,
+                           order_id: str) -> tuple[str, dict | None]:
+    """One order's transition (``transition``): ``(outcome, order or None)``."""
+    where = keys.split_order_id(order_id)
+    if where is None:
+        return "not_found", None
+    _, [(outcome, order)] = await transition(conn, *where, action, [order_id])
+    return outcome, order
+
+
+async def add_stock(conn: RedisConnection, event_id: str, sku_id: str,
+                    add: int) -> tuple[str, int, int, int]:
+    """Add ``add`` units to a SKU's stock before its end: ``(status, stock, sold,
+    added)``, status 'ok', 'ended' or 'too_much' (beyond ``MAX_STOCK``; nothing added),
+    or 'not_found'. Workers learn it from the definitions' version, bumped here."""
+    reply = await scripts.ADD_STOCK.run(conn, keys.SkuKeys(event_id, sku_id).add_stock(),
+                                        [add, MAX_STOCK])
+    status = reply[0].decode()
+    if status == "not_found":
+        return status, 0, 0, 0
+    if status == "ok":
+        await conn.execute("INCR", keys.VERSION)
+    return status, int(reply[1]), int(reply[2]), int(reply[3])
+
+
 async def export_orders(conn: RedisConnection, event: Event) -> list[dict]:
     """Every order of the event, in commit order per SKU, read from the streams."""
     out: list[dict] = []
@@ -266,10 +315,13 @@ async def sku_totals(conn: RedisConnection, event: Event) -> list[dict]:
     cmds = []
     for s in event.skus:
         k = keys.SkuKeys(event.id, s.id)
-        cmds.append(["MGET", k.stock, k.sold, k.orders_n, k.revenue])
+        cmds.append(["MGET", k.stock, k.sold, k.orders_n, k.revenue, k.units_paid,
+                     k.revenue_paid, k.returned, k.added])
     out = []
-    for s, (stock, sold, n, rev) in zip(event.skus, await conn.pipeline(cmds), strict=True):
-        out.append({"id": s.id, "stock": int(stock or 0), "sold": int(sold or 0),
-                    "orders": int(n or 0), "revenue": int(rev or 0)})
+    for s, reply in zip(event.skus, await conn.pipeline(cmds), strict=True):
+        stock, sold, n, rev, paid, rev_paid, returned, added = (int(v or 0) for v in reply)
+        out.append({"id": s.id, "stock": stock, "sold": sold, "orders": n, "revenue": rev,
+                    "units_paid": paid, "revenue_paid": rev_paid, "units_returned": returned,
+                    "added": added})
     return out
 

@@ -223,7 +223,8 @@ cdef _SaleTemplate _sale_template(SkuCore srt, long long qty, long long price, c
                                   pay_by):
     # a sale's 200 answer with everything but Content-Length, order id and user formatted
     # in (event and SKU ids hold no "%": they match ID_CHARS)
-    body = srt.order_json % (b"%s", b"%s", qty, price, price * qty, created, pay_by)
+    # (a new order's updated_ms is its created_ms)
+    body = srt.order_json % (b"%s", b"%s", qty, price, price * qty, created, pay_by, created)
     return _SaleTemplate(OK_JSON_HEAD + body, len(body) - 4)
 
 

@@ -35,6 +35,7 @@ from flashgate.gateway.refresher import Refresher
 from flashgate.gateway.routes import ROUTES
 from flashgate.gateway.routing import Router
 from flashgate.gateway.runtime import Runtimes
+from flashgate.gateway.sweeper import Sweeper
 
 log = logging.getLogger("flashgate.app")
 
@@ -69,10 +70,13 @@ class Gateway:
         self.handle = self.path.handle  # the HTTP entry
         self.peer_of = self.path.peer_of  # a connection's client, resolved when it opens
         self.draining = False
+        self.sweeper = Sweeper(self.conn, self.runtimes, self.refresher, self.path.now_ms)
         self._services = (
             ("refresher", lambda: self.refresher.run(cfg.refresh_interval)),
             ("counters", self._flush_counters),
             ("parked", self._expire_parked),
+            # unpaid orders past their deadline: one worker of the instance
+            *((("sweeper", self.sweeper.run),) if worker_id == 0 else ()),
         )
         self._tasks: list[asyncio.Task] = []
         self._loop: asyncio.AbstractEventLoop | None = None

@@ -273,6 +273,7 @@ def _schemas() -> dict:
             "amount": _int(0, None, "unit_price * qty; for an order across price tiers, "
                                     "the sum of its price_breakdown"),
             "status": _str(enum=ORDER_STATUSES),
+            "updated_ms": _ms("when the status last changed (created_ms if never)"),
             "created_ms": _ms(), "pay_by_ms": _ms("unpaid after this, the order expires"),
         }, {"price_breakdown": _array(_ref("PricePart"), minItems=2, description=(
             "only on an order whose units straddle price tiers: each run of units at "
@@ -285,9 +286,14 @@ def _schemas() -> dict:
         "PauseState": _obj({"id": _id("event id"), "paused": {"type": "boolean"},
                             "state": _str(enum=EVENT_STATES)}),
         "StockAdd": _obj({"add": _int(1, MAX_STOCK, "units to add to the SKU's stock")}),
+        "StockAdded": _obj({"event_id": _id("event id"), "sku": _str(),
+                            "stock": _int(0, None, "the SKU's stock now: defined + added"),
+                            "sold": _int(), "left": _int(),
+                            "added": _int(0, None, "units added to this SKU so far")}),
         "Stats": _obj(
             {"pv": _int(), "uv": _int(), "attempts": _int(), "orders": _int(),
              "units_sold": _int(), "units_paid": _int(), "revenue": _int(),
+             "revenue_paid": _int(),
              "rejections": {"type": "object", "additionalProperties": _int(),
                             "description": "refused buys by error code"},
              "conversion": {"type": "number", "minimum": 0, "description": "orders / uv"},
@@ -301,6 +307,10 @@ def _schemas() -> dict:
         "SkuStats": _obj(
             {"id": _str(), "stock": _int(), "sold": _int()},
             {"left": _int(), "orders": _int(), "revenue": _int(),
+             "units_paid": _int(), "revenue_paid": _int(),
+             "units_returned": _int(0, None, "units given back by cancelled and expired "
+                                             "orders"),
+             "added": _int(0, None, "units added by the operator"),
              "sold_out_at_ms": _ms(nullable=True)}),
         "Report": {"type": "object", "description": "The post-event report."},
         "EventSummary": _obj({"id": _id("event id"), "name": _str(),
@@ -423,16 +433,21 @@ def _operations() -> dict:
         "markPaid": _op("markPaid", "Payment confirmed", "orders", ADMIN,
                         {200: _json(_ref("Order"), "The order (status paid); repeating is "
                                                    "harmless."),
-                         409: (["conflict"], "The order already expired or was cancelled.")},
-                        ADMIN_ERRORS),
+                         409: (["conflict"], "The order already expired or was cancelled, "
+                                             "or is past its pay_by_ms (it expires now).")},
+                        ("BadRequest",) + ADMIN_ERRORS,
+                        description="No body, or any JSON object (ignored)."),
         "cancelOrder": _op("cancelOrder", "Cancel an order", "orders", ADMIN,
                            {200: _json(_ref("Order"), "The order (status cancelled); its "
                                                       "units return to the pool if the event "
-                                                      "has not ended."),
-                            409: (["conflict"], "The order is paid.")},
-                           ADMIN_ERRORS),
+                                                      "has not ended. Repeating is harmless."),
+                            409: (["conflict"], "The order is paid or expired, or is past "
+                                                "its pay_by_ms (it expires now).")},
+                           ("BadRequest",) + ADMIN_ERRORS,
+                           description="No body, or any JSON object (ignored)."),
         "addStock": _op("addStock", "Add stock to a SKU", "admin", ADMIN,
-                        {200: _json({"type": "object"}, "Stock added."),
+                        {200: _json(_ref("StockAdded"), "Stock added; every worker of the "
+                                                        "instance serves it."),
                          409: (["ended"], "At or after ends_at_ms.")},
                         ("BadRequest",) + ADMIN_ERRORS, body=_ref("StockAdd")),
         "getStats": _op("getStats", "Totals of an event", "admin", ADMIN,

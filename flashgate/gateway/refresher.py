@@ -100,6 +100,7 @@ class Refresher:
             def apply(reply):
                 try:
                     if isinstance(reply, list):
+                        self.returned(srt, int(reply[2] or 0))
                         self.observe(srt, int(reply[0] or 0), int(reply[1] or 0))
                 finally:
                     left[0] -= 1
@@ -107,7 +108,7 @@ class Refresher:
                         done.set_result(None)
             return apply
 
-        self.conn.send_many([["MGET", s.keys.stock, s.keys.sold] for s in skus],
+        self.conn.send_many([["MGET", s.keys.stock, s.keys.sold, s.keys.returned] for s in skus],
                             [applier(s) for s in skus])
         return done
 
@@ -131,6 +132,16 @@ class Refresher:
         self.ledger.observe(srt.idx, sold, stock)  # (units that came back: see observe)
         if (sold != old_sold or stock != old_stock) and srt.waiters:
             self.path.retry_waiters(srt)
+
+    def returned(self, srt: SkuRuntime, returned: int) -> None:
+        """The SKU's units given back so far (cancelled and expired orders; they only
+        grow). When they grew since the last read, a buyer whose order ended may buy
+        again: the local buyer table may be too strict, and is dropped (Redis's limit
+        check stands in), even if sales made ``sold`` grow back meanwhile."""
+        if srt.returned < returned:
+            if srt.returned >= 0:
+                self.ledger.forget_buyers(srt.idx)
+            srt.returned = returned
 
     async def run(self, interval: float) -> None:
         while True:

@@ -17,12 +17,13 @@ from flashgate.gateway._commit import pack_bulks
 
 
 class SkuRuntime(SkuCore):
-    __slots__ = ("event_id", "keys", "commit_keys")
+    __slots__ = ("event_id", "keys", "commit_keys", "returned")
 
     def __init__(self, idx: int, sku: Sku, event_id: str, ert: EventRuntime, boot: str):
         self.idx = idx
         self.event_id = event_id
         self.keys = keys.SkuKeys(event_id, sku.id)
+        self.returned = -1  # units given back, as last read (refresher.py); -1: not yet
         self.commit_keys = pack_bulks(self.keys.commit())  # the commit's fixed KEYS, packed
         # order ids: "<event>.<sku>.<worker boot id><sequence in hex>", as bytes
         self.oid_prefix = f"{event_id}.{sku.id}.{boot}".encode()
@@ -32,7 +33,7 @@ class SkuRuntime(SkuCore):
         self.order_json = (
             b'{"order_id":"%s","event_id":"' + event_id.encode() + b'","sku":"'
             + sku.id.encode() + b'","user_id":"%s","qty":%d,"unit_price":%d,"amount":%d,'
-            b'"status":"reserved","created_ms":%d,"pay_by_ms":%d}'
+            b'"status":"reserved","created_ms":%d,"pay_by_ms":%d,"updated_ms":%d}'
         )
         self.define(sku, ert)
 

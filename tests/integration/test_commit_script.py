@@ -25,7 +25,7 @@ def configure(r, ev, body):
         meta = ["event", ev, "sku", s.id, "starts", event.starts_at_ms, "ends", event.ends_at_ms,
                 "limit", s.per_user_limit, "price", s.price, "tiers", s.tiers_arg(),
                 "pay_ms", 60_000, "reg", 0, "ms", event.milestones_arg()]
-        r.eval(scripts.CONFIGURE_SKU.source, 3, *k.configure(), s.stock, 0, *meta)
+        r.eval(scripts.CONFIGURE_SKU.source, len(k.configure()), *k.configure(), s.stock, 0, *meta)
 
 
 def raw_commit(r, k, reservations, n=None):
@@ -98,7 +98,7 @@ def test_a_batch_stores_each_order_as_one_record(r):
         assert orders.from_record(oid, raw) == {
             "order_id": oid, "event_id": ev, "sku": "s0", "user_id": user, "qty": qty,
             "unit_price": price, "amount": price * qty, "status": "reserved",
-            "created_ms": created, "pay_by_ms": payby}
+            "created_ms": created, "pay_by_ms": payby, "updated_ms": created}
     check_invariants(r, None, ev, body,
                      [{"order_id": oid, "sku": "s0", "user_id": u, "qty": 1} for oid, u in batch])
 

@@ -237,8 +237,13 @@ def test_served_operations_answer_as_documented(gw, r, live_event):
         op = ops[(method, path)]
         if op.get("x-flashgate-status") == "planned":
             continue
+        this = order
+        if op["operationId"] == "cancelOrder":  # (the shared order gets paid)
+            status, this, _ = gw.buy(event_id, "s0", BUYER)
+            assert status == 200, this
+            acked.append(this)
         m, url, payload, headers = _request_for(op["operationId"], method, path, op,
-                                                event_id, body, order)
+                                                event_id, body, this)
         status, data, resp_headers = gw.request(m, url, payload, headers)
         where = f"{m} {url} -> {status} {data!r:.300}"
         assert str(status) in op["responses"], where
@@ -284,8 +289,7 @@ def test_planned_operations_are_not_served_yet(gw, live_event):
     planned = [(k, op) for k, op in document_operations(doc).items()
                if op.get("x-flashgate-status") == "planned"]
     assert {op["operationId"] for _, op in planned} == {
-        "markPaid", "cancelOrder", "addStock", "getReport", "streamEvent", "dashboard",
-        "metrics", "listEvents", "exportRegistrations", "getSeries", "salePage"}
+        "getReport", "streamEvent", "dashboard", "metrics", "listEvents", "exportRegistrations", "getSeries", "salePage"}
     for (method, path), op in planned:
         m, url, payload, headers = _request_for(op["operationId"], method, path, op,
                                                 event_id, body, order)

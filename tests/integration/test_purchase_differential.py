@@ -436,7 +436,7 @@ class SideBySide:
             rs, rf.get("content-type"), rf.get("retry-after")), context
         if cs == 200 and "order_id" in cb:
             self._pair_orders(cb, rb, context)
-            times = ("order_id", "created_ms", "pay_by_ms")
+            times = ("order_id", "created_ms", "pay_by_ms", "updated_ms")
             assert ({k: v for k, v in cb.items() if k not in times}
                     == {k: v for k, v in rb.items() if k not in times}), context
         elif cs == 200 and "server_time_ms" in cb:
@@ -462,6 +462,7 @@ class SideBySide:
             assert self.t0 - 2000 <= o["created_ms"] <= now + 2000, context
             assert o["pay_by_ms"] - o["created_ms"] == PAY_S * 1000, context
             self.times[o["order_id"]] = (o["created_ms"], o["pay_by_ms"])
+        assert c["updated_ms"] == c["created_ms"], context  # (the reference has none)
         self.c2r[co] = ro
         self.r2c[ro] = co
         self.acked[co] = c

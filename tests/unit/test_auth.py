@@ -59,10 +59,12 @@ def test_the_order_template_writes_what_orjson_writes():
 
     event = parse_event("ev-1_x", event_body(stock=(5,)))
     srt = SkuRuntime(0, event.skus[0], event.id, EventRuntime(event), "b00t")
-    values = (b"ev-1_x.s0.abc12f", b"user_Z-9", 2, 1999, 3998, 1795496850531, 1795497750531)
+    values = (b"ev-1_x.s0.abc12f", b"user_Z-9", 2, 1999, 3998, 1795496850531, 1795497750531,
+              1795496850531)
     doc = {"order_id": values[0].decode(), "event_id": "ev-1_x", "sku": "s0",
            "user_id": values[1].decode(), "qty": 2, "unit_price": 1999, "amount": 3998,
-           "status": "reserved", "created_ms": values[5], "pay_by_ms": values[6]}
+           "status": "reserved", "created_ms": values[5], "pay_by_ms": values[6],
+           "updated_ms": values[7]}
     assert srt.order_json % values == orjson.dumps(doc)
 
 
@@ -83,7 +85,8 @@ def test_the_sale_answer_is_the_whole_200_response():
             doc = {"order_id": oid.decode(), "event_id": "ev-1_x", "sku": "s0",
                    "user_id": user.decode(), "qty": qty, "unit_price": price,
                    "amount": price * qty, "status": "reserved",
-                   "created_ms": 1795496850531, "pay_by_ms": 1795497750531}
+                   "created_ms": 1795496850531, "pay_by_ms": 1795497750531,
+                   "updated_ms": 1795496850531}
             answer = sale_answer(srt, oid, user.decode(), qty, price, 1795496850531,
                                  1795497750531)
             assert answer == build_response(200, orjson.dumps(doc))

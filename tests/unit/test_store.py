@@ -2,7 +2,7 @@
 
 import pytest
 
-from flashgate.core.orders import from_record, record, record_of_hash
+from flashgate.core.orders import from_record, kept, record, record_of_hash
 from flashgate.core.store import evicting_policy
 
 
@@ -16,13 +16,21 @@ def test_an_order_record_reads_as_the_api_object():
     assert from_record("ev.s0.ab1", raw) == {
         "order_id": "ev.s0.ab1", "event_id": "ev", "sku": "s0", "user_id": "u1", "qty": 2,
         "unit_price": 1999, "amount": 3998, "status": "reserved", "created_ms": 1000,
-        "pay_by_ms": 61000}
+        "pay_by_ms": 61000, "updated_ms": 1000}
 
 
 def test_fields_a_later_state_adds_are_read():
     raw = record("paid", "u1", 1, 100, 1000, 61000, paid_ms=5000, by="op-1").encode()
     order = from_record("ev.s0.ab1", raw)
     assert (order["status"], order["paid_ms"], order["by"]) == ("paid", 5000, "op-1")
+
+
+def test_a_transition_says_when_and_kept_is_not_shown():
+    raw = record("cancelled", "u1", 1, 100, 1000, 61000, updated_ms=7000, kept=1).encode()
+    order = from_record("ev.s0.ab1", raw)
+    assert (order["status"], order["updated_ms"]) == ("cancelled", 7000)
+    assert "kept" not in order and kept(raw)
+    assert not kept(record("cancelled", "u1", 1, 100, 1000, 61000, updated_ms=7000).encode())
 
 
 @pytest.mark.parametrize("raw", [None, b"", b"reserved|u1|1|100", b"reserved|u1|x|100|7|8"])

@@ -106,8 +106,10 @@ class Operator:
         return build_response(200, orjson.dumps({
             "event_id": ev.id,
             "pv": c.get("pv", 0), "uv": uv, "attempts": c.get("attempts", 0),
-            "orders": orders, "units_sold": units, "units_paid": 0,
+            "orders": orders, "units_sold": units,
+            "units_paid": sum(s["units_paid"] for s in skus),
             "revenue": sum(s["revenue"] for s in skus),
+            "revenue_paid": sum(s["revenue_paid"] for s in skus),
             "rejections": {k: c.get(k, 0) for k in REJECTIONS},
             "conversion": round(orders / uv, 4) if uv else 0.0,
             "sold_out_ms": sold_out_ms,
