@@ -97,32 +97,6 @@ def _recency(order: dict) -> tuple[int, bool]:
     return order.get("updated_ms", order["created_ms"]), order["status"] != "reserved"
 
 
-def parse_breakdown(raw: str) -> list[dict] | None:
-    """``"2x100,1x120"`` (a record's ``bd`` field) as the API's price breakdown."""
-    out = []
-    for part in str(raw).split(","):
-        qty, _, price = part.partition("x")
-        if not qty.isdigit() or not price.isdigit():
-            return None
-        out.append({"qty": int(qty), "unit_price": int(price)})
-    return out or None
-
-
-def normalize(order: dict) -> dict:
-    """The order object whatever the codec of this build shows: ``updated_ms`` always
-    there (= ``created_ms`` for an order never changed), a straddled order's
-    ``price_breakdown`` as a list and its amount the exact sum."""
-    order.setdefault("updated_ms", order["created_ms"])
-    bd = order.get("price_breakdown")
-    if bd is None and "bd" in order:
-        bd = parse_breakdown(order.pop("bd"))
-        if bd is not None:
-            order["price_breakdown"] = bd
-    if bd:
-        order["amount"] = sum(p["qty"] * p["unit_price"] for p in bd)
-    return order
-
-
 class OrderFollower:
     """Follows the orders streams of ``events`` (None: every event in ``fg:events``)
     as consumer ``consumer`` of ``group``. ``conn`` is a connected RedisConnection
@@ -279,8 +253,7 @@ class OrderFollower:
             if isinstance(reply, Exception):
                 raise reply
             for oid, rec in zip(ids, reply, strict=True):
-                o = orders.from_record(oid, rec)
-                current[oid] = normalize(o) if o is not None else None
+                current[oid] = orders.from_record(oid, rec)
         batch = Batch()
         for stream, eid, kind, ts, found in raw:
             event_id, sku = self.streams.get(stream) or _split_stream(stream)

@@ -71,6 +71,24 @@ def test_buy_answer_and_order_carry_updated_ms(any_gw, r):
     check_invariants(r, gw, ev, body, [o])
 
 
+def test_an_idempotent_replay_shows_the_order_as_it_is_now(any_gw, r):
+    # a buy repeated with its Idempotency-Key after the order was paid answers the paid
+    # order (its record as it is now), not the reserved one it made
+    gw = any_gw
+    ev = new_id("replay")
+    body = event_body(stock=(3,), limits=[2])
+    gw.put_event(ev, body)
+    key = {"Idempotency-Key": "k-" + new_id("i")}
+    status, o, _ = gw.buy(ev, "s0", "u1", headers=key)
+    assert status == 200 and o["status"] == "reserved", o
+    status, p, _ = paid(gw, o["order_id"])
+    assert status == 200 and p["status"] == "paid", p
+    status, again, _ = gw.buy(ev, "s0", "u1", headers=key)
+    assert status == 200, again
+    assert again == p == order_of(gw, o["order_id"])
+    check_invariants(r, gw, ev, body, [o])
+
+
 def test_payment_is_final_and_counted(any_gw, r):
     gw = any_gw
     ev = new_id("pay")

@@ -14,7 +14,7 @@ def test_a_record_with_a_breakdown_reads_as_its_order():
     got = orders.from_record(OID, rec.encode())
     assert got == {"order_id": OID, "event_id": "ev", "sku": "s0", "user_id": "u1", "qty": 3,
                    "unit_price": 100, "amount": 2080, "status": "reserved", "created_ms": 5,
-                   "pay_by_ms": 6, "price_breakdown": [{"qty": 1, "unit_price": 100},
+                   "pay_by_ms": 6, "updated_ms": 5, "price_breakdown": [{"qty": 1, "unit_price": 100},
                                                        {"qty": 2, "unit_price": 990}]}
     assert orders.breakdown_arg(got["price_breakdown"]) == "1x100,2x990"
     # the 200 of a new order across tiers is that very object
