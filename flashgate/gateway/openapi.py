@@ -17,14 +17,19 @@ import orjson
 
 from flashgate import __version__
 from flashgate.core.events import (
+    DEFAULT_REMINDERS_S,
+    MAX_GOAL,
     MAX_LIMIT,
     MAX_MILESTONES,
     MAX_PAYMENT_TIMEOUT_S,
     MAX_PRICE,
+    MAX_REMINDER_S,
+    MAX_REMINDERS,
     MAX_SKUS,
     MAX_STOCK,
     MAX_TIERS,
     MAX_TIME_MS,
+    MAX_URL,
 )
 from flashgate.gateway.routes import ROUTES
 
@@ -214,6 +219,15 @@ def _event_fields() -> dict:
         "registration_required": {"type": "boolean", "default": False},
         "payment_timeout_s": _int(1, MAX_PAYMENT_TIMEOUT_S,
                                   "seconds to pay a reserved order (default 900)"),
+        "webhook_url": _str("where notifications are POSTed (http:// or https://, no "
+                            "credentials); null: none", maxLength=MAX_URL, format="uri")
+        | {"type": ["string", "null"]},
+        "reminders_s": _array(_int(0, MAX_REMINDER_S), maxItems=MAX_REMINDERS,
+                              description="seconds before starts_at_ms at which registered "
+                                          "users are announced (stored distinct, largest "
+                                          "first)", default=list(DEFAULT_REMINDERS_S)),
+        "goals": _obj({}, {k: _int(0, MAX_GOAL) for k in ("units", "revenue", "buyers")},
+                      "targets the report measures the sale against"),
     }
 
 
@@ -238,7 +252,7 @@ def _schemas() -> dict:
             {"starts_at_ms": ev["starts_at_ms"], "ends_at_ms": ev["ends_at_ms"],
              "skus": skus_in},
             {k: ev[k] for k in ("name", "preheat_at_ms", "registration_required",
-                                "payment_timeout_s")}
+                                "payment_timeout_s", "webhook_url", "reminders_s", "goals")}
             | {"milestones": _array(_ref("Milestone"), maxItems=MAX_MILESTONES)},
             "Body of PUT /api/v1/admin/events/{event_id}."),
         "StoredSku": _obj(sku | {"tiers": _array(_ref("Tier"))}),
@@ -284,7 +298,7 @@ def _schemas() -> dict:
              "latency_ms": _obj({q: {"type": ["number", "null"]}
                                  for q in ("p50", "p99", "p999")}),
              "skus": _array(_ref("SkuStats"))},
-            {"event_id": _id("event id")},
+            {"event_id": _id("event id"), "registered": _int(0, None, "registered users")},
             "Totals across all workers and instances."),
         "SkuStats": _obj(
             {"id": _str(), "stock": _int(), "sold": _int()},
