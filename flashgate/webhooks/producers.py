@@ -97,8 +97,9 @@ class Producers:
                 raise r
         notified = _pairs(replies[0])
         for offset in ev.reminders_s:
-            if f"reminder:{offset}" not in notified:
-                await self._reminder(ev, offset, now, notified)
+            state = notified.get(f"reminder:{offset}")
+            if state is None or state.startswith("pending|"):
+                await self._reminder(ev, offset, now, state is not None)
         reward = dict(ev.milestones)
         for sold_b, value in sorted(_pairs(replies[1]).items(), key=lambda x: int(x[0])):
             what = f"milestone:{sold_b}"
@@ -132,12 +133,14 @@ class Producers:
                                 f"done|{self.clock()}|{outcome}")
         log.info("webhooks: %s of %s enqueued", kind, ev.id)
 
-    async def _reminder(self, ev: Event, offset: int, now: int, notified: dict) -> None:
+    async def _reminder(self, ev: Event, offset: int, now: int, pending: bool) -> None:
+        """``pending``: a producer claimed it and has not finished (it may have died:
+        its claim is taken over once its lease ran out, whatever the grace says)."""
         at = ev.starts_at_ms - offset * 1000
         if now < at:
             return
         what = f"reminder:{offset}"
-        if now - at > self.grace_ms:
+        if not pending and now - at > self.grace_ms:
             if await self.conn.execute("HSETNX", keys.notified(ev.id), what,
                                        f"skipped|{now}|{at}"):
                 log.info("webhooks: the reminder %d s before %s is %d s past: skipped",

@@ -11,27 +11,12 @@ import hmac
 import time
 
 import pytest
-import redis
 
 from flashgate.core import keys
-from flashgate.core.redisconn import RedisConnection
 from flashgate.webhooks import outbox
 from flashgate.webhooks.sender import Sender, backoff_s
 from flashgate.webhooks.signing import signature, verify
-from tests.webhook_receiver import Receiver
-
-SECRET = b"webhook-secret-for-the-tests-0123456789abcdef"
-DB = 9  # the outbox keys are global: the tests of webhooks have a database of their own
-
-
-@pytest.fixture
-def hooks_db(redis_server):
-    url = redis_server.url.rsplit("/", 1)[0] + f"/{DB}"
-    client = redis.Redis.from_url(url)
-    client.flushdb()
-    yield url, client
-    client.flushdb()
-    client.close()
+from tests.webhook_support import SECRET, Receiver, connect, run_sender
 
 
 @pytest.fixture
@@ -39,26 +24,6 @@ def receiver():
     recv = Receiver()
     yield recv
     recv.close()
-
-
-async def connect(url: str) -> RedisConnection:
-    conn = RedisConnection(url)
-    await conn.connect()
-    return conn
-
-
-async def run_sender(sender: Sender, until, timeout: float = 10.0):
-    """Run ``sender`` until ``until()`` holds (or fail after ``timeout``), then stop it."""
-    task = asyncio.get_running_loop().create_task(sender.run())
-    deadline = time.monotonic() + timeout
-    try:
-        while not until():
-            assert time.monotonic() < deadline, "timed out waiting for the deliveries"
-            assert not task.done(), task.exception()
-            await asyncio.sleep(0.01)
-    finally:
-        await sender.stop(grace=2.0)
-        await asyncio.wait_for(task, 5)
 
 
 def test_signature_and_body_as_documented(hooks_db, receiver):

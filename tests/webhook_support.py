@@ -1,14 +1,44 @@
-"""A real HTTP receiver of webhooks for the tests: a threading HTTP server on a free
-port of 127.0.0.1 that records every POST (its time, headers and body) and answers
-as the test's ``behave(n, body)`` says: a status, or ``("sleep", seconds, status)``
-to answer late (a timeout for the sender), or ``"close"`` to drop the connection."""
+"""Support of the webhook tests: a real HTTP receiver (``Receiver``), the outbox's own
+database of the test Redis (the ``hooks_db`` fixture, tests/integration/conftest.py),
+and running a sender until a condition holds.
+
+The receiver is a threading HTTP server on a free port of 127.0.0.1 that records
+every POST (its time, headers and body) and answers as the test's ``behave(n, body)``
+says: a status, or ``("sleep", seconds, status)`` to answer late (a timeout for the
+sender), or ``"close"`` to drop the connection."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from flashgate.core.redisconn import RedisConnection
+
+SECRET = b"webhook-secret-for-the-tests-0123456789abcdef"
+DB = 9  # the outbox keys are global: the tests of webhooks have a database of their own
+
+
+async def connect(url: str) -> RedisConnection:
+    conn = RedisConnection(url)
+    await conn.connect()
+    return conn
+
+
+async def run_sender(sender, until, timeout: float = 10.0):
+    """Run ``sender`` until ``until()`` holds (or fail after ``timeout``), then stop it."""
+    task = asyncio.get_running_loop().create_task(sender.run())
+    deadline = time.monotonic() + timeout
+    try:
+        while not until():
+            assert time.monotonic() < deadline, "timed out waiting for the deliveries"
+            assert not task.done(), task.exception()
+            await asyncio.sleep(0.01)
+    finally:
+        await sender.stop(grace=2.0)
+        await asyncio.wait_for(task, 5)
 
 
 class Received:
