@@ -12,8 +12,15 @@ Nothing here runs on the purchase path: the producers read the keys the commit
 script writes, and the sender runs in a process of its own.
 """
 
-from flashgate.webhooks.outbox import DUPLICATE, ENQUEUED, KINDS, NO_WEBHOOK, enqueue
+from flashgate.webhooks.outbox import (
+    DUPLICATE,
+    ENQUEUED,
+    KINDS,
+    NO_WEBHOOK,
+    enqueue,
+    enqueue_many,
+)
 from flashgate.webhooks.signing import HEADER, signature, verify
 
-__all__ = ["DUPLICATE", "ENQUEUED", "HEADER", "KINDS", "NO_WEBHOOK", "enqueue", "signature",
-           "verify"]
+__all__ = ["DUPLICATE", "ENQUEUED", "HEADER", "KINDS", "NO_WEBHOOK", "enqueue", "enqueue_many",
+           "signature", "verify"]

@@ -36,7 +36,7 @@ import uuid
 import orjson
 
 from flashgate.core import keys
-from flashgate.core.redisconn import RedisConnection
+from flashgate.core.redisconn import RedisConnection, RedisError
 from flashgate.core.scripts import Script
 
 # What a notification may be (API.md, Webhooks)
@@ -87,6 +87,33 @@ async def enqueue(conn: RedisConnection, event_id: str, kind: str, data,
     reply = await ENQUEUE.run(conn, _ENQUEUE_KEYS,
                               [delivery_id, event_id, body(delivery_id, event_id, kind, data, ts)])
     return _ENQUEUE_REPLIES[int(reply)]
+
+
+async def enqueue_many(conn: RedisConnection, items) -> list[str]:
+    """``enqueue`` of many notifications in one round trip (a pipeline):
+    ``items`` are ``(event_id, kind, data, delivery_id)`` (``delivery_id`` None: a
+    fresh one); returns each one's outcome, in order. For a feed of orders, whose
+    ids make the delivery ids (``<order id>:<status>``)."""
+    now = time.time_ns() // 1_000_000
+    calls = []
+    for event_id, kind, data, delivery_id in items:
+        if kind not in KINDS:
+            raise ValueError(f"unknown notification type {kind!r}")
+        if delivery_id is None:
+            delivery_id = f"{event_id}:{kind}:{uuid.uuid4().hex}"
+        elif not isinstance(delivery_id, str) or not 0 < len(delivery_id) <= MAX_ID:
+            raise ValueError(f"a delivery id is a string of 1-{MAX_ID} characters")
+        calls.append([delivery_id, event_id, body(delivery_id, event_id, kind, data, now)])
+    if not calls:
+        return []
+    replies = await conn.pipeline([ENQUEUE.args(_ENQUEUE_KEYS, argv) for argv in calls])
+    if any(isinstance(r, RedisError) and str(r).startswith("NOSCRIPT") for r in replies):
+        await conn.execute("SCRIPT", "LOAD", ENQUEUE.source)  # (a restarted Redis)
+        replies = await conn.pipeline([ENQUEUE.args(_ENQUEUE_KEYS, argv) for argv in calls])
+    for r in replies:
+        if isinstance(r, Exception):
+            raise r
+    return [_ENQUEUE_REPLIES[int(r)] for r in replies]
 
 
 class Claimed:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import time
 
 import pytest
 
@@ -364,3 +365,40 @@ def test_a_webhook_secret_flag_is_warned_of(redis_server, tmp_path):
     assert "--webhook-secret is visible to every local user" in text
     assert SECRET.decode() not in text
     assert os.path.basename(__file__)  # (the gateway stopped cleanly: checked at teardown)
+
+
+def test_deliveries_outlive_a_stopped_gateway(hooks_db, secret_file, tmp_path):
+    """A gateway whose receiver fails is stopped (SIGTERM, a drain) with deliveries
+    pending; the next gateway's notifier delivers each of them, once."""
+    url, r = hooks_db
+    up = {"ok": False}
+    recv = Receiver(lambda n, body: 200 if up["ok"] else 500)
+    flags = ["--webhook-secret-file", str(secret_file), "--webhook-retry-min", "0.05",
+             "--webhook-retry-max", "0.2"]
+    try:
+        r.hset(keys.HOOKS_URLS, "evr", recv.url)
+
+        async def enqueue():
+            conn = await connect(url)
+            got = await outbox.enqueue_many(
+                conn, [("evr", "order.paid", {"i": i}, f"evr.s0.{i}:paid") for i in range(20)])
+            conn.close()
+            return got
+
+        assert asyncio.run(enqueue()) == [outbox.ENQUEUED] * 20
+        first = Gateway(url, tmp_path / "a", workers=1, extra=flags).start()
+        wait_for(lambda: len({x.json["id"] for x in recv.received}) == 20, "first attempts")
+        assert first.stop() == 0
+        assert r.hlen(keys.HOOKS_BODY) == 20 and recv.acknowledged() == []
+        up["ok"] = True
+        second = Gateway(url, tmp_path / "b", workers=1, extra=flags).start()
+        wait_for(lambda: len(recv.acknowledged()) >= 20, "the deliveries", timeout=10)
+        time.sleep(0.3)
+        second.stop()
+    finally:
+        recv.close()
+    acked = sorted(x.json["id"] for x in recv.acknowledged())
+    assert acked == sorted(f"evr.s0.{i}:paid" for i in range(20))
+    assert r.hlen(keys.HOOKS_BODY) == 0
+    for x in recv.received:
+        assert verify(SECRET, x.body, x.headers["X-Flashgate-Signature"])

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import json
 import time
 
 import pytest
@@ -89,6 +90,32 @@ def test_enqueue_once_per_id_and_only_with_a_webhook(hooks_db):
 
     asyncio.run(main())
     assert b'"a":1' in r.hget(keys.HOOKS_BODY, "ev2:x")
+
+
+def test_enqueue_many_in_one_round_trip(hooks_db):
+    """A feed of orders enqueues a batch at once; ids seen before, and events without
+    a webhook, store nothing; a Redis that forgot its scripts is no failure."""
+    url, r = hooks_db
+
+    async def main():
+        conn = await connect(url)
+        r.hset(keys.HOOKS_URLS, "evm", "http://127.0.0.1:1/")
+        r.script_flush()
+        items = [("evm", "order.created", {"order_id": f"evm.s0.{i}"}, f"evm.s0.{i}:created")
+                 for i in range(50)]
+        items += [("no-hooks", "order.created", {}, "x:created"), items[0]]
+        got = await outbox.enqueue_many(conn, items)
+        assert got == [outbox.ENQUEUED] * 50 + [outbox.NO_WEBHOOK, outbox.DUPLICATE]
+        assert await outbox.enqueue_many(conn, items[:3]) == [outbox.DUPLICATE] * 3
+        assert await outbox.enqueue_many(conn, []) == []
+        with pytest.raises(ValueError):
+            await outbox.enqueue_many(conn, [("evm", "order.shipped", {}, None)])
+        conn.close()
+
+    asyncio.run(main())
+    assert r.zcard(keys.HOOKS_DUE) == 50
+    assert json.loads(r.hget(keys.HOOKS_BODY, "evm.s0.7:created"))["data"] == {
+        "order_id": "evm.s0.7"}
 
 
 def test_a_failing_receiver_is_retried_with_backoff_until_it_acknowledges(hooks_db):
