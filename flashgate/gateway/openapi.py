@@ -531,8 +531,37 @@ def _build() -> dict:
                                        "operations")],
         "security": PUBLIC,
         "paths": _paths(),
+        "webhooks": _webhooks(),
         "components": _components(),
     }
+
+
+def _webhooks() -> dict:
+    """The notifications flashgate POSTs to an event's webhook_url (one entry: the
+    body's ``type`` says which)."""
+    kinds = ["reminder", "order.created", "order.paid", "order.cancelled", "order.expired",
+             "milestone.reached", "sku.sold_out", "event.ended"]
+    notification = _obj(
+        {"id": _str("unique delivery id: de-duplicate by it (delivery is at least once)"),
+         "type": _str(enum=kinds), "event_id": _id("event id"),
+         "ts_ms": _ms("when what it tells happened"),
+         "data": {"type": "object", "description":
+                  "reminder: {starts_at_ms, offset_s, batch, batches, users}; order.*: the "
+                  "order; milestone.reached: {sold, reward, reached_ms, order_id}; "
+                  "sku.sold_out: {sku, sold_out_ms, stock}; event.ended: the totals"}})
+    return {"notification": {"post": {
+        "operationId": "notification",
+        "summary": "A notification about an event (to its webhook_url)",
+        "parameters": [{
+            "name": "X-Flashgate-Signature", "in": "header", "required": True,
+            "description": "t=<ms>,v1=<hex HMAC-SHA256(webhook secret, \"<t>.<body>\")>: "
+                           "check it over the raw body, and refuse a t far from your clock",
+            "schema": {"type": "string", "pattern": "^t=[0-9]+,v1=[0-9a-f]{64}$"}}],
+        "requestBody": {"required": True,
+                        "content": {"application/json": {"schema": notification}}},
+        "responses": {"2XX": {"description": "Acknowledged; anything else is retried "
+                                             "with back-off, then given up."}},
+    }}}
 
 
 @cache
