@@ -27,14 +27,15 @@ threshold -> ``<reached_ms>|<order id>``; a SKU's ``sold_out_ms``), each once.
 ``event.ended``: once the clock passes ``ends_at_ms`` plus ``settle_ms`` (commits
 decided before the end have landed), with the totals.
 
-``clock`` (ms) is injectable, so tests run reminders at their offsets without waiting.
+Their clock is Redis ``TIME`` (read once per tick), so the instances agree on when a
+reminder is due and when a claim's lease ran out; ``clock`` (a callable giving ms)
+replaces it, so tests run reminders at their offsets without waiting.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 
 from flashgate.core import keys, store
 from flashgate.core.events import Event
@@ -47,15 +48,11 @@ log = logging.getLogger("flashgate.webhooks")
 REMINDER_CLAIM = Script("reminder_claim.lua")
 
 
-def _wall_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
 class Producers:
     def __init__(self, conn, *, clock=None, batch: int = 500, grace_ms: int = 300_000,
                  settle_ms: int = 2000, claim_lease_ms: int = 60_000):
         self.conn = conn
-        self.clock = clock or _wall_ms
+        self.clock = clock  # None: Redis TIME
         self.batch = batch
         self.grace_ms = grace_ms
         self.settle_ms = settle_ms
@@ -82,7 +79,7 @@ class Producers:
         if version != self._version:
             _, self.events = await store.load_events(self.conn)
             self._version = version
-        now = self.clock()
+        now = self.clock() if self.clock is not None else await store.redis_time_ms(self.conn)
         for ev in self.events:
             if ev.webhook_url and (ev.id, ev.ends_at_ms) not in self._finished:
                 await self._event(ev, now)
@@ -129,8 +126,7 @@ class Producers:
                                        ts_ms=ts_ms)
         if outcome == outbox.NO_WEBHOOK:
             return  # the URL was removed since the definitions were read: not now
-        await self.conn.execute("HSET", keys.notified(ev.id), what,
-                                f"done|{self.clock()}|{outcome}")
+        await self.conn.execute("HSET", keys.notified(ev.id), what, f"done|{ts_ms}|{outcome}")
         log.info("webhooks: %s of %s enqueued", kind, ev.id)
 
     async def _reminder(self, ev: Event, offset: int, now: int, pending: bool) -> None:
