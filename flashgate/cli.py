@@ -2,7 +2,8 @@
 and ``flashgate --version`` (also ``python -m flashgate``). Exit codes: 0 done, 2 a
 usage or configuration error, or a server that cannot start (the reason on stderr);
 ``events`` and ``stats`` (clients of a running server's HTTP API): 3 the server cannot
-be reached, 4 no such event, 1 any other refusal (a wrong admin token, a server error)."""
+be reached, 4 no such event, 1 any other refusal (a wrong admin token, a server error);
+``webhooks`` (reads Redis): 3 Redis cannot be reached."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ commands:
   token USER_ID    print a signed buyer token (needs the gateway's user secret)
   events           list the events of a running server
   stats EVENT      print an event's figures from a running server
+  webhooks         the webhook outbox in Redis: pending, dead letters, send again
 
 options:
   -h, --help       this text
@@ -288,6 +290,61 @@ def _stats(argv: list[str]) -> int:
     return 0
 
 
+def _webhooks(argv: list[str]) -> int:
+    import asyncio
+    import json
+
+    p = argparse.ArgumentParser(
+        prog="flashgate webhooks", allow_abbrev=False,
+        description="The webhook outbox in Redis: what waits to be sent, and the deliveries "
+        "given up on (dead letters), which `retry` queues again.")
+    p.add_argument("action", choices=("status", "dead", "retry"),
+                   help="status: counts; dead: each dead letter as a JSON line; retry: queue "
+                        "dead letters again (the IDs given, or --all)")
+    p.add_argument("ids", nargs="*", metavar="ID", help="delivery ids (retry)")
+    p.add_argument("--all", action="store_true", help="retry: every dead letter")
+    p.add_argument("--redis", default=os.environ.get("FLASHGATE_REDIS") or None,
+                   help="the Redis URL the servers use (an embedded Redis's is in the serve "
+                        "banner) [env FLASHGATE_REDIS]")
+    a = p.parse_args(argv)
+    if not a.redis:
+        print("flashgate webhooks: no Redis: give --redis URL or FLASHGATE_REDIS (the URL "
+              "`flashgate serve` uses; its banner shows an embedded one's)", file=sys.stderr)
+        return 2
+    if a.action == "retry" and not (a.ids or a.all):
+        print("flashgate webhooks: retry needs delivery ids or --all", file=sys.stderr)
+        return 2
+    from flashgate.core.redisconn import RedisConnection, RedisError, RedisUnavailable
+    from flashgate.webhooks import outbox
+
+    async def run() -> int:
+        conn = RedisConnection(a.redis)
+        try:
+            await conn.connect()
+            if a.action == "status":
+                print(json.dumps(await outbox.pending(conn)))
+            elif a.action == "dead":
+                for d in await outbox.dead_letters(conn):
+                    print(json.dumps(d))
+            else:
+                done = await outbox.requeue_dead(conn, () if a.all else a.ids)
+                missing = sorted(set(a.ids) - set(done))
+                print(f"queued again: {len(done)}")
+                if missing:
+                    print(f"flashgate webhooks: not dead letters: {' '.join(missing)}",
+                          file=sys.stderr)
+                    return 1
+            return 0
+        finally:
+            conn.close()
+
+    try:
+        return asyncio.run(run())
+    except (RedisUnavailable, RedisError, OSError, ValueError) as e:
+        print(f"flashgate webhooks: {e}", file=sys.stderr)
+        return 3
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -305,6 +362,8 @@ def main(argv: list[str] | None = None) -> int:
         return _events(rest)
     if cmd == "stats":
         return _stats(rest)
+    if cmd == "webhooks":
+        return _webhooks(rest)
     print(f"flashgate: unknown command {cmd!r}\n\n{USAGE}", file=sys.stderr)
     return 2
 

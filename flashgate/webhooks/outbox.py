@@ -52,6 +52,7 @@ ENQUEUE = Script("hooks_enqueue.lua")
 CLAIM = Script("hooks_claim.lua")
 DONE = Script("hooks_done.lua")
 RETRY = Script("hooks_retry.lua")
+REQUEUE = Script("hooks_requeue.lua")
 
 _ENQUEUE_KEYS = [keys.HOOKS_URLS, keys.HOOKS_SEEN, keys.HOOKS_DUE, keys.HOOKS_BODY,
                  keys.HOOKS_META]
@@ -171,3 +172,11 @@ async def dead_letters(conn: RedisConnection) -> list[dict]:
     "dead_ms", "error", "body"}``."""
     flat = await conn.execute("HGETALL", keys.HOOKS_DEAD)
     return sorted((orjson.loads(v) for v in flat[1::2]), key=lambda d: d["dead_ms"])
+
+
+async def requeue_dead(conn: RedisConnection, ids=()) -> list[str]:
+    """Queue dead letters again (``ids``; none: all of them), due at once, with their
+    attempts and give-up time counted afresh; returns the ids queued."""
+    got = await REQUEUE.run(conn, [keys.HOOKS_DEAD, keys.HOOKS_DUE, keys.HOOKS_BODY,
+                                   keys.HOOKS_META], list(ids))
+    return [i.decode() for i in got]

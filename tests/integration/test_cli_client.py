@@ -104,3 +104,43 @@ def test_the_token_serve_generated_and_its_address(redis_server, tmp_path):
     finally:
         os.chdir(cwd)
     assert out.returncode == 0 and f"event {ev}" in out.stdout
+
+
+def test_webhooks_command_shows_and_requeues_dead_letters(hooks_db):
+    import asyncio
+
+    from flashgate.core import keys
+    from flashgate.webhooks import outbox
+    from flashgate.webhooks.sender import Sender
+    from tests.webhook_support import SECRET, connect, run_sender
+
+    url, r = hooks_db
+    r.hset(keys.HOOKS_URLS, "evd", f"http://127.0.0.1:{free_port()}/nobody")
+
+    async def make_dead():
+        conn = await connect(url)
+        for i in range(2):
+            await outbox.enqueue(conn, "evd", "sku.sold_out", {"sku": f"s{i}"}, f"evd:so:{i}")
+        await run_sender(Sender(conn, SECRET, give_up=0, poll=0.01),
+                         lambda: r.hlen(keys.HOOKS_DEAD) == 2)
+        conn.close()
+
+    asyncio.run(make_dead())
+    env = clean_env(FLASHGATE_REDIS=url)
+    out = flashgate("webhooks", "status", env=env)
+    assert out.returncode == 0 and json.loads(out.stdout) == {"due": 0, "in_flight": 0, "dead": 2}
+    out = flashgate("webhooks", "dead", env=env)
+    dead = [json.loads(line) for line in out.stdout.splitlines()]
+    assert sorted(d["id"] for d in dead) == ["evd:so:0", "evd:so:1"]
+    assert all(d["attempts"] == 1 and d["error"].startswith("ConnectError") for d in dead)
+    out = flashgate("webhooks", "retry", "evd:so:1", "nope", env=env)
+    assert out.returncode == 1 and "queued again: 1" in out.stdout and "nope" in out.stderr
+    assert r.zscore(keys.HOOKS_DUE, "evd:so:1") is not None
+    assert r.hget(keys.HOOKS_META, "evd:so:1").startswith(b"0|")
+    assert flashgate("webhooks", "retry", "--all", env=env).stdout.strip() == "queued again: 1"
+    assert json.loads(flashgate("webhooks", "status", env=env).stdout) == {
+        "due": 2, "in_flight": 0, "dead": 0}
+    assert flashgate("webhooks", "retry", env=env).returncode == 2
+    assert flashgate("webhooks", "status").returncode == 2  # no Redis named
+    out = flashgate("webhooks", "status", "--redis", f"redis://127.0.0.1:{free_port()}/0")
+    assert out.returncode == 3 and "cannot connect" in out.stderr
