@@ -62,11 +62,15 @@ class Producers:
         self._finished: set[tuple[str, int]] = set()  # (event, ends_at_ms) with "ended" sent
 
     async def run(self, interval: float = 0.5) -> None:
+        said = float("-inf")
         while True:
             try:
                 await self.tick()
             except (RedisUnavailable, RedisError) as e:
-                log.warning("webhooks: producers cannot read Redis: %s", e)
+                now = asyncio.get_running_loop().time()
+                if now - said >= 10.0:  # once in a while, not at every tick
+                    log.warning("webhooks: producers cannot read Redis: %s", e)
+                    said = now
             except asyncio.CancelledError:
                 raise
             except Exception:

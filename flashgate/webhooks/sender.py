@@ -73,6 +73,7 @@ class Sender:
         self._inflight: set[asyncio.Task] = set()
         self._slot_free = asyncio.Event()
         self._stopping = False
+        self._said = float("-inf")  # when a Redis failure was last logged
         self.sent = 0  # acknowledged deliveries
         self.failed = 0  # failed attempts
         self.dead = 0  # deliveries given up
@@ -87,7 +88,10 @@ class Sender:
             try:
                 claimed = await outbox.claim(self.conn, free, self.lease_ms)
             except (RedisUnavailable, RedisError) as e:
-                log.warning("webhooks: cannot claim deliveries: %s", e)
+                now = time.monotonic()
+                if now - self._said >= 10.0:  # once in a while, not twice a second
+                    log.warning("webhooks: cannot claim deliveries: %s", e)
+                    self._said = now
                 await asyncio.sleep(max(self.poll, 0.5))
                 continue
             for d in claimed:
@@ -132,6 +136,8 @@ class Sender:
             error = f"no answer within {self.timeout:g} s"
         except httpx.HTTPError as e:
             error = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+        except (httpx.InvalidURL, ValueError, OSError) as e:  # a URL the client refuses
+            error = f"{type(e).__name__}: {e}"
         self.failed += 1
         delay = backoff_s(d.attempt, self.retry_min, self.retry_max)
         if retry_after is not None:

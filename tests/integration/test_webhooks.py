@@ -330,3 +330,22 @@ def test_stale_claims_cannot_decide(hooks_db):
 
     asyncio.run(main())
     assert r.hlen(keys.HOOKS_META) == 0
+
+
+def test_a_url_the_client_refuses_is_a_failure_like_any_other(hooks_db):
+    """(Stored past the definition's check, e.g. by an older build): retried, then
+    given up - never stuck in a lease."""
+    url, r = hooks_db
+
+    async def main():
+        conn = await connect(url)
+        r.hset(keys.HOOKS_URLS, "evu", "http://[::1/h")
+        await outbox.enqueue(conn, "evu", "order.paid", {}, "evu:a")
+        await run_sender(Sender(conn, SECRET, give_up=0, poll=0.01),
+                         lambda: r.hlen(keys.HOOKS_DEAD) == 1)
+        [d] = await outbox.dead_letters(conn)
+        conn.close()
+        return d
+
+    d = asyncio.run(main())
+    assert d["error"].startswith("InvalidURL") and r.zcard(keys.HOOKS_LEASE) == 0
