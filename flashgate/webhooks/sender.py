@@ -110,7 +110,7 @@ class Sender:
 
     async def _deliver(self, d: outbox.Claimed) -> None:
         if not d.url:  # the event no longer has a webhook_url
-            await outbox.done(self.conn, d)
+            await self._settle(outbox.done(self.conn, d), d)
             log.info("webhooks: %s dropped: its event has no webhook_url now", d.id)
             return
         retry_after = None

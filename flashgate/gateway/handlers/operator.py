@@ -43,6 +43,9 @@ class Operator:
         except (RedisUnavailable, RedisError) as e:
             log.warning("cannot save event %s: %s", event_id, e)
             return answers.UNAVAILABLE
+        if event.webhook_url and not gw.cfg.webhook_secret:
+            log.warning("event %s has a webhook_url, but this instance has no webhook secret: "
+                        "its notifications wait for an instance that has one", event_id)
         if not await gw.changed():
             return answers.UNAVAILABLE
         return build_response(201 if created else 200, orjson.dumps(event.to_dict()))
