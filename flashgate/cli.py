@@ -1,7 +1,10 @@
-"""``flashgate serve``, ``flashgate token``, ``flashgate orders follow`` (orders_cli.py)
-and ``flashgate --version`` (also
+"""``flashgate serve``, ``flashgate token``, ``flashgate orders follow`` (orders_cli.py),
+``flashgate events``, ``flashgate stats`` and ``flashgate --version`` (also
 ``python -m flashgate``). Exit codes: 0 done, 2 a usage or configuration error, or a
-server that cannot start (the reason on stderr)."""
+server that cannot start (the reason on stderr); ``events`` and ``stats`` (clients of a
+running server's HTTP API): 3 the server cannot be reached, 4 no such event, 1 any
+other refusal (a wrong admin token, a server error); ``webhooks`` (reads Redis): 3
+Redis cannot be reached."""
 
 from __future__ import annotations
 
@@ -20,6 +23,9 @@ commands:
   token USER_ID    print a signed buyer token (needs the gateway's user secret)
   orders follow    follow the orders into a PostgreSQL table or a JSON-lines file
                    (flashgate orders follow --help)
+  events           list the events of a running server
+  stats EVENT      print an event's figures from a running server
+  webhooks         the webhook outbox in Redis: pending, dead letters, send again
 
 options:
   -h, --help       this text
@@ -119,6 +125,229 @@ def _serve(argv: list[str]) -> int:
     return serve(cfg, warnings)
 
 
+def _serve_url() -> str:
+    """The URL of the server ``flashgate serve`` would run with this environment's
+    settings (FLASHGATE_HOST / FLASHGATE_PORT, else its defaults), from this host."""
+    from flashgate.config import Config, env_name
+
+    host = os.environ.get(env_name("host")) or Config.__dataclass_fields__["host"].default
+    port = os.environ.get(env_name("port")) or str(Config.__dataclass_fields__["port"].default)
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    return f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+
+
+def _admin_client(prog: str, argv: list[str], add_args=None):
+    """The options every client command takes, parsed: ``(args, url, token)``; raises
+    SystemExit(2) with the reason when no admin token can be found."""
+    from flashgate.config import Config, ConfigError, env_name, read_secret_file
+
+    data_default = Config.__dataclass_fields__["data_dir"].default
+    p = argparse.ArgumentParser(
+        prog=prog, allow_abbrev=False,
+        description="Ask a running flashgate server (its HTTP API) with the admin token: "
+        "--admin-token-file FILE, or FLASHGATE_ADMIN_TOKEN / FLASHGATE_ADMIN_TOKEN_FILE, "
+        "else the token `flashgate serve` generated into its data directory.")
+    if add_args is not None:
+        add_args(p)
+    p.add_argument("--url", default=os.environ.get("FLASHGATE_URL") or None,
+                   help="the server's base URL [env FLASHGATE_URL; default: the address "
+                        "flashgate serve takes from FLASHGATE_HOST / FLASHGATE_PORT, "
+                        "else http://127.0.0.1:8080]")
+    p.add_argument("--admin-token", help="the admin token (visible in the process list: "
+                                         "prefer the variable or the file) "
+                                         "[env FLASHGATE_ADMIN_TOKEN]")
+    p.add_argument("--admin-token-file", metavar="FILE",
+                   help="file holding the admin token [env FLASHGATE_ADMIN_TOKEN_FILE]")
+    p.add_argument("--data-dir", default=os.environ.get(env_name("data_dir")) or data_default,
+                   help="the server's data directory, where serve keeps a generated token "
+                        f"[env FLASHGATE_DATA_DIR, default {data_default!r}]")
+    p.add_argument("--json", action="store_true", help="print the server's JSON as it is")
+    a = p.parse_args(argv)
+    try:
+        if a.admin_token and a.admin_token_file:
+            raise ConfigError("give --admin-token or --admin-token-file, not both")
+        if a.admin_token_file:
+            token = read_secret_file(a.admin_token_file, "admin token")
+        elif a.admin_token:
+            token = a.admin_token
+        elif os.environ.get("FLASHGATE_ADMIN_TOKEN"):
+            token = os.environ["FLASHGATE_ADMIN_TOKEN"]
+        elif os.environ.get("FLASHGATE_ADMIN_TOKEN_FILE"):
+            token = read_secret_file(os.environ["FLASHGATE_ADMIN_TOKEN_FILE"], "admin token")
+        else:
+            path = os.path.join(a.data_dir, "admin_token")
+            if not os.path.exists(path):
+                raise ConfigError(
+                    f"no admin token: none given (--admin-token-file FILE, "
+                    f"FLASHGATE_ADMIN_TOKEN) and no {path} (the file `flashgate serve` "
+                    "writes when it generates one; --data-dir names its directory)")
+            token = read_secret_file(path, "admin token")
+    except ConfigError as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return a, (a.url or _serve_url()).rstrip("/"), token
+
+
+class _Refused(Exception):
+    def __init__(self, code: int, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+def _get_json(url: str, token: str, what: str):
+    """GET ``url`` with the admin token: its JSON, or _Refused with the exit code."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}",
+                                               "Accept": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as e:
+        try:
+            err = json.loads(e.read())
+            detail = f"{err.get('error')}: {err.get('message')}"
+        except ValueError:
+            detail = e.reason
+        if e.code == 404:
+            raise _Refused(4, f"{what} not found ({detail})") from None
+        if e.code == 401:
+            raise _Refused(1, "the server refused the admin token (401): give the token "
+                              "of that server") from None
+        raise _Refused(1, f"the server answered {e.code} ({detail})") from None
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        reason = getattr(e, "reason", e)
+        raise _Refused(3, f"cannot reach the server at {url}: {reason} (is `flashgate "
+                          "serve` running there? --url or FLASHGATE_URL names it)") from None
+
+
+def _when(ms) -> str:
+    import datetime
+
+    if ms is None:
+        return "-"
+    return datetime.datetime.fromtimestamp(ms / 1000, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _events(argv: list[str]) -> int:
+    import json
+
+    a, base, token = _admin_client("flashgate events", argv)
+    try:
+        data = _get_json(base + "/api/v1/admin/events", token, "the events list")
+    except _Refused as e:
+        print(f"flashgate events: {e}", file=sys.stderr)
+        return e.code
+    if a.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    rows = [("ID", "STATE", "STARTS (UTC)", "ENDS (UTC)", "NAME")]
+    rows += [(e["id"], e["state"], _when(e["starts_at_ms"]), _when(e["ends_at_ms"]), e["name"])
+             for e in data["events"]]
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r[:4], widths, strict=True)) + "  " + r[4])
+    if not data["events"]:
+        print("(no events)")
+    return 0
+
+
+def _stats(argv: list[str]) -> int:
+    import json
+    import urllib.parse
+
+    def add(p):
+        p.add_argument("event", metavar="EVENT", help="the event's id")
+
+    a, base, token = _admin_client("flashgate stats", argv, add)
+    url = f"{base}/api/v1/admin/events/{urllib.parse.quote(a.event, safe='')}/stats"
+    try:
+        s = _get_json(url, token, f"event {a.event!r}")
+    except _Refused as e:
+        print(f"flashgate stats: {e}", file=sys.stderr)
+        return e.code
+    if a.json:
+        print(json.dumps(s, indent=2))
+        return 0
+    lat = s.get("latency_ms") or {}
+    lines = [
+        f"event {s.get('event_id', a.event)}",
+        f"  visitors     pv {s['pv']}  uv {s['uv']}  registered {s.get('registered', 0)}",
+        f"  buying       attempts {s['attempts']}  orders {s['orders']}  "
+        f"conversion {s['conversion']}",
+        f"  units        sold {s['units_sold']}  paid {s['units_paid']}",
+        f"  revenue      {s['revenue']}",
+        f"  sold out     {'-' if s['sold_out_ms'] is None else str(s['sold_out_ms']) + ' ms after the start'}",
+        f"  latency ms   p50 {lat.get('p50')}  p99 {lat.get('p99')}  p999 {lat.get('p999')}",
+    ]
+    refused = {k: v for k, v in (s.get("rejections") or {}).items() if v}
+    lines.append("  refused      " + ("  ".join(f"{k} {v}" for k, v in refused.items())
+                                      or "none"))
+    for sku in s.get("skus", []):
+        lines.append(f"  sku {sku['id']}: stock {sku['stock']}  sold {sku['sold']}  "
+                     f"left {sku.get('left', '-')}  orders {sku.get('orders', '-')}  "
+                     f"revenue {sku.get('revenue', '-')}")
+    print("\n".join(lines))
+    return 0
+
+
+def _webhooks(argv: list[str]) -> int:
+    import asyncio
+    import json
+
+    p = argparse.ArgumentParser(
+        prog="flashgate webhooks", allow_abbrev=False,
+        description="The webhook outbox in Redis: what waits to be sent, and the deliveries "
+        "given up on (dead letters), which `retry` queues again.")
+    p.add_argument("action", choices=("status", "dead", "retry"),
+                   help="status: counts; dead: each dead letter as a JSON line; retry: queue "
+                        "dead letters again (the IDs given, or --all)")
+    p.add_argument("ids", nargs="*", metavar="ID", help="delivery ids (retry)")
+    p.add_argument("--all", action="store_true", help="retry: every dead letter")
+    p.add_argument("--redis", default=os.environ.get("FLASHGATE_REDIS") or None,
+                   help="the Redis URL the servers use (an embedded Redis's is in the serve "
+                        "banner) [env FLASHGATE_REDIS]")
+    a = p.parse_args(argv)
+    if not a.redis:
+        print("flashgate webhooks: no Redis: give --redis URL or FLASHGATE_REDIS (the URL "
+              "`flashgate serve` uses; its banner shows an embedded one's)", file=sys.stderr)
+        return 2
+    if a.action == "retry" and not (a.ids or a.all):
+        print("flashgate webhooks: retry needs delivery ids or --all", file=sys.stderr)
+        return 2
+    from flashgate.core.redisconn import RedisConnection, RedisError, RedisUnavailable
+    from flashgate.webhooks import outbox
+
+    async def run() -> int:
+        conn = RedisConnection(a.redis)
+        try:
+            await conn.connect()
+            if a.action == "status":
+                print(json.dumps(await outbox.pending(conn)))
+            elif a.action == "dead":
+                for d in await outbox.dead_letters(conn):
+                    print(json.dumps(d))
+            else:
+                done = await outbox.requeue_dead(conn, () if a.all else a.ids)
+                missing = sorted(set(a.ids) - set(done))
+                print(f"queued again: {len(done)}")
+                if missing:
+                    print(f"flashgate webhooks: not dead letters: {' '.join(missing)}",
+                          file=sys.stderr)
+                    return 1
+            return 0
+        finally:
+            conn.close()
+
+    try:
+        return asyncio.run(run())
+    except (RedisUnavailable, RedisError, OSError, ValueError) as e:
+        print(f"flashgate webhooks: {e}", file=sys.stderr)
+        return 3
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -136,6 +365,12 @@ def main(argv: list[str] | None = None) -> int:
         from flashgate.orders_cli import main as orders_main
 
         return orders_main(rest)
+    if cmd == "events":
+        return _events(rest)
+    if cmd == "stats":
+        return _stats(rest)
+    if cmd == "webhooks":
+        return _webhooks(rest)
     print(f"flashgate: unknown command {cmd!r}\n\n{USAGE}", file=sys.stderr)
     return 2
 

@@ -6,8 +6,9 @@ work raises ``ConfigError`` (``flashgate serve`` prints it and exits 2) before
 anything is started or written:
 
 * secrets come from a flag, a variable, or a file (``--user-secret-file``,
-  ``--admin-token-file``: nothing in the process list); the user secret has at least
-  32 bytes, the admin token at least 16 characters; an empty value is no value;
+  ``--admin-token-file``, ``--webhook-secret-file``: nothing in the process list); the
+  user secret and the webhook secret have at least 32 bytes, the admin token at least
+  16 characters; an empty value is no value;
 * without a user secret buyers are whoever ``X-User-Id`` says (dev identity). That
   is allowed only with ``--dev``, or for the out-of-the-box demo: a loopback address
   and the embedded Redis (``dev`` is then turned on, and the banner says so).
@@ -25,6 +26,7 @@ from flashgate import __version__
 
 MIN_USER_SECRET_BYTES = 32
 MIN_ADMIN_TOKEN_CHARS = 16
+MIN_WEBHOOK_SECRET_BYTES = 32
 
 _GROUPS = {
     "listen": "listening",
@@ -36,6 +38,8 @@ _GROUPS = {
     "path": "purchase path",
     "shutdown": "shutdown (SIGTERM / SIGINT)",
     "http": "HTTP limits",
+    "webhooks": "webhooks (notifications POSTed to an event's webhook_url, signed with the "
+                "webhook secret; sent by a process of their own, never by a worker)",
     "misc": "other",
 }
 
@@ -136,6 +140,25 @@ class Config:
                                "seconds a client may take to send a request's head")
     max_connections: int = _opt(10000, "http",
                                 "open connections per worker; beyond, a new one gets 503")
+    webhook_secret: str = _opt("", "webhooks",
+                               f"HMAC secret that signs notifications, at least "
+                               f"{MIN_WEBHOOK_SECRET_BYTES} bytes; none: this instance sends "
+                               "none (they wait in Redis for an instance that has it)")
+    webhook_secret_file: str = _opt("", "webhooks",
+                                    "file holding the webhook secret (surrounding whitespace "
+                                    "ignored)")
+    webhook_timeout: float = _opt(10.0, "webhooks",
+                                  "seconds one delivery attempt may take in all (connect, "
+                                  "send, answer)")
+    webhook_concurrency: int = _opt(16, "webhooks",
+                                    "deliveries this instance sends at once")
+    webhook_retry_min: float = _opt(1.0, "webhooks",
+                                    "seconds before the first retry; each next one doubles")
+    webhook_retry_max: float = _opt(300.0, "webhooks",
+                                    "seconds: the longest wait between two attempts")
+    webhook_give_up: float = _opt(86400.0, "webhooks",
+                                  "seconds after it was queued when a delivery that still "
+                                  "fails is given up (a dead letter)")
     log_level: str = _opt("info", "misc", "debug, info, warning or error")
 
     def to_dict(self) -> dict:
@@ -147,7 +170,7 @@ class ConfigError(ValueError):
 
 
 # flags whose value is a secret: visible to every local user in the process list
-SECRET_FLAGS = ("--user-secret", "--admin-token")
+SECRET_FLAGS = ("--user-secret", "--admin-token", "--webhook-secret")
 
 
 def env_name(name: str) -> str:
@@ -260,6 +283,11 @@ _BOUNDS = (
     ("ip_burst", 1.0, "at least 1"),
     ("user_burst", 1.0, "at least 1"),
     ("global_burst", 1.0, "at least 1"),
+    ("webhook_timeout", 0.1, "at least 0.1 s"),
+    ("webhook_concurrency", 1, "at least 1"),
+    ("webhook_retry_min", 0.01, "at least 0.01 s"),
+    ("webhook_retry_max", 0.01, "at least 0.01 s"),
+    ("webhook_give_up", 0.0, "0 or more seconds"),
 )
 
 
@@ -299,12 +327,17 @@ def from_args(argv: list[str] | None = None, warnings: list[str] | None = None) 
                             f"prefer {env_name(flag[2:].replace('-', '_'))} or {flag}-file")
     _secret(cfg, "user_secret", "user secret", warnings)
     _secret(cfg, "admin_token", "admin token", warnings)
+    _secret(cfg, "webhook_secret", "webhook secret", warnings)
     if cfg.user_secret and len(cfg.user_secret.encode()) < MIN_USER_SECRET_BYTES:
         raise ConfigError(f"the user secret is too short: {len(cfg.user_secret.encode())} "
                           f"bytes, at least {MIN_USER_SECRET_BYTES} are needed")
     if cfg.admin_token and len(cfg.admin_token) < MIN_ADMIN_TOKEN_CHARS:
         raise ConfigError(f"the admin token is too short: {len(cfg.admin_token)} characters, "
                           f"at least {MIN_ADMIN_TOKEN_CHARS} are needed")
+    if cfg.webhook_secret and len(cfg.webhook_secret.encode()) < MIN_WEBHOOK_SECRET_BYTES:
+        raise ConfigError(f"the webhook secret is too short: "
+                          f"{len(cfg.webhook_secret.encode())} bytes, at least "
+                          f"{MIN_WEBHOOK_SECRET_BYTES} are needed")
     check_identity(cfg)
     if cfg.workers < 0:
         raise ConfigError("--workers must be >= 0 (0: the CPU count)")
@@ -318,6 +351,8 @@ def from_args(argv: list[str] | None = None, warnings: list[str] | None = None) 
         value = getattr(cfg, name)
         if not value >= least:  # (also NaN)
             raise ConfigError(f"--{name.replace('_', '-')} must be {what} (got {value})")
+    if cfg.webhook_retry_max < cfg.webhook_retry_min:
+        raise ConfigError("--webhook-retry-max must not be below --webhook-retry-min")
     if cfg.appendfsync not in ("everysec", "always"):
         raise ConfigError("--appendfsync must be everysec or always")
     if cfg.log_level.lower() not in ("debug", "info", "warning", "error"):

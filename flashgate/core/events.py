@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
 MAX_SKUS = 64
@@ -16,6 +17,12 @@ MAX_STOCK = 1_000_000_000
 MAX_LIMIT = 10_000  # per user: price * limit stays below 10**13
 MAX_TIME_MS = 4_102_444_800_000  # 2100-01-01
 MAX_PAYMENT_TIMEOUT_S = 7 * 24 * 3600
+MAX_URL = 2048  # characters of a webhook_url
+MAX_REMINDERS = 16
+MAX_REMINDER_S = 30 * 24 * 3600  # a reminder at most 30 days before the start
+DEFAULT_REMINDERS_S = (21600, 7200, 1800, 0)  # 6 h, 2 h, 30 min, and at the start
+GOALS = ("units", "revenue", "buyers")
+MAX_GOAL = 10**15
 
 
 class EventError(ValueError):
@@ -54,6 +61,9 @@ class Event:
     skus: list[Sku]
     milestones: list[tuple[int, str]] = field(default_factory=list)
     paused: bool = False
+    webhook_url: str | None = None  # where notifications go (gateway/webhooks)
+    reminders_s: list[int] = field(default_factory=lambda: list(DEFAULT_REMINDERS_S))
+    goals: dict[str, int] = field(default_factory=dict)  # any of GOALS
 
     def milestones_arg(self) -> str:
         """The milestones' thresholds as the commit script reads them: "150,300"
@@ -90,6 +100,9 @@ class Event:
                 for s in self.skus
             ],
             "milestones": [{"sold": n, "reward": r} for n, r in self.milestones],
+            "webhook_url": self.webhook_url,
+            "reminders_s": list(self.reminders_s),
+            "goals": dict(self.goals),
         }
 
     @classmethod
@@ -196,6 +209,10 @@ def parse_event(event_id: str, body) -> Event:
         milestones.append((_int(ms, "sold", lo=1, hi=MAX_STOCK * MAX_SKUS, where=where),
                            _str(ms, "reward", where=where)))
     milestones.sort()
+    webhook_url = _webhook_url(body.get("webhook_url"))
+    raw_reminders = body.get("reminders_s")
+    reminders = _reminders(list(DEFAULT_REMINDERS_S) if raw_reminders is None else raw_reminders)
+    goals = _goals(body.get("goals"))
     return Event(
         id=event_id,
         name=name,
@@ -206,7 +223,60 @@ def parse_event(event_id: str, body) -> Event:
         payment_timeout_s=timeout,
         skus=skus,
         milestones=milestones,
+        webhook_url=webhook_url,
+        reminders_s=reminders,
+        goals=goals,
     )
+
+
+def _webhook_url(v) -> str | None:
+    """An absolute http(s) URL with a host, or None (no webhooks)."""
+    if v is None:
+        return None
+    if not isinstance(v, str):
+        raise EventError("bad_request", "webhook_url must be a string")
+    if len(v) > MAX_URL:
+        raise EventError("bad_request", f"webhook_url is longer than {MAX_URL} characters")
+    bad = EventError("bad_request", "webhook_url must be an absolute http:// or https:// URL")
+    if any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in v):
+        raise bad
+    try:
+        u = urlsplit(v)
+        u.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        raise bad from None
+    if u.scheme not in ("http", "https") or not u.hostname or u.fragment:
+        raise bad
+    if u.username is not None or u.password is not None:
+        raise EventError("bad_request", "webhook_url must not carry credentials "
+                                        "(notifications are signed: see API.md)")
+    return v
+
+
+def _reminders(v) -> list[int]:
+    """Distinct offsets in seconds before the start, largest first."""
+    if not isinstance(v, list) or len(v) > MAX_REMINDERS:
+        raise EventError("bad_request",
+                         f"reminders_s must be a list of at most {MAX_REMINDERS} integers")
+    out = set()
+    for x in v:
+        if not isinstance(x, int) or isinstance(x, bool) or not 0 <= x <= MAX_REMINDER_S:
+            raise EventError("bad_request", "reminders_s must hold integers from 0 to "
+                                            f"{MAX_REMINDER_S} (seconds before the start)")
+        out.add(x)
+    return sorted(out, reverse=True)
+
+
+def _goals(v) -> dict[str, int]:
+    if v is None:
+        return {}
+    if not isinstance(v, dict):
+        raise EventError("bad_request", "goals must be an object")
+    out = {}
+    for k in GOALS:
+        if k in v:
+            out[k] = _int(v, k, lo=0, hi=MAX_GOAL, where="goals.")
+    return out
 
 
 def check_replace(old: Event, new: Event, sold: dict[str, int], now_ms: int) -> None:

@@ -25,6 +25,17 @@ Redis Cluster slot; the event-wide keys carry the event's own tag or none.
     fg:{<event>}:milestones        hash threshold -> "<reached_ms>|<order id>" once reached
                                    (no order id: reached when it was defined)
     fg:{<event>}:registered        hash user -> when they registered (ms)
+    fg:{<event>}:notified          hash: the notifications of the event already enqueued
+                                   ("reminder:<offset>", "milestone:<sold>", "sold_out:<sku>",
+                                   "ended") -> how (webhooks/producers.py)
+    fg:{hooks}:urls                hash event -> its webhook_url (written with the definition)
+    fg:{hooks}:due                 zset delivery id -> when it may be sent (ms)
+    fg:{hooks}:lease               zset delivery id -> when its sender's lease ends (ms)
+    fg:{hooks}:body                hash delivery id -> the JSON body POSTed
+    fg:{hooks}:meta                hash delivery id -> "<attempts>|<enqueued ms>|<event>|<error>"
+    fg:{hooks}:seen                zset delivery id -> when it was enqueued (ms): an id is
+                                   enqueued once (kept 7 days)
+    fg:{hooks}:dead                hash delivery id -> JSON of a delivery given up on
     fg:event:<event>               the definition (JSON; its "paused" is not read back)
     fg:paused:<event>              "1" while the operator has paused the event
     fg:events                      set of event ids
@@ -147,6 +158,21 @@ def milestones(event_id: str) -> str:
 def registered(event_id: str) -> str:
     """The event's registered users: user -> when they registered (ms)."""
     return "fg:{" + event_id + "}:registered"
+
+
+def notified(event_id: str) -> str:
+    """The event's notifications already enqueued: what -> how (webhooks/producers.py)."""
+    return "fg:{" + event_id + "}:notified"
+
+
+# The webhook outbox (webhooks/outbox.py): one hash tag, so its scripts run on one slot.
+HOOKS_URLS = "fg:{hooks}:urls"
+HOOKS_DUE = "fg:{hooks}:due"
+HOOKS_LEASE = "fg:{hooks}:lease"
+HOOKS_BODY = "fg:{hooks}:body"
+HOOKS_META = "fg:{hooks}:meta"
+HOOKS_SEEN = "fg:{hooks}:seen"
+HOOKS_DEAD = "fg:{hooks}:dead"
 
 
 def earlier_order(prefix: str, order_id: str) -> str:

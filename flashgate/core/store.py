@@ -107,6 +107,10 @@ async def save_event(conn: RedisConnection, event: Event) -> bool:
     await conn.pipeline([
         ["SET", keys.event(event.id), orjson.dumps(event.to_dict())],
         ["SADD", keys.EVENTS, event.id],
+        # where its notifications go: the webhook outbox reads it when it enqueues
+        # and when it sends (webhooks/outbox.py)
+        ["HSET", keys.HOOKS_URLS, event.id, event.webhook_url] if event.webhook_url
+        else ["HDEL", keys.HOOKS_URLS, event.id],
         ["INCR", keys.VERSION],
     ])
     return old is None
@@ -229,10 +233,30 @@ async def load_events(conn: RedisConnection) -> tuple[int, list[Event]]:
 
 
 async def register(conn: RedisConnection, event: Event, user: str) -> None:
+    """Register ``user``: in every SKU's set (the commit script reads it) and in the
+    event's hash of registrations with the Redis TIME of the first time (a repeat
+    keeps it)."""
+    now = await redis_time_ms(conn)
     cmds = [["SADD", keys.SkuKeys(event.id, s.id).reg, user] for s in event.skus]
+    cmds.append(["HSETNX", keys.registered(event.id), user, now])
     for r in await conn.pipeline(cmds):
         if isinstance(r, Exception):
             raise r
+
+
+async def registrations(conn: RedisConnection, event_id: str, count: int = 1000):
+    """The event's registrations, ``[(user, registered_ms)]`` a page at a time (HSCAN:
+    a large hash is read without blocking Redis). As with any SCAN, a user may come
+    in two pages (the caller de-duplicates); one registered during the scan may be
+    missing."""
+    cursor = b"0"
+    while True:
+        cursor, flat = await conn.execute("HSCAN", keys.registered(event_id), cursor,
+                                          "COUNT", count)
+        it = iter(flat)
+        yield [(u.decode(), int(ms)) for u, ms in zip(it, it, strict=True)]
+        if cursor in (b"0", 0, "0"):
+            return
 
 
 async def get_order(conn: RedisConnection, order_id: str) -> dict | None:

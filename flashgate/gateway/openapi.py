@@ -17,14 +17,19 @@ import orjson
 
 from flashgate import __version__
 from flashgate.core.events import (
+    DEFAULT_REMINDERS_S,
+    MAX_GOAL,
     MAX_LIMIT,
     MAX_MILESTONES,
     MAX_PAYMENT_TIMEOUT_S,
     MAX_PRICE,
+    MAX_REMINDER_S,
+    MAX_REMINDERS,
     MAX_SKUS,
     MAX_STOCK,
     MAX_TIERS,
     MAX_TIME_MS,
+    MAX_URL,
 )
 from flashgate.gateway.routes import ROUTES
 
@@ -214,6 +219,15 @@ def _event_fields() -> dict:
         "registration_required": {"type": "boolean", "default": False},
         "payment_timeout_s": _int(1, MAX_PAYMENT_TIMEOUT_S,
                                   "seconds to pay a reserved order (default 900)"),
+        "webhook_url": _str("where notifications are POSTed (http:// or https://, no "
+                            "credentials); null: none", maxLength=MAX_URL, format="uri")
+        | {"type": ["string", "null"]},
+        "reminders_s": _array(_int(0, MAX_REMINDER_S), maxItems=MAX_REMINDERS,
+                              description="seconds before starts_at_ms at which registered "
+                                          "users are announced (stored distinct, largest "
+                                          "first)", default=list(DEFAULT_REMINDERS_S)),
+        "goals": _obj({}, {k: _int(0, MAX_GOAL) for k in ("units", "revenue", "buyers")},
+                      "targets the report measures the sale against"),
     }
 
 
@@ -238,7 +252,7 @@ def _schemas() -> dict:
             {"starts_at_ms": ev["starts_at_ms"], "ends_at_ms": ev["ends_at_ms"],
              "skus": skus_in},
             {k: ev[k] for k in ("name", "preheat_at_ms", "registration_required",
-                                "payment_timeout_s")}
+                                "payment_timeout_s", "webhook_url", "reminders_s", "goals")}
             | {"milestones": _array(_ref("Milestone"), maxItems=MAX_MILESTONES)},
             "Body of PUT /api/v1/admin/events/{event_id}."),
         "StoredSku": _obj(sku | {"tiers": _array(_ref("Tier"))}),
@@ -302,7 +316,8 @@ def _schemas() -> dict:
              "latency_ms": _obj({q: {"type": ["number", "null"]}
                                  for q in ("p50", "p99", "p999")}),
              "skus": _array(_ref("SkuStats"))},
-            {"event_id": _id("event id"), "milestones": _array(_ref("MilestoneView"))},
+            {"event_id": _id("event id"), "milestones": _array(_ref("MilestoneView")),
+             "registered": _int(0, None, "registered users")},
             "Totals across all workers and instances."),
         "SkuStats": _obj(
             {"id": _str(), "stock": _int(), "sold": _int()},
@@ -545,8 +560,37 @@ def _build() -> dict:
                                        "operations")],
         "security": PUBLIC,
         "paths": _paths(),
+        "webhooks": _webhooks(),
         "components": _components(),
     }
+
+
+def _webhooks() -> dict:
+    """The notifications flashgate POSTs to an event's webhook_url (one entry: the
+    body's ``type`` says which)."""
+    kinds = ["reminder", "order.created", "order.paid", "order.cancelled", "order.expired",
+             "milestone.reached", "sku.sold_out", "event.ended"]
+    notification = _obj(
+        {"id": _str("unique delivery id: de-duplicate by it (delivery is at least once)"),
+         "type": _str(enum=kinds), "event_id": _id("event id"),
+         "ts_ms": _ms("when what it tells happened"),
+         "data": {"type": "object", "description":
+                  "reminder: {starts_at_ms, offset_s, batch, batches, users}; order.*: the "
+                  "order; milestone.reached: {sold, reward, reached_ms, order_id}; "
+                  "sku.sold_out: {sku, sold_out_ms, stock}; event.ended: the totals"}})
+    return {"notification": {"post": {
+        "operationId": "notification",
+        "summary": "A notification about an event (to its webhook_url)",
+        "parameters": [{
+            "name": "X-Flashgate-Signature", "in": "header", "required": True,
+            "description": "t=<ms>,v1=<hex HMAC-SHA256(webhook secret, \"<t>.<body>\")>: "
+                           "check it over the raw body, and refuse a t far from your clock",
+            "schema": {"type": "string", "pattern": "^t=[0-9]+,v1=[0-9a-f]{64}$"}}],
+        "requestBody": {"required": True,
+                        "content": {"application/json": {"schema": notification}}},
+        "responses": {"2XX": {"description": "Acknowledged; anything else is retried "
+                                             "with back-off, then given up."}},
+    }}}
 
 
 @cache

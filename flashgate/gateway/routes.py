@@ -47,7 +47,7 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/api/v1/orders/{order_id}", "getOrder", (BUYER, OPERATOR),
           "buyer.get_order"),
     # the operator's
-    Route("GET", "/api/v1/admin/events", "listEvents", (OPERATOR,), None),
+    Route("GET", "/api/v1/admin/events", "listEvents", (OPERATOR,), "operator.list_events"),
     Route("PUT", _ADMIN_EV, "putEvent", (OPERATOR,), "operator.put_event"),
     Route("GET", _ADMIN_EV, "getEventDefinition", (OPERATOR,), "operator.get_event"),
     Route("POST", _ADMIN_EV + "/pause", "pauseEvent", (OPERATOR,), "operator.pause"),
@@ -56,7 +56,8 @@ ROUTES: tuple[Route, ...] = (
           "lifecycle.add_stock"),
     Route("GET", _ADMIN_EV + "/stats", "getStats", (OPERATOR,), "operator.stats"),
     Route("GET", _ADMIN_EV + "/orders", "exportOrders", (OPERATOR,), "operator.orders"),
-    Route("GET", _ADMIN_EV + "/registrations", "exportRegistrations", (OPERATOR,), None),
+    Route("GET", _ADMIN_EV + "/registrations", "exportRegistrations", (OPERATOR,),
+          "operator.registrations"),
     Route("GET", _ADMIN_EV + "/series", "getSeries", (OPERATOR,), None),
     Route("GET", _ADMIN_EV + "/report", "getReport", (OPERATOR,), None),
     Route("POST", "/api/v1/admin/orders/{order_id}/paid", "markPaid", (OPERATOR,),

@@ -117,6 +117,16 @@ def _worker_main(cfg_dict: dict, worker_id: int, ready, parent: int, peer_dir: s
     worker.run(Config(**cfg_dict), worker_id, ready, parent, peer_dir)
 
 
+def _notifier_main(cfg_dict: dict, parent: int) -> None:
+    die_with_parent()
+    from flashgate.webhooks import service
+
+    service.run(Config(**cfg_dict), parent)
+
+
+NOTIFIER = -1  # the notifier's key among the supervised processes (workers: 0, 1, ...)
+
+
 def _refuse(message: str) -> int:
     print(f"flashgate: {message}", file=sys.stderr, flush=True)
     return 2
@@ -204,6 +214,12 @@ class Supervisor:
 
     def _start(self, worker_id: int) -> None:
         # the configuration (secrets included) travels through the spawn pipe, not argv
+        if worker_id == NOTIFIER:  # the webhooks' sender (webhooks/service.py)
+            p = self.ctx.Process(target=_notifier_main, args=(self.cfg.to_dict(), os.getpid()),
+                                 name="flashgate-notifier", daemon=False)
+            p.start()
+            self.procs[worker_id] = p
+            return
         p = self.ctx.Process(target=_worker_main,
                              args=(self.cfg.to_dict(), worker_id, self.ready, os.getpid(),
                                    self.peer_dir),
@@ -237,13 +253,17 @@ class Supervisor:
                     print("flashgate: every worker died at start; see the log above",
                           file=sys.stderr)
                     return 1
+        if cfg.webhook_secret and not self.stopping:
+            self._start(NOTIFIER)
         self._banner()
         while not self.stopping:
             time.sleep(0.1)
             for wid, p in list(self.procs.items()):
                 if p.is_alive() or self.stopping:
                     continue
-                log.error("worker %d (pid %d) exited with %s; restarting", wid, p.pid, p.exitcode)
+                log.error("%s (pid %d) exited with %s; restarting",
+                          "the notifier" if wid == NOTIFIER else f"worker {wid}", p.pid,
+                          p.exitcode)
                 now = time.monotonic()
                 self.restarts = [t for t in self.restarts if now - t < 10] + [now]
                 if len(self.restarts) > 5 * cfg.workers:
@@ -252,7 +272,7 @@ class Supervisor:
         return self._drain()
 
     def _drain(self) -> int:
-        log.info("draining %d workers", len(self.procs))
+        log.info("draining %d workers", len([w for w in self.procs if w != NOTIFIER]))
         for p in self.procs.values():
             if p.is_alive():
                 os.kill(p.pid, signal.SIGTERM)
@@ -306,6 +326,13 @@ def banner(cfg: Config, bound: str, event_ids: list[tuple[str, str]], embedded=N
     else:
         lines.append("  admin token: the one given (--admin-token / FLASHGATE_ADMIN_TOKEN)")
         admin = "-H \"Authorization: Bearer $FLASHGATE_ADMIN_TOKEN\""
+    if cfg.webhook_secret:
+        lines.append("  webhooks: signed with the webhook secret"
+                     + (f" (from {cfg.webhook_secret_file})" if cfg.webhook_secret_file else "")
+                     + "; sent by this instance's notifier process")
+    else:
+        lines.append("  webhooks: not sent by this instance (no webhook secret: "
+                     "--webhook-secret-file or FLASHGATE_WEBHOOK_SECRET)")
     if cfg.user_secret:
         mint = "flashgate token u1"
         if cfg.max_token_ttl < 3600:

@@ -43,6 +43,9 @@ class Operator:
         except (RedisUnavailable, RedisError) as e:
             log.warning("cannot save event %s: %s", event_id, e)
             return answers.UNAVAILABLE
+        if event.webhook_url and not gw.cfg.webhook_secret:
+            log.warning("event %s has a webhook_url, but this instance has no webhook secret: "
+                        "its notifications wait for an instance that has one", event_id)
         if not await gw.changed():
             return answers.UNAVAILABLE
         return build_response(201 if created else 200, orjson.dumps(event.to_dict()))
@@ -85,7 +88,9 @@ class Operator:
         key = keys.stats(ev.id)
         try:
             await gw.counters.flush()
-            raw, uv = await gw.conn.pipeline([["HGETALL", key], ["PFCOUNT", keys.stats_uv(ev.id)]])
+            raw, uv, registered = await gw.conn.pipeline([
+                ["HGETALL", key], ["PFCOUNT", keys.stats_uv(ev.id)],
+                ["HLEN", keys.registered(ev.id)]])
             skus = await store.sku_totals(gw.conn, ev)
             so = await gw.conn.pipeline([["GET", s.keys.sold_out_ms] for s in ert.skus])
             reached = await store.read_milestones(gw.conn, ev)
@@ -116,7 +121,33 @@ class Operator:
             "latency_ms": latency_percentiles(lat),
             "skus": skus,
             "milestones": store.milestones_view(ev, reached),
+            "registered": int(registered or 0),
         }))
+
+    def list_events(self, req, m, who) -> bytes:
+        """Every event this worker serves (as the public view sees them), by start."""
+        gw = self.gw
+        now = gw.path.now_ms()
+        erts = sorted(gw.runtimes.events.values(),
+                      key=lambda e: (e.event.starts_at_ms, e.event.id))
+        return build_response(200, orjson.dumps({"events": [
+            {"id": e.event.id, "name": e.event.name, "state": state_of(e, gw.ledger, now),
+             "starts_at_ms": e.event.starts_at_ms, "ends_at_ms": e.event.ends_at_ms}
+            for e in erts]}))
+
+    async def registrations(self, req, m, who) -> bytes:
+        """The registered users, one JSON line each, in the order they registered."""
+        if m.ert is None:
+            return answers.NOT_FOUND
+        seen: dict[str, int] = {}
+        try:
+            async for page in store.registrations(self.gw.conn, m.ert.event.id):
+                seen.update(page)
+        except (RedisUnavailable, RedisError):
+            return answers.UNAVAILABLE
+        body = b"".join(orjson.dumps({"user_id": u, "registered_ms": ms}) + b"\n"
+                        for u, ms in sorted(seen.items(), key=lambda x: (x[1], x[0])))
+        return build_response(200, body, content_type=b"application/x-ndjson")
 
     async def orders(self, req, m, who) -> bytes:
         if m.ert is None:
