@@ -432,7 +432,7 @@ class Gateway:
     def wait_state(self, event_id: str, state: str, timeout: float = 5.0) -> None:
         """Every worker's public view of the event is in ``state`` (live, sold_out...)."""
         self.on_every_worker(
-            lambda: self.request("GET", f"/api/v1/events/{event_id}")[1]["state"] == state,
+            lambda: self.request("GET", f"/api/v1/events/{event_id}")[1].get("state") == state,
             f"event {event_id} {state}", timeout)
 
     def buy(self, event_id, sku, user, qty=1, headers=None):

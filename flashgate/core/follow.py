@@ -33,7 +33,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import orjson
@@ -99,17 +99,20 @@ def _recency(order: dict) -> tuple[int, bool]:
 
 class OrderFollower:
     """Follows the orders streams of ``events`` (None: every event in ``fg:events``)
-    as consumer ``consumer`` of ``group``. ``conn`` is a connected RedisConnection
-    whose ``command_timeout`` exceeds ``block_ms``."""
+    as consumer ``consumer`` of ``group``; ``select`` (if given) keeps only the events
+    whose definition it accepts, decided again whenever a definition changes.
+    ``conn`` is a connected RedisConnection whose ``command_timeout`` exceeds
+    ``block_ms``."""
 
     def __init__(self, conn: RedisConnection, *, group: str = DEFAULT_GROUP,
                  consumer: str | None = None, events: list[str] | None = None,
                  claim_idle_ms: int = 30_000, count: int = 1000, block_ms: int = 500,
-                 rescan_interval: float = 1.0):
+                 rescan_interval: float = 1.0, select: Callable[[Event], bool] | None = None):
         self.conn = conn
         self.group = group
         self.consumer = consumer or consumer_name()
         self.events = list(events) if events else None
+        self.select = select
         self.claim_idle_ms = claim_idle_ms
         self.count = count
         self.block_ms = block_ms
@@ -148,6 +151,8 @@ class OrderFollower:
                 ev = Event.from_dict(orjson.loads(raw))
             except (ValueError, KeyError, TypeError) as e:
                 log.warning("event %s: its definition cannot be read (%s); skipped", event_id, e)
+                continue
+            if self.select is not None and not self.select(ev):
                 continue
             for s in ev.skus:
                 found[keys.SkuKeys(ev.id, s.id).orders] = (ev.id, s.id)

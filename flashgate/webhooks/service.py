@@ -1,7 +1,8 @@
 """The notifier: the process of an instance that sends its webhooks.
 
 The supervisor starts it (and restarts it when it dies) when a webhook secret is
-configured; it runs the producers (producers.py) and the sender (sender.py) on a
+configured; it runs the producers (producers.py, and orderfeed.py for the orders'
+notifications) and the sender (sender.py) on a
 uvloop loop of its own, with its own Redis connection, so neither a slow receiver nor
 the work of signing and sending ever takes time from a worker's purchase path.
 Several instances each run one: the outbox's claims decide who sends what.
@@ -23,6 +24,7 @@ from flashgate.config import Config
 from flashgate.core import keys
 from flashgate.core.redisconn import RedisConnection, RedisError, RedisUnavailable
 from flashgate.webhooks import outbox
+from flashgate.webhooks.orderfeed import OrderFeed
 from flashgate.webhooks.producers import Producers
 from flashgate.webhooks.sender import Sender
 
@@ -69,13 +71,16 @@ async def _serve(cfg: Config, parent: int) -> int:
                     timeout=cfg.webhook_timeout, retry_min=cfg.webhook_retry_min,
                     retry_max=cfg.webhook_retry_max, give_up=cfg.webhook_give_up)
     producers = Producers(conn)
+    feed = OrderFeed(cfg.redis)
     tasks = [loop.create_task(_supervised("sender", sender.run)),
              loop.create_task(_supervised("producers",
                                           lambda: producers.run(PRODUCER_TICK_S))),
-             loop.create_task(_supervised("housekeeping", lambda: _housekeeping(conn)))]
+             loop.create_task(_supervised("housekeeping", lambda: _housekeeping(conn))),
+             loop.create_task(_supervised("order feed", feed.run))]
     await stop
-    tasks[1].cancel()
-    tasks[2].cancel()
+    feed.stop()
+    for t in tasks[1:]:
+        t.cancel()
     await sender.stop(grace=cfg.webhook_timeout)
     await asyncio.wait(tasks, timeout=2.0)
     for t in tasks:

@@ -313,9 +313,8 @@ def test_a_gateway_sends_the_sale_s_notifications(hooks_db, secret_file, tmp_pat
         gw.wait_state(ev, "live", timeout=5)
         acked = [gw.buy(ev, "s0", u)[1] for u in ("fan1", "fan2")]
         assert all(o.get("status") == "reserved" for o in acked), acked
-        # the milestones' keys come from the commit script of the milestones' part; set
-        # here as it would: the first order that reached 2 units
-        r.hsetnx(keys.milestones(ev), "2", f"{now_ms()}|{acked[1]['order_id']}")
+        # the commit script recorded the milestone: the order that reached 2 units
+        assert r.hget(keys.milestones(ev), "2").decode().endswith("|" + acked[1]["order_id"])
         wait_for(lambda: {x.json["type"] for x in recv.acknowledged()} >= {
             "reminder", "sku.sold_out", "milestone.reached", "event.ended"},
             "every notification of the sale", timeout=12)
@@ -338,6 +337,56 @@ def test_a_gateway_sends_the_sale_s_notifications(hooks_db, secret_file, tmp_pat
         (2, 2, 2)
     ids = [x.json["id"] for x in recv.acknowledged()]
     assert len(ids) == len(set(ids))  # each once
+
+
+def test_orders_are_notified_once_each_with_their_state(hooks_db, secret_file, tmp_path):
+    """order.created, .paid, .cancelled and .expired of an event with a webhook URL, each
+    once (id ``<order id>:<status>``), its data the order; an event without a URL
+    notifies nothing. Two gateways (two notifiers) share the feed."""
+    url, r = hooks_db
+    recv = Receiver()
+    extra = ["--webhook-secret-file", str(secret_file), "--webhook-retry-min", "0.05"]
+    gws = [Gateway(url, tmp_path / f"gw{i}", workers=1, extra=extra).start() for i in (0, 1)]
+    gw = gws[0]
+    try:
+        ev, quiet = new_id("hooked"), new_id("quiet")
+        body = event_body(stock=(5,), limits=[1], webhook_url=recv.url, payment_timeout_s=1)
+        gw.put_event(ev, body)
+        quiet_body = event_body(stock=(5,))
+        gw.put_event(quiet, quiet_body)
+        gws[1].wait_state(ev, "live", timeout=5)  # the other instance: its next refresh
+        acked = [gws[i % 2].buy(ev, "s0", f"u{i}")[1] for i in range(4)]
+        assert all(o.get("status") == "reserved" for o in acked), acked
+        quiet_acked = [gw.buy(quiet, "s0", "q1")[1]]
+        a, b, c, d = (o["order_id"] for o in acked)
+        assert gw.admin("POST", f"/api/v1/admin/orders/{a}/paid")[0] == 200
+        assert gw.admin("POST", f"/api/v1/admin/orders/{b}/cancel")[0] == 200
+        assert gw.admin("POST", f"/api/v1/admin/orders/{c}/paid")[0] == 200
+        want = {f"{o}:created" for o in (a, b, c, d)} | {f"{a}:paid", f"{b}:cancelled",
+                                                         f"{c}:paid", f"{d}:expired"}
+
+        def orders_notified():
+            return {x.json["id"] for x in recv.acknowledged()
+                    if x.json["type"].startswith("order.")}
+
+        wait_for(lambda: orders_notified() >= want, "every order's notifications", timeout=15)
+        time.sleep(0.5)  # nothing more comes
+        check_invariants(r, gw, ev, body, acked)
+        check_invariants(r, gw, quiet, quiet_body, quiet_acked)
+    finally:
+        for g in gws:
+            g.stop()
+        recv.close()
+    got = [x for x in recv.acknowledged() if x.json["type"].startswith("order.")]
+    assert sorted(x.json["id"] for x in got) == sorted(want)  # each once, nothing else
+    for x in got:
+        assert verify(SECRET, x.body, x.headers["X-Flashgate-Signature"])
+        n = x.json
+        oid, _, kind = n["id"].rpartition(":")
+        assert n["type"] == "order." + kind and n["event_id"] == ev
+        assert n["data"]["order_id"] == oid and n["data"]["event_id"] == ev
+        if kind != "created":  # a created order's data is the order when it was read
+            assert n["data"]["status"] == kind, n
 
 
 @pytest.mark.parametrize("args,env,words", [
