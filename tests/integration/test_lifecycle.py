@@ -431,3 +431,47 @@ def test_buys_payments_cancels_and_expiries_together(any_gw, r):
     assert int(r.get(k.sold)) == int(r.get(k.units_paid)) == \
         sum(1 for s in final.values() if s == "paid")
     check_invariants(r, gw, ev, body, acked)
+
+
+def test_stock_added_during_a_rush(any_gw, r):
+    """Buyers keep coming (16 at a time) while the operator adds stock twice: every unit
+    added is sold, never more than the stock, and the buyers refused while it was
+    sold out get the new units."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    gw = any_gw
+    ev = new_id("addrush")
+    body = event_body(stock=(20,))
+    gw.put_event(ev, body)
+    users = [f"r{i}" for i in range(240)]
+    acked: list[dict] = []
+    refused: list[str] = []
+    added = []
+
+    def buy(u):
+        status, data, _ = gw.buy(ev, "s0", u)
+        assert status in (200, 409), (status, data)
+        if status == 409:
+            assert data["error"] == "sold_out", data
+        return u, status, data
+
+    with ThreadPoolExecutor(16) as pool:
+        for part in range(3):
+            for u, status, data in pool.map(buy, users[part * 80:(part + 1) * 80]):
+                (acked.append(data) if status == 200 else refused.append(u))
+            if part < 2:
+                status, got, _ = add_stock(gw, ev, "s0", {"add": 30})
+                assert status == 200, got
+                added.append(got["stock"])
+    assert added == [50, 80]
+    # the refused try again until nothing is left: every unit added is sold
+    for u in refused:
+        if len(acked) == 80:
+            break
+        status, data, _ = gw.buy(ev, "s0", u)
+        if status == 200:
+            acked.append(data)
+    assert len(acked) == 80 and len({o["user_id"] for o in acked}) == 80
+    assert gw.buy(ev, "s0", "late")[1]["error"] == "sold_out"
+    assert int(r.get(keys.SkuKeys(ev, "s0").sold)) == 80
+    check_invariants(r, gw, ev, body, acked)
