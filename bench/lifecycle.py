@@ -132,11 +132,13 @@ def resales(r, prefix: str, stock: int, starts_at_ms: int) -> dict:
     resale_ms: dict[str, int] = {}
     expired_ts: dict[str, int] = {}
     counts = {"created": 0, "paid": 0, "expired": 0, "cancelled": 0}
+    n_entries = {"created": 0, "expired": 0}
     sold = paid_units = 0
     first_sold_out = for_good = None
     for _entry_id, fields in entries:
         kind, ts, found = _fields(fields)
         counts[kind] = counts.get(kind, 0) + len(found)
+        n_entries[kind] = n_entries.get(kind, 0) + 1
         for oid, qty in found:
             if kind == "created":
                 sold += qty
@@ -178,6 +180,7 @@ def resales(r, prefix: str, stock: int, starts_at_ms: int) -> dict:
         "first_sold_out_ms": first_sold_out,
         "sold_out_for_good_ms": for_good,
         "units_paid": paid_units,
+        "created_entries": n_entries["created"], "expired_entries": n_entries["expired"],
     }
 
 
@@ -187,7 +190,7 @@ def lifecycle_summary(per_sku: list[dict]) -> dict:
     lag = [x for s in per_sku for x in s["expiry_lag_ms"]]
     out = {k: sum(s[k] for s in per_sku) for k in (
         "orders_created", "orders_paid", "orders_expired", "orders_cancelled",
-        "expired_resold", "units_paid")}
+        "expired_resold", "units_paid", "created_entries", "expired_entries")}
     firsts = [s["first_sold_out_ms"] for s in per_sku]
     goods = [s["sold_out_for_good_ms"] for s in per_sku]
     out.update({

@@ -423,7 +423,10 @@ def _lifecycle_tables(configs: list[dict]) -> list[str]:
             "took the last of its units again (new orders take the never-sold stock first, "
             "then the returned units, oldest first). Expiry: the `expired` entry's time minus "
             "the order's `pay_by_ms` (the sweeper passes every 0.5 s). Sold out for good: "
-            "every unit paid."]
+            "every unit paid. Orders per commit batch (`created` entry): "
+            + _num(s0.get("orders_per_created_entry"), "{:.1f}")
+            + "; per expiry call (`expired` entry): "
+            + _num(s0.get("orders_per_expired_entry"), "{:.1f}") + "."]
     costs = rows[0].get("sweeper_cost") or []
     if costs:
         out += ["", "The sweeper's cost per expired order, apart from any load: due orders of "

@@ -782,9 +782,14 @@ class Bench:
         lag = [x for v in lives for x in v["expiry_lag_ms"]]
         out = {k: sum(v[k] for v in lives) for k in (
             "orders_created", "orders_paid", "orders_expired", "orders_cancelled",
-            "expired_resold", "left_unsold")}
+            "expired_resold", "left_unsold", "created_entries", "expired_entries")}
         goods = [v["sold_out_for_good_ms"] for v in lives]
         out.update({
+            # the orders of one commit batch, of one call of the sweeper's expiry
+            "orders_per_created_entry": out["orders_created"] / out["created_entries"]
+            if out["created_entries"] else None,
+            "orders_per_expired_entry": out["orders_expired"] / out["expired_entries"]
+            if out["expired_entries"] else None,
             # pooled over the repetitions' expired orders
             "resale_p50_ms": lifecycle.pct(resale, 50), "resale_p99_ms": lifecycle.pct(resale, 99),
             "resale_max_ms": max(resale, default=None),
