@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import http.client
+import math
 import threading
 import time
 from collections import deque
@@ -114,7 +115,7 @@ def pct(xs: list[float], p: float) -> float | None:
     if not xs:
         return None
     xs = sorted(xs)
-    return xs[max(0, min(len(xs) - 1, -(-len(xs) * p // 100) - 1))]
+    return xs[max(0, min(len(xs) - 1, math.ceil(len(xs) * p / 100) - 1))]
 
 
 def resales(r, prefix: str, stock: int, starts_at_ms: int) -> dict:
@@ -184,7 +185,7 @@ def resales(r, prefix: str, stock: int, starts_at_ms: int) -> dict:
     }
 
 
-def lifecycle_summary(per_sku: list[dict]) -> dict:
+def combine_skus(per_sku: list[dict]) -> dict:
     """Figures of one run over its SKUs: counts added, latencies pooled."""
     resale = [x for s in per_sku for x in s["resale_ms"]]
     lag = [x for s in per_sku for x in s["expiry_lag_ms"]]

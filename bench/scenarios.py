@@ -755,7 +755,7 @@ class Bench:
             raise BenchError(f"{t.name}: the payer failed: {payer.error}")
         per_sku = [lifecycle.resales(t.client, p, k["stock"], event["starts_at_ms"])
                    for p, k in zip(prefixes, skus, strict=True)]
-        life = lifecycle.lifecycle_summary(per_sku)
+        life = lifecycle.combine_skus(per_sku)
         life.update({
             "stock": stock,
             "pay_share_pct": s.life_pay_pct,
