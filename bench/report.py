@@ -402,12 +402,13 @@ def _lifecycle_tables(configs: list[dict]) -> list[str]:
            "are summed over the repetitions, latencies pooled over their expired orders.", "",
            "| column | config | orders | paid | expired | re-sold | re-sale p50 / p99 / max ms "
            "| expiry after pay_by_ms p50 / p99 / max ms | first sold out ms | first sell-out "
-           "orders/s | sold out for good ms | payer p99 ms |",
+           "orders/s | sold out for good ms | payer lag p99 ms |",
            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
 
     def trio(s, key):
         return " / ".join(_num(s.get(f"{key}_{p}_ms")) for p in ("p50", "p99", "max"))
 
+    notes: list[str] = []
     for c in rows:
         s = c["summary"]
         good = _num(s["sold_out_for_good_ms"])
@@ -419,6 +420,12 @@ def _lifecycle_tables(configs: list[dict]) -> list[str]:
             f"| {trio(s, 'resale')} | {trio(s, 'expiry_lag')} | {_num(s['first_sold_out_ms'])} "
             f"| {_num(s['first_sellout_orders_per_s'])} | {good} "
             f"| {_num(s['payer_lag_p99_ms'], '{:.1f}')} |")
+        refused = {k: v for k, v in (s.get("payer_answers") or {}).items() if k != "200"}
+        if refused:
+            notes.append(f"{_label(c)}: payments not answered 200: {_mix(refused)} (409: "
+                         "the order had expired before its payment reached Redis).")
+    for n in notes:
+        out += ["", n]
     out += ["", "Re-sale: from an order's `expired` stream entry to the `created` entry that "
             "took the last of its units again (new orders take the never-sold stock first, "
             "then the returned units, oldest first). Expiry: the `expired` entry's time minus "

@@ -800,6 +800,8 @@ class Bench:
             "sold_out_for_good_ms": median(goods),
             "not_sold_out_for_good": sum(g is None for g in goods),
             "payer_lag_p99_ms": median([v["payer_lag_p99_ms"] for v in lives]),
+            "payer_answers": {k: sum(v["payer_answers"].get(k, 0) for v in lives)
+                              for k in sorted({k for v in lives for k in v["payer_answers"]})},
             "stock": lives[0]["stock"], "pay_share_pct": lives[0]["pay_share_pct"],
             "payment_timeout_s": lives[0]["payment_timeout_s"],
         })
