@@ -47,12 +47,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "  commit   10,000,000 units, limit 1, a new user per request: every buy commits\n"
         "  rush     5 SKUs x 500 units, 200,000 users, 90% buys / 10% views, through sell-out\n"
         "  scale    flashgate only: connections x workers, then RSS per worker after N distinct users\n"
+        "  lifecycle  flashgate only: 2 SKUs x 300 units, payment timeout 2 s, 60% of the orders\n"
+        "           paid as they come, the rest expire and are sold again; re-sale latency,\n"
+        "           the sweeper's cost per expired order (apart, in a private Redis)\n"
         "\nconfigurations (--config):\n"
         "  prod     signed tokens, a trusted proxy's X-Forwarded-For (a client IP per user),\n"
         "           the default rate limits, Redis AOF everysec: what operators run\n"
         "  dev      X-User-Id, rate limits off, Redis AOF everysec\n"
         "  default: soldout and commit both (nginx, flashgate-prod, flashgate-dev, fastapi,\n"
-        "  repeated), rush and scale prod\n"
+        "  repeated), rush, scale and lifecycle prod\n"
         "\nexamples:\n"
         "  python -m bench --quick                    # seconds-long smoke run of everything\n"
         "  python -m bench soldout commit --reps 3 --duration 10\n"
@@ -88,6 +91,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "enough that the per-user and per-IP limits of prod refuse no "
                         "buyer (default 200000; 50000 with --quick)")
     p.add_argument("--rush-run", type=int, help="seconds of rush after the start (default 6)")
+    p.add_argument("--life-run", type=int,
+                   help="lifecycle: seconds of load after the opening at most; a run ends "
+                        "earlier once every unit is paid (default 30; 3 with --quick)")
+    p.add_argument("--life-pay", type=float,
+                   help="lifecycle: percent of the orders the payer pays (default 60)")
+    p.add_argument("--life-stock", type=int,
+                   help="lifecycle: units per SKU, 2 SKUs (default 300; 1 SKU of 40 with --quick)")
+    p.add_argument("--life-timeout", type=int,
+                   help="lifecycle: the event's payment_timeout_s (default 2; 1 with --quick)")
     p.add_argument("--scale-connections", type=_ints,
                    help="connection counts for scale (default 16,64,256,1024)")
     p.add_argument("--scale-workers", type=_ints,
@@ -145,6 +157,12 @@ def settings_from(args: argparse.Namespace) -> Settings:
         users=pick(args.users, 200_000, 50_000),
         rush_lead=1,
         rush_run=pick(args.rush_run, 6, 1),
+        life_skus=pick(None, 2, 1),
+        life_stock=pick(args.life_stock, 300, 40),
+        life_timeout_s=pick(args.life_timeout, 2, 1),
+        life_pay_pct=pick(args.life_pay, 60.0, 60.0),
+        life_run=pick(args.life_run, 30, 3),
+        life_sweep_orders=pick(None, 5000, 500),
         scale_connections=pick(args.scale_connections, [16, 64, 256, 1024], [64]),
         scale_workers=pick(args.scale_workers, list(range(1, cpus + 1)), [1]),
         distinct=pick(args.distinct, 1_000_000, 20_000),
@@ -165,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"bench: {tool} is not on PATH", file=sys.stderr)
             return 2
     needs_flashgate = "flashgate" in s.targets and any(
-        sc in ("soldout", "commit", "rush", "scale") for sc in s.scenarios)
+        sc in ("soldout", "commit", "rush", "scale", "lifecycle") for sc in s.scenarios)
     if needs_flashgate:
         s.flashgate_argv, help_text = flashgate_argv(
             shlex.split(args.flashgate) if args.flashgate else None)
@@ -178,9 +196,10 @@ def main(argv: list[str] | None = None) -> int:
             print("bench: cannot read the default rate limits from `flashgate serve --help`",
                   file=sys.stderr)
             return 2
-    if "scale" in s.scenarios and "flashgate" not in s.targets:
-        print("bench: scale measures flashgate only; skipping it", file=sys.stderr)
-        s.scenarios = [x for x in s.scenarios if x != "scale"]
+    for only in ("scale", "lifecycle"):
+        if only in s.scenarios and "flashgate" not in s.targets:
+            print(f"bench: {only} measures flashgate only; skipping it", file=sys.stderr)
+            s.scenarios = [x for x in s.scenarios if x != only]
 
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     stem = args.name or time.strftime("%Y%m%d-%H%M%S") + "-" + "-".join(s.scenarios)

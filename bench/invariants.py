@@ -7,6 +7,13 @@ Per SKU (keys `fg:{<event>:<sku>}:…`):
 * every 200 a client received is an order in the stream (`acked <= orders`)
 Through the API (when the target has it): the stats' `units_sold` equals Redis's
 `sold`, and the orders listing has every order.
+After payments, cancels and expiries (`check_lifecycle`, flashgate's layout):
+* `sold` == the units of the reserved and paid orders (and of those that ended after
+  the sale's end, `kept=1`); `units_paid` == the units of the paid orders
+* every order the client was told is paid is paid, and never ended otherwise
+* an order is created once and ends at most once (one `paid`, `cancelled` or `expired`
+  entry), in the state its record has
+* every cancelled or expired order's units were returned once: `returned` == their units
 """
 
 from __future__ import annotations
@@ -164,3 +171,79 @@ def _check_api(event, port, token, sold, orders, orders_max, problems) -> dict:
         elif status != 404:  # the FastAPI peer has no listing
             problems.append(f"{event['id']}: GET orders answered {status}")
     return out
+
+
+def check_lifecycle(r, event: dict, paid: list[str] | None = None) -> dict:
+    """The lifecycle's invariants of one event (flashgate's streams and records); `paid`:
+    the orders a client was answered `paid`. Run once no transition is in flight."""
+    problems: list[str] = []
+    counts = {"reserved": 0, "paid": 0, "cancelled": 0, "expired": 0}
+    paid_set = set(paid or ())
+    for sku in event["skus"]:
+        name = f"{event['id']}/{sku['id']}"
+        p = sku_prefix(event["id"], sku["id"])
+        records = r.hgetall(p + "order_by_id")
+        sold, units_paid, returned = (int(x or 0) for x in
+                                      r.mget(p + "sold", p + "units_paid", p + "returned"))
+        created: set[str] = set()
+        ended: dict[str, str] = {}
+        given_back = 0
+        start = "-"
+        while True:
+            batch = r.xrange(p + "orders", start, "+", count=10_000)
+            for _, fields in batch:
+                typ = fields.get("type")
+                for oid, value in fields.items():
+                    if oid in ("type", "ts"):
+                        continue
+                    if typ == "created":
+                        if oid in created:
+                            problems.append(f"{name}: order {oid} created twice")
+                        created.add(oid)
+                        continue
+                    state = {"paid": "paid", "cancelled": "cancelled", "expired": "expired"}.get(typ)
+                    if state is None:
+                        continue
+                    if oid in ended:
+                        problems.append(f"{name}: order {oid} {ended[oid]} and then {state}")
+                    ended[oid] = state
+                    if state != "paid" and not _kept(records.get(oid)):
+                        given_back += int(value.split("|")[1])
+            if len(batch) < 10_000:
+                break
+            start = "(" + batch[-1][0]
+        live = paid_units = 0
+        for oid, rec in records.items():
+            status, _, qty = rec.split("|")[:3]
+            counts[status] = counts.get(status, 0) + 1
+            if status in ("reserved", "paid") or _kept(rec):
+                live += int(qty)
+            if status == "paid":
+                paid_units += int(qty)
+            if oid not in created:
+                problems.append(f"{name}: order {oid} has a record but no created entry")
+            if ended.get(oid, "reserved") != status:
+                problems.append(f"{name}: order {oid} is {status}, its stream says "
+                                f"{ended.get(oid, 'reserved')}")
+        if len(created) != len(records):
+            problems.append(f"{name}: {len(created)} orders created, {len(records)} records")
+        if live != sold:
+            problems.append(f"{name}: sold {sold} != units of live orders {live}")
+        if paid_units != units_paid:
+            problems.append(f"{name}: units_paid {units_paid} != units of paid orders {paid_units}")
+        if given_back != returned:
+            problems.append(f"{name}: returned {returned} != units of the orders that "
+                            f"ended unpaid {given_back}")
+        for oid in paid_set:
+            if oid.startswith(f"{event['id']}.{sku['id']}.") and \
+                    (records.get(oid) or "").split("|")[0] != "paid":
+                problems.append(f"{name}: order {oid} was answered paid, is now "
+                                f"{(records.get(oid) or 'missing').split('|')[0]}")
+    if len(problems) > 20:
+        problems[20:] = [f"... and {len(problems) - 20} more"]
+    return {"ok": not problems, "problems": problems, "statuses": counts,
+            "paid_answered": len(paid_set)}
+
+
+def _kept(rec: str | None) -> bool:
+    return bool(rec) and (rec.endswith("|kept=1") or "|kept=1|" in rec)

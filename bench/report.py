@@ -200,7 +200,7 @@ def _socket_errors(c: dict) -> dict:
 
 def _sells(c: dict) -> bool:
     """Whether the row's 200s are orders."""
-    return c["scenario"] in ("commit", "rush") and c["target"] != "nginx"
+    return c["scenario"] in ("commit", "rush", "lifecycle") and c["target"] != "nginx"
 
 
 def _inv(c: dict) -> str:
@@ -354,6 +354,7 @@ def markdown(results: dict) -> str:
             )
         lines.append("")
         lines.append("Sales latency: client-side, only the requests answered 200 (matched by user).")
+    lines += _lifecycle_tables(configs)
     mem = [c for c in configs if c["scenario"] == "memory"]
     if mem:
         lines += ["", "## memory per worker", "",
@@ -387,6 +388,72 @@ def markdown(results: dict) -> str:
     if results.get("error"):
         lines += ["", f"**The run stopped early:** {results['error']}"]
     return "\n".join(lines) + "\n"
+
+
+def _lifecycle_tables(configs: list[dict]) -> list[str]:
+    rows = [c for c in configs if c["scenario"] == "lifecycle" and c.get("summary")]
+    if not rows:
+        return []
+    s0 = rows[0]["summary"]
+    out = ["", "## lifecycle", "",
+           f"A rush on events with payment_timeout_s {s0['payment_timeout_s']}, "
+           f"{s0['stock']:,} units in all; a payer pays {s0['pay_share_pct']:g} % of the orders "
+           "as they are committed, the rest expire and their units go back on sale. Counts "
+           "are summed over the repetitions, latencies pooled over their expired orders.", "",
+           "| column | config | orders | paid | expired | re-sold | re-sale p50 / p99 / max ms "
+           "| expiry after pay_by_ms p50 / p99 / max ms | first sold out ms | first sell-out "
+           "orders/s | sold out for good ms | payer lag p99 ms |",
+           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+
+    def trio(s, key):
+        return " / ".join(_num(s.get(f"{key}_{p}_ms")) for p in ("p50", "p99", "max"))
+
+    notes: list[str] = []
+    for c in rows:
+        s = c["summary"]
+        good = _num(s["sold_out_for_good_ms"])
+        if s["not_sold_out_for_good"]:
+            good += f" ({s['not_sold_out_for_good']} run(s) not)"
+        out.append(
+            f"| {_label(c)} | {c.get('config', '—')} | {s['orders_created']:,} "
+            f"| {s['orders_paid']:,} | {s['orders_expired']:,} | {s['expired_resold']:,} "
+            f"| {trio(s, 'resale')} | {trio(s, 'expiry_lag')} | {_num(s['first_sold_out_ms'])} "
+            f"| {_num(s['first_sellout_orders_per_s'])} | {good} "
+            f"| {_num(s['payer_lag_p99_ms'], '{:.1f}')} |")
+        refused = {k: v for k, v in (s.get("payer_answers") or {}).items() if k != "200"}
+        if refused:
+            notes.append(f"{_label(c)}: payments not answered 200: {_mix(refused)} (409: "
+                         "the order had expired before its payment reached Redis).")
+    for n in notes:
+        out += ["", n]
+    out += ["", "Re-sale: from an order's `expired` stream entry to the `created` entry that "
+            "took the last of its units again (new orders take the never-sold stock first, "
+            "then the returned units, oldest first). Expiry: the `expired` entry's time minus "
+            "the order's `pay_by_ms` (the sweeper passes every 0.5 s). Sold out for good: "
+            "every unit paid. Orders per commit batch (`created` entry): "
+            + _num(s0.get("orders_per_created_entry"), "{:.1f}")
+            + "; per expiry call (`expired` entry): "
+            + _num(s0.get("orders_per_expired_entry"), "{:.1f}") + "."]
+    costs = rows[0].get("sweeper_cost") or []
+    if costs:
+        out += ["", "The sweeper's cost per expired order, apart from any load: due orders of "
+                "1 unit in a private Redis (the same persistence), expired by the sweeper's "
+                "own code (gateway/sweeper.py: XRANGE, HMGET of the records, the transition "
+                "script).", "",
+                "| orders per stream entry | expired | script calls | Redis CPU µs/order "
+                "| of it the script µs | sweeper CPU µs/order | sweeper wall µs/order | ok |",
+                "|---:|---:|---:|---:|---:|---:|---:|---|"]
+        for x in costs:
+            out.append(
+                f"| {x['orders_per_entry']} | {x['expired']:,} | {x['script_calls']:,} "
+                f"| {_num(x['redis_cpu_us_per_order'], '{:.1f}')} "
+                f"| {_num(x['script_us_per_order'], '{:.1f}')} "
+                f"| {_num(x['worker_cpu_us_per_order'], '{:.1f}')} "
+                f"| {_num(x['wall_us_per_order'], '{:.1f}')} | {'ok' if x['ok'] else '**FAILED**'} |")
+        out += ["", "Redis CPU: INFO cpu (used_cpu_user + used_cpu_sys) over the sweep, AOF "
+                "writes included; the script: INFO commandstats `evalsha` usec (Lua time). "
+                "Sweeper CPU: the sweeping process's CPU time (its Redis client included)."]
+    return out
 
 
 def _cpu_table(configs: list[dict]) -> list[str]:

@@ -485,11 +485,13 @@ class WrkResult:
 
 
 def run_wrk(port: int, path: str, seconds: float, connections: int, threads: int,
-            lua_args: dict, timeout_s: float = 5.0, flag_dir: Path | None = None) -> WrkResult:
+            lua_args: dict, timeout_s: float = 5.0, flag_dir: Path | None = None,
+            until=None) -> WrkResult:
     """One wrk run of fixed duration against 127.0.0.1:port; parses BENCH_JSON.
 
     With `flag_dir` (and a `limit` in lua_args), wrk is interrupted as soon as every
-    thread has sent its share; `seconds` is then only the cap.
+    thread has sent its share; with `until` (a callable, asked every 0.1 s), as soon
+    as it returns true; `seconds` is then only the cap.
     """
     if flag_dir is not None:
         lua_args = {**lua_args, "flag": f"{flag_dir}/wrk-done-"}
@@ -512,6 +514,13 @@ def run_wrk(port: int, path: str, seconds: float, connections: int, threads: int
                     time.sleep(0.1)
                 for f in flags:
                     f.unlink(missing_ok=True)
+            elif until is not None:
+                deadline = time.monotonic() + seconds + 5
+                while wrk.poll() is None and time.monotonic() < deadline:
+                    if until():
+                        wrk.send_signal(signal.SIGINT)
+                        break
+                    time.sleep(0.1)
             stdout, stderr = wrk.communicate(timeout=seconds + 60)
         except subprocess.TimeoutExpired as e:
             wrk.kill()

@@ -7,6 +7,10 @@ rush     5 SKUs x 500 units, 200,000 users, 90% buys and 10% views, from before
 scale    flashgate alone: requests/s and p99 over connections x workers on the
          sold-out path, then memory per worker after many distinct users (and
          client IPs, when the server trusts X-Forwarded-For)
+lifecycle flashgate alone: a rush on an event with a short payment timeout; a payer
+         pays a share of the orders as they are committed, the rest expire and are
+         sold again to the buyers still trying; then the sweeper's cost per expired
+         order, measured apart in a private Redis
 
 Each scenario starts its servers (one private Redis per Redis-backed target), warms
 every target up, then runs R repetitions alternating between targets (A B A B ...),
@@ -31,7 +35,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import invariants
+from . import invariants, lifecycle
 from .runner import (
     HOST,
     BenchError,
@@ -51,7 +55,7 @@ from .runner import (
 )
 from .tokens import Signer
 
-SCENARIOS = ("soldout", "commit", "rush", "scale")
+SCENARIOS = ("soldout", "commit", "rush", "scale", "lifecycle")
 TARGETS = ("flashgate", "fastapi", "nginx")
 # the order of a repetition; nginx answers a fixed 200: a floor for loopback HTTP,
 # meaningless in a sale
@@ -60,11 +64,12 @@ SCENARIO_TARGETS = {
     "commit": ("nginx", "flashgate", "fastapi"),
     "rush": ("flashgate", "fastapi"),
     "scale": ("flashgate",),
+    "lifecycle": ("flashgate",),
 }
 CONFIGS = ("prod", "dev")
 # what each scenario runs without --config
 DEFAULT_CONFIGS = {"soldout": ["prod", "dev"], "commit": ["prod", "dev"], "rush": ["prod"],
-                   "scale": ["prod"]}
+                   "scale": ["prod"], "lifecycle": ["prod"]}
 TRUSTED_PROXIES = "127.0.0.0/8"
 DAY_MS = 86_400_000
 # new users' tokens signed for a run of a target before any rate of it is known (per s)
@@ -169,6 +174,12 @@ class Settings:
     distinct: int = 1_000_000
     memory_flags: list[str] = field(default_factory=list)
     xff_flags: list[str] = field(default_factory=list)
+    life_skus: int = 2
+    life_stock: int = 300
+    life_timeout_s: int = 2  # the event's payment_timeout_s
+    life_pay_pct: float = 60.0  # share of the orders the payer pays
+    life_run: int = 30  # seconds of load after the opening at most (ends once all is paid)
+    life_sweep_orders: int = 5000  # due orders of the sweeper's micro-measurement
     flashgate_argv: list[str] | None = None
 
 
@@ -404,13 +415,13 @@ class Bench:
         return snap
 
     def one_run(self, t: Target, event: dict, seconds: int, connections: int,
-                lua: dict, rep: int, flag_dir: Path | None = None) -> dict:
+                lua: dict, rep: int, flag_dir: Path | None = None, until=None) -> dict:
         t.proc.check_alive()
         files = self.attach_pool(t, lua, seconds, connections)
         try:
             before = self.snapshot(t, event)
             w = run_wrk(t.port, f"/api/v1/events/{event['id']}/buy", seconds, connections,
-                        self.s.threads, lua, flag_dir=flag_dir)
+                        self.s.threads, lua, flag_dir=flag_dir, until=until)
             after = self.snapshot(t, event)
         finally:
             for f in files:
@@ -545,9 +556,16 @@ class Bench:
     def acked(self, cfg: dict) -> int:
         return sum(r["orders_acked"] for r in cfg["reps"])
 
-    def audit(self, scenario: str, t: Target, event: dict, acked: int, cfgs: list[dict]) -> dict:
+    def audit(self, scenario: str, t: Target, event: dict, acked: int, cfgs: list[dict],
+              paid: list[str] | None = None) -> dict:
+        """The sale's invariants; with `paid` (the orders answered paid), the lifecycle's."""
         res = invariants.check_event(t.redis.client(audit=True), event, acked, t.port,
                                      self.admin_token)
+        if paid is not None:
+            life = invariants.check_lifecycle(t.redis.client(audit=True), event, paid)
+            res["lifecycle"] = {k: v for k, v in life.items() if k != "problems"}
+            res["problems"] += life["problems"]
+            res["ok"] = res["ok"] and life["ok"]
         res.update({"scenario": scenario, "target": t.name, "config": t.setup.name})
         self.audits.append(res)
         for cfg in cfgs:
@@ -665,6 +683,154 @@ class Bench:
             "sales_p99_us": median([x.get("p99") for x in sales]),
             "rejection_mix": mix,
         }
+
+    def scenario_lifecycle(self, setups: list[Setup]) -> None:
+        s = self.s
+        skus = [make_sku(f"sku{i + 1}", s.life_stock) for i in range(s.life_skus)]
+        placeholder = make_event("life-warm", skus)
+        started = self.start_targets("lifecycle", setups, placeholder)
+        out = []
+        try:
+            cfgs = {t.name: self.row("lifecycle", t, s.connections) for t in started}
+            runs: dict[str, list[tuple[dict, int, list[str]]]] = {t.name: [] for t in started}
+            for t in started if s.warmup > 0 else ():
+                self.log(f"  lifecycle: warm-up {t.name}")
+                self.one_run(t, placeholder, s.warmup, s.connections,
+                             self.lua_args(placeholder, t.setup, users=s.users, views=10), -1)
+            for rep in range(s.reps):
+                for t in started:
+                    event, rec, paid = self.lifecycle_run(t, skus, rep)
+                    cfgs[t.name]["reps"].append(rec)
+                    runs[t.name].append((event, rec["orders_acked"], paid))
+            for t in started:
+                cfg = cfgs[t.name]
+                cfg["summary"] = self.summarize(cfg["reps"], "lifecycle")
+                cfg["summary"].update(self.lifecycle_summary(cfg["reps"]))
+                cfg["peak_rss_kib"] = self.peak_rss(t)
+                out.append(cfg)
+            self.configs.extend(out)
+            for t in started:
+                for event, acked, paid in runs[t.name]:
+                    self.audit("lifecycle", t, event, acked, out, paid=paid)
+        finally:
+            for t in started:
+                self.stop_target(t)
+        if out:
+            costs = self.sweeper_costs()
+            for cfg in out:
+                cfg["sweeper_cost"] = costs
+
+    def lifecycle_run(self, t: Target, skus: list[dict], rep: int) -> tuple[dict, dict, list]:
+        """One sale: opens rush_lead s after wrk starts, runs until every unit is paid
+        (or life_run s), then waits until no order is left reserved."""
+        s = self.s
+        event = make_event(f"life{rep + 1}", skus, now_ms() + 60_000)
+        event["payment_timeout_s"] = s.life_timeout_s
+        self.put_event(t, event)
+        self.wait_visible(t, event["id"])
+        event["starts_at_ms"] = now_ms() + s.rush_lead * 1000 + 200
+        event["ends_at_ms"] = event["starts_at_ms"] + DAY_MS
+        self.put_event(t, event)
+        prefixes = [invariants.sku_prefix(event["id"], k["id"]) for k in skus]
+        stock = sum(k["stock"] for k in skus)
+
+        def units(key):
+            return sum(int(x or 0) for x in t.client.mget([p + key for p in prefixes]))
+
+        payer = lifecycle.Payer(t.redis.client(), t.port, self.admin_token,
+                                [p + "orders" for p in prefixes], s.life_pay_pct)
+        payer.start()
+        try:
+            lua = self.lua_args(event, t.setup, users=s.users, views=10, codes=1, track=1)
+            rec = self.one_run(t, event, s.rush_lead + s.life_run, s.connections, lua, rep,
+                               until=lambda: units("units_paid") >= stock)
+            # the orders still reserved end: paid as they come, or expired
+            deadline = time.monotonic() + s.life_timeout_s + 5
+            while units("sold") != units("units_paid") and time.monotonic() < deadline:
+                time.sleep(0.1)
+            time.sleep(0.3)  # the payer's last answers
+        finally:
+            payer.stop()
+        if payer.error:
+            raise BenchError(f"{t.name}: the payer failed: {payer.error}")
+        per_sku = [lifecycle.resales(t.client, p, k["stock"], event["starts_at_ms"])
+                   for p, k in zip(prefixes, skus, strict=True)]
+        life = lifecycle.combine_skus(per_sku)
+        life.update({
+            "stock": stock,
+            "pay_share_pct": s.life_pay_pct,
+            "payment_timeout_s": s.life_timeout_s,
+            "payer_answers": {str(k): v for k, v in payer.answers.items()},
+            "payer_lag_p50_ms": lifecycle.pct(payer.lag_ms, 50),
+            "payer_lag_p99_ms": lifecycle.pct(payer.lag_ms, 99),
+            "left_unsold": stock - units("sold"),
+        })
+        first = life["first_sold_out_ms"]
+        life["first_sellout_orders_per_s"] = stock * 1000 / first if first and first > 0 else None
+        rec["lifecycle"] = life
+        self.log(
+            f"  lifecycle: {t.name} rep {rep + 1}/{s.reps}: {life['orders_created']} orders, "
+            f"{life['orders_paid']} paid, {life['orders_expired']} expired, "
+            f"{life['expired_resold']} re-sold (p50 {lifecycle.pct(life['resale_ms'], 50)} ms, "
+            f"p99 {lifecycle.pct(life['resale_ms'], 99)} ms); sold out first after "
+            f"{first} ms, for good after {life['sold_out_for_good_ms']} ms")
+        return event, rec, payer.paid
+
+    def lifecycle_summary(self, reps: list[dict]) -> dict:
+        lives = [r["lifecycle"] for r in reps]
+        resale = [x for v in lives for x in v["resale_ms"]]
+        lag = [x for v in lives for x in v["expiry_lag_ms"]]
+        out = {k: sum(v[k] for v in lives) for k in (
+            "orders_created", "orders_paid", "orders_expired", "orders_cancelled",
+            "expired_resold", "left_unsold", "created_entries", "expired_entries")}
+        goods = [v["sold_out_for_good_ms"] for v in lives]
+        out.update({
+            # the orders of one commit batch, of one call of the sweeper's expiry
+            "orders_per_created_entry": out["orders_created"] / out["created_entries"]
+            if out["created_entries"] else None,
+            "orders_per_expired_entry": out["orders_expired"] / out["expired_entries"]
+            if out["expired_entries"] else None,
+            # pooled over the repetitions' expired orders
+            "resale_p50_ms": lifecycle.pct(resale, 50), "resale_p99_ms": lifecycle.pct(resale, 99),
+            "resale_max_ms": max(resale, default=None),
+            "expiry_lag_p50_ms": lifecycle.pct(lag, 50), "expiry_lag_p99_ms": lifecycle.pct(lag, 99),
+            "expiry_lag_max_ms": max(lag, default=None),
+            "first_sold_out_ms": median([v["first_sold_out_ms"] for v in lives]),
+            "first_sellout_orders_per_s": median([v["first_sellout_orders_per_s"] for v in lives]),
+            "sold_out_for_good_ms": median(goods),
+            "not_sold_out_for_good": sum(g is None for g in goods),
+            "payer_lag_p99_ms": median([v["payer_lag_p99_ms"] for v in lives]),
+            "payer_answers": {k: sum(v["payer_answers"].get(k, 0) for v in lives)
+                              for k in sorted({k for v in lives for k in v["payer_answers"]})},
+            "stock": lives[0]["stock"], "pay_share_pct": lives[0]["pay_share_pct"],
+            "payment_timeout_s": lives[0]["payment_timeout_s"],
+        })
+        return out
+
+    def sweeper_costs(self) -> list[dict]:
+        """The sweeper's cost per expired order, apart from any load: due orders in a
+        private Redis (the same persistence), 1 and 16 to a stream entry."""
+        s = self.s
+        redis = start_redis(self.procs, "redis-sweeper-cost", aof=s.aof)
+        out = []
+        try:
+            for per in (1, 16):
+                res = lifecycle.sweeper_cost(redis, s.life_sweep_orders, per)
+                out.append(res)
+                self.log(f"  lifecycle: sweeper, {res['expired']:,} due orders ({per} per "
+                         f"entry): Redis CPU {res['redis_cpu_us_per_order']:.1f} µs/order "
+                         f"(script {res['script_us_per_order']:.1f}), sweeper "
+                         f"{res['worker_cpu_us_per_order']:.1f} µs/order")
+                problems = [] if res["ok"] else [
+                    f"sweeper micro-measurement: {res['expired']} of {res['orders']} expired, "
+                    f"sold after {res['sold_after']}, returned {res['returned']}, "
+                    f"{res['expired_in_stream']} in the stream"]
+                self.audits.append({"scenario": "lifecycle", "target": f"sweeper-{per}",
+                                    "config": "-", "ok": res["ok"], "problems": problems,
+                                    "orders": res["orders"]})
+        finally:
+            self.procs.stop(redis.proc)
+        return out
 
     def scenario_scale(self, setups: list[Setup]) -> None:
         s = self.s

@@ -37,7 +37,8 @@ def test_bench_quick(tmp_path):
     assert results["error"] is None
     assert results["audits"], "no invariant audit ran"
     assert results["invariants_ok"], results["audits"]
-    assert {c["scenario"] for c in results["configs"]} >= {"soldout", "commit", "rush"}
+    assert {c["scenario"] for c in results["configs"]} >= {"soldout", "commit", "rush",
+                                                           "lifecycle"}
     md = (tmp_path / "quick.md").read_text()
     assert md.startswith("# flashgate benchmarks")
 
@@ -70,3 +71,12 @@ def test_bench_quick(tmp_path):
     assert results["setups"]["prod"]["flashgate"]["limits"].startswith("defaults")
     assert {g["config"] for g in results["goals"]} == {"prod", "dev"}
     assert "## Configurations" in md and "## Targets" in md
+
+    # lifecycle: orders were paid and expired, every audit (the sale's, the lifecycle's,
+    # the sweeper's micro-measurement) passed
+    life = rows[("lifecycle", "flashgate-prod")]
+    assert life["summary"]["orders_paid"] > 0 and life["summary"]["orders_expired"] > 0
+    audits = [a for a in results["audits"] if a["scenario"] == "lifecycle"]
+    assert len(audits) == 3 and all(a["ok"] for a in audits), audits
+    assert all(x["ok"] and x["expired"] == x["orders"] for x in life["sweeper_cost"])
+    assert "## lifecycle" in md
