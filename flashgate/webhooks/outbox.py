@@ -69,6 +69,18 @@ def body(delivery_id: str, event_id: str, kind: str, data, ts_ms: int) -> bytes:
                          "ts_ms": ts_ms, "data": data})
 
 
+def _delivery_id(event_id: str, kind: str, delivery_id: str | None) -> str:
+    """The id a notification is enqueued under (a fresh one for None); ValueError for
+    an unknown kind or an id that is not one."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown notification type {kind!r}")
+    if delivery_id is None:
+        return f"{event_id}:{kind}:{uuid.uuid4().hex}"
+    if not isinstance(delivery_id, str) or not 0 < len(delivery_id) <= MAX_ID:
+        raise ValueError(f"a delivery id is a string of 1-{MAX_ID} characters")
+    return delivery_id
+
+
 async def enqueue(conn: RedisConnection, event_id: str, kind: str, data,
                   delivery_id: str | None = None, *, ts_ms: int | None = None) -> str:
     """Queue a notification of ``kind`` about ``event_id`` for its webhook. Returns
@@ -78,12 +90,7 @@ async def enqueue(conn: RedisConnection, event_id: str, kind: str, data,
     Without an id a fresh one is made. ``ts_ms`` (default: now) is the body's
     ``ts_ms``: when what it tells happened. Raises ValueError for an unknown kind, and
     RedisUnavailable / RedisError as any store call."""
-    if kind not in KINDS:
-        raise ValueError(f"unknown notification type {kind!r}")
-    if delivery_id is None:
-        delivery_id = f"{event_id}:{kind}:{uuid.uuid4().hex}"
-    elif not isinstance(delivery_id, str) or not 0 < len(delivery_id) <= MAX_ID:
-        raise ValueError(f"a delivery id is a string of 1-{MAX_ID} characters")
+    delivery_id = _delivery_id(event_id, kind, delivery_id)
     ts = time.time_ns() // 1_000_000 if ts_ms is None else ts_ms
     reply = await ENQUEUE.run(conn, _ENQUEUE_KEYS,
                               [delivery_id, event_id, body(delivery_id, event_id, kind, data, ts)])
@@ -98,12 +105,7 @@ async def enqueue_many(conn: RedisConnection, items) -> list[str]:
     now = time.time_ns() // 1_000_000
     calls = []
     for event_id, kind, data, delivery_id in items:
-        if kind not in KINDS:
-            raise ValueError(f"unknown notification type {kind!r}")
-        if delivery_id is None:
-            delivery_id = f"{event_id}:{kind}:{uuid.uuid4().hex}"
-        elif not isinstance(delivery_id, str) or not 0 < len(delivery_id) <= MAX_ID:
-            raise ValueError(f"a delivery id is a string of 1-{MAX_ID} characters")
+        delivery_id = _delivery_id(event_id, kind, delivery_id)
         calls.append([delivery_id, event_id, body(delivery_id, event_id, kind, data, now)])
     if not calls:
         return []
