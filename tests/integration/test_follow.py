@@ -236,8 +236,21 @@ def test_kill_9_mid_rush_then_restart(gw, r, redis_server, pg_url):
             except redis.ResponseError:  # no group yet
                 return 0
 
-        # mid-stream: rows written, and entries delivered but not yet acknowledged
-        wait_for(lambda: count(pg_url) > 0 and pending() > 0, "the first rows", timeout=15,
+        # mid-stream: rows written, and entries delivered but not yet acknowledged. The
+        # follower is frozen (SIGSTOP) while that is checked, so it cannot acknowledge
+        # them between the check and the kill
+
+        def frozen_with_pending() -> bool:
+            if count(pg_url) == 0:
+                return False
+            first.proc.send_signal(signal.SIGSTOP)
+            time.sleep(0.01)  # (the signal is taken before the next read)
+            if pending() > 0:
+                return True
+            first.proc.send_signal(signal.SIGCONT)
+            return False
+
+        wait_for(frozen_with_pending, "the first rows, and entries pending", timeout=15,
                  interval=0.002)
         first.proc.kill()  # kill -9
         first.proc.wait()
