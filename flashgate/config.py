@@ -126,6 +126,9 @@ class Config:
     refresh_interval: float = _opt(0.1, "path",
                                    "seconds between reads of every SKU's sold and stock counts")
     stats_interval: float = _opt(0.5, "path", "seconds between flushes of counters to Redis")
+    sweep_interval: float = _opt(0.5, "path",
+                                 "seconds between passes of the payment-timeout sweeper (an "
+                                 "unpaid order expires at most this long after its deadline)")
     max_clock_skew_ms: int = _opt(2000, "path",
                                   "milliseconds this host's clock may differ from Redis TIME; "
                                   "beyond, no sale")
@@ -272,6 +275,7 @@ _BOUNDS = (
     ("wait_timeout", 0.0, "0 or more seconds"),
     ("refresh_interval", 0.01, "at least 0.01 s"),
     ("stats_interval", 0.01, "at least 0.01 s"),
+    ("sweep_interval", 0.01, "at least 0.01 s"),
     ("max_clock_skew_ms", 0, "0 or more ms"),
     ("drain_delay", 0.0, "0 or more seconds"),
     ("drain_grace", 0.0, "0 or more seconds"),

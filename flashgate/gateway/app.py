@@ -76,7 +76,8 @@ class Gateway:
             ("counters", self._flush_counters),
             ("parked", self._expire_parked),
             # unpaid orders past their deadline: one worker of the instance
-            *((("sweeper", self.sweeper.run),) if worker_id == 0 else ()),
+            *((("sweeper", lambda: self.sweeper.run(cfg.sweep_interval)),)
+              if worker_id == 0 else ()),
         )
         self._tasks: list[asyncio.Task] = []
         self._loop: asyncio.AbstractEventLoop | None = None

@@ -27,7 +27,7 @@ from flashgate.core.redisconn import RedisError, RedisUnavailable
 
 log = logging.getLogger("flashgate.sweeper")
 
-SWEEP_INTERVAL_S = 0.5  # between passes
+SWEEP_INTERVAL_S = 0.5  # between passes (--sweep-interval)
 ENTRIES_PER_READ = 200  # stream entries per XRANGE
 MIN_TIMEOUT_MS = 1000  # the shortest payment timeout (core/events.py: 1 s)
 

@@ -188,6 +188,8 @@ REFUSALS = {
                         ["--commit-queue must be at least 1"]),
     "refresh-busy-loop": (["--refresh-interval", "0", "--dev"], {},
                           ["--refresh-interval must be at least 0.01 s"]),
+    "sweep-busy-loop": (["--sweep-interval", "0", "--dev"], {},
+                        ["--sweep-interval must be at least 0.01 s"]),
     "negative-clock-skew": (["--max-clock-skew-ms", "-1", "--dev"], {},
                             ["--max-clock-skew-ms must be 0 or more"]),
     "burst-below-one": (["--user-burst", "0.5", "--dev"], {}, ["--user-burst must be at least 1"]),

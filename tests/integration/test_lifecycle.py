@@ -475,3 +475,23 @@ def test_stock_added_during_a_rush(any_gw, r):
     assert gw.buy(ev, "s0", "late")[1]["error"] == "sold_out"
     assert int(r.get(keys.SkuKeys(ev, "s0").sold)) == 80
     check_invariants(r, gw, ev, body, acked)
+
+
+def test_the_sweep_interval_bounds_the_expiry_lag(redis_server, r, tmp_path):
+    """With --sweep-interval 0.05 an unpaid order expires within a few passes of its
+    deadline (the default, 0.5 s, lets it wait up to half a second)."""
+    from tests.support import Gateway
+
+    gw = Gateway(redis_server.url, tmp_path / "gw", workers=1,
+                 extra=["--sweep-interval", "0.05", "--dev"]).start()
+    try:
+        ev = new_id("sweepfast")
+        body = event_body(stock=(2,), payment_timeout_s=1)
+        gw.put_event(ev, body)
+        o = buy_ok(gw, ev, "s0", "u1")
+        wait_for(lambda: order_of(gw, o["order_id"])["status"] == "expired", "the expiry", 3)
+        lag = order_of(gw, o["order_id"])["updated_ms"] - o["pay_by_ms"]
+        assert 0 <= lag < 400, lag
+        check_invariants(r, gw, ev, body, [o])
+    finally:
+        gw.stop()
