@@ -59,11 +59,12 @@ _changed = ", ".join(c for c in COLUMNS if c != "order_id")
 UPSERT = f"""
 INSERT INTO {TABLE} AS t ({_cols})
 SELECT DISTINCT ON (order_id) {_cols} FROM {TABLE}_in
-ORDER BY order_id, updated_ms DESC, (status <> 'reserved') DESC
+ORDER BY order_id, (status <> 'reserved') DESC, updated_ms DESC
 ON CONFLICT (order_id) DO UPDATE SET ({_changed}) = ROW({", ".join(
     "excluded." + c for c in COLUMNS if c != "order_id")})
-WHERE excluded.updated_ms >= t.updated_ms
-  AND (t.status = 'reserved' OR excluded.status <> 'reserved')
+WHERE ((t.status = 'reserved' AND excluded.status <> 'reserved')
+       OR (excluded.updated_ms >= t.updated_ms
+           AND (t.status = 'reserved' OR excluded.status <> 'reserved')))
   AND ({", ".join("t." + c for c in COLUMNS if c != "order_id")}) IS DISTINCT FROM ({", ".join("excluded." + c for c in COLUMNS
                                                 if c != "order_id")})
 """

@@ -79,8 +79,9 @@ class Batch:
     entries: list[Entry] = field(default_factory=list)
 
     def orders(self) -> list[dict]:
-        """Every order of the batch, once each, in its most recent state (the greatest
-        ``updated_ms``; at the same time, a final state over ``reserved``)."""
+        """Every order of the batch, once each, in its most recent state: a final state
+        over ``reserved`` (an order has one final state, whatever the clock said), else
+        the greatest ``updated_ms``."""
         seen: dict[str, dict] = {}
         for e in self.entries:
             for o in e.orders:
@@ -93,8 +94,8 @@ class Batch:
         return len(self.entries)
 
 
-def _recency(order: dict) -> tuple[int, bool]:
-    return order.get("updated_ms", order["created_ms"]), order["status"] != "reserved"
+def _recency(order: dict) -> tuple[bool, int]:
+    return order["status"] != "reserved", order.get("updated_ms", order["created_ms"])
 
 
 class OrderFollower:

@@ -291,19 +291,11 @@ def reply_offsets(reply, Py_ssize_t n):
 
 cdef bytes _existing(SkuCore srt, Purchase p, list r, Py_ssize_t at):
     # the answer of an order that exists (EXISTS, REPLAY): reply[at + 1:at + 7] is
-    # order id, unit price, qty, created, pay by, then the price breakdown of an order
-    # made in this batch ("": one price) or the record of one stored before
+    # order id, unit price, qty, created, pay by, price breakdown ("": one price)
     oid, price, qty, created, pay_by = r[at + 1], r[at + 2], r[at + 3], r[at + 4], r[at + 5]
     if type(oid) is not bytes:
         raise TypeError(f"an order id of type {type(oid).__name__}")
     bd = r[at + 6]
-    if bd and b"|" in bd:
-        # an order stored before the batch: its whole record, as it is now (it may have
-        # been paid, cancelled or expired since it was made)
-        order = orders.from_record((<bytes>oid).decode(), bd)
-        if order is None:
-            raise ValueError(f"an order record that does not read: {bd!r}")
-        return build_response(200, orjson.dumps(order))
     if bd:
         return _tiered_answer(oid, p.user, qty, price, created, pay_by, bd)
     return _sale_template(srt, qty, price, created, pay_by).answer(oid, p.user)

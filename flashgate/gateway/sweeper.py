@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from flashgate.core import orders, store
 from flashgate.core.redisconn import RedisError, RedisUnavailable
@@ -42,6 +43,7 @@ class Sweeper:
         # earliest time the SKU can hold a due order)
         self.cursors: dict[str, tuple[str, int]] = {}
         self.expired = 0  # orders this sweeper expired
+        self._said: dict[str, float] = {}  # SKU -> when its last failure was logged
 
     async def run(self, interval: float = SWEEP_INTERVAL_S) -> None:
         while True:
@@ -50,17 +52,31 @@ class Sweeper:
                 continue
             try:
                 await self.sweep()
-            except (RedisUnavailable, RedisError) as e:
-                log.debug("sweep interrupted: %s", e)
-            except Exception:  # a bug here must not stop the expiries for good
+            except Exception:  # (sweep() logs each SKU's failure; this is the last guard)
                 log.exception("sweep failed")
 
     async def sweep(self) -> int:
-        """One pass over every SKU; returns the orders it expired."""
+        """One pass over every SKU; returns the orders it expired. A SKU that fails
+        (Redis, or an entry that cannot be read) is logged and skipped for this pass:
+        it never keeps the SKUs after it from being swept."""
         n = 0
         for srt in self.runtimes.all_skus():
-            n += await self.sweep_sku(srt)
+            try:
+                n += await self.sweep_sku(srt)
+            except (RedisUnavailable, RedisError) as e:
+                self._failed(srt, f"Redis: {e}", exc_info=False)
+            except Exception:  # a bug here must not stop the expiries for good
+                self._failed(srt, "an unexpected error", exc_info=True)
         return n
+
+    def _failed(self, srt, why: str, *, exc_info: bool) -> None:
+        # at most one line per SKU every 10 s: a lasting failure is seen, not a flood
+        now = time.monotonic()
+        key = srt.keys.prefix
+        if now - self._said.get(key, float("-inf")) >= 10.0:
+            self._said[key] = now
+            log.warning("sweeper: a pass over %s failed (%s); its unpaid orders wait for "
+                        "the next pass", srt.keys.orders, why, exc_info=exc_info)
 
     async def sweep_sku(self, srt) -> int:
         k = srt.keys

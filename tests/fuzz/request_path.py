@@ -65,7 +65,6 @@ import uvloop
 import flashgate
 from flashgate.auth import admin_ok
 from flashgate.config import Config
-from flashgate.core import orders
 from flashgate.embedded import EmbeddedRedis
 from flashgate.gateway._net import NetSet
 from flashgate.gateway.app import Gateway
@@ -728,13 +727,8 @@ class RequestPath:
         except (orjson.JSONDecodeError, TypeError, KeyError) as exc:
             raise PathFailure(f"200 for a buy the app should refuse: {req.body[:200]!r}") from exc
         uid = req.headers.get(b"x-user-id", b"").decode("ascii", "replace")
-        key = req.headers.get(b"idempotency-key")
-        # a new order is reserved; a key's replay shows its order as it is now (it may
-        # have been paid or cancelled since)
-        replay = key is not None and (event_id, uid, key) in self.idem
         want = {"event_id": event_id, "sku": sku, "user_id": uid, "qty": qty,
-                "status": doc.get("status") if replay and doc.get("status") in orders.STATUSES
-                else "reserved"}
+                "status": "reserved"}
         got = {k: doc.get(k) for k in want}
         parts = doc.get("price_breakdown")  # an order across price tiers: the exact sum
         amount = (sum(p["qty"] * p["unit_price"] for p in parts) if parts
@@ -745,6 +739,7 @@ class RequestPath:
         oid = doc["order_id"]
         self.acked[oid] = doc
         self.last_order = oid
+        key = req.headers.get(b"idempotency-key")
         if key is not None:
             seen = self.idem.setdefault((event_id, uid, key), oid)
             if seen != oid:

@@ -5,7 +5,6 @@ import pytest
 import redis
 
 from flashgate.core import keys, orders, scripts, store
-from flashgate.core import orders as codec
 from flashgate.core.events import parse_event
 from flashgate.core.outcomes import (
     EXISTS,
@@ -71,16 +70,7 @@ def items(reply, orders, qtys=None):
             out.append((SOLD_TIERS, oid.encode(), price, qty, reply[2], reply[3], bd))
             at += 4
         elif code in (EXISTS, REPLAY):
-            part = list(reply[at:at + 7])
-            if b"|" in part[6]:
-                # an order stored before the batch comes with its record as it is now:
-                # its figures are the part's, read here as its breakdown (b"": one price)
-                o = codec.from_record(part[1].decode(), part[6])
-                assert o is not None and (o["unit_price"], o["qty"], o["created_ms"],
-                                          o["pay_by_ms"]) == tuple(part[2:6]), part
-                bd = o.get("price_breakdown")
-                part[6] = codec.breakdown_arg(bd).encode() if bd else b""
-            out.append(tuple(part))
+            out.append(tuple(reply[at:at + 7]))
             at += 7
         else:
             out.append((code, None, None, None, None, None, None))

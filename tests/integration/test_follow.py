@@ -356,6 +356,12 @@ def test_upsert_never_goes_back(pg_url):
             assert await sink.write(batch({"order_id": "e1.s0.a2", "status": "expired",
                                            "updated_ms": 9000},
                                           {"order_id": "e1.s0.a2"})) == 1
+            # a final state beats reserved even when its time is earlier (Redis TIME that
+            # stepped back between the commit and the payment): never stuck reserved
+            assert await sink.write(batch({"order_id": "e1.s0.a3", "updated_ms": 5000})) == 1
+            assert await sink.write(batch({"order_id": "e1.s0.a3", "status": "paid",
+                                           "updated_ms": 4000},
+                                          {"order_id": "e1.s0.a3", "updated_ms": 6000})) == 1
         finally:
             await sink.close()
 
@@ -365,6 +371,7 @@ def test_upsert_never_goes_back(pg_url):
     assert rows["e1.s0.a1"]["amount"] == 320
     assert rows["e1.s0.a1"]["price_breakdown"] == base["price_breakdown"]
     assert rows["e1.s0.a2"]["status"] == "expired"
+    assert rows["e1.s0.a3"]["status"] == "paid"
 
 
 def test_jsonl(gw, r, redis_server, tmp_path):

@@ -103,3 +103,40 @@ def test_orders_not_due_by_redis_time_stay(r, redis_server):
     asyncio.run(main())
     assert int(r.get(k.sold)) == 2
     check_invariants(r, None, ev, body, [], exact=False)
+
+
+def test_a_sku_that_fails_does_not_stop_the_others(r, redis_server, caplog):
+    """An entry of s0's stream that cannot be read fails s0's sweep, logged (once, not
+    every pass); s1's due order is expired all the same, pass after pass."""
+    ev = new_id("swbad")
+    body = event_body(stock=(3, 3), limits=[3, 3])
+    event = parse_event(ev, body)
+    configure(r, ev, body)
+    k0, k1 = keys.SkuKeys(ev, "s0"), keys.SkuKeys(ev, "s1")
+    r.xadd(k0.orders, {"type": "created", "ts": "1", f"{ev}.s0.x": "not-a-value"})
+    oid = f"{ev}.s1.o1"
+    commit(r, ev, "s1", [(oid, "u1")])
+    _make_due(r, k1, oid, due=True)
+    skus = [SimpleNamespace(keys=k, event_id=ev, sku=s) for k, s in zip((k0, k1), event.skus,
+                                                                         strict=True)]
+    runtimes = SimpleNamespace(all_skus=lambda: skus)
+    clock = [now_ms() + 5000]
+
+    async def main():
+        conn = RedisConnection(redis_server.url, on_connect=load)
+        await conn.connect()
+        try:
+            sw = Sweeper(conn, runtimes, _Refresher(), lambda: clock[0])
+            assert await sw.sweep() == 1
+            assert await sw.sweep() == 0
+        finally:
+            conn.close()
+
+    with caplog.at_level("WARNING", logger="flashgate.sweeper"):
+        asyncio.run(main())
+    assert orders.from_record(oid, r.hget(k1.order_by_id, oid))["status"] == "expired"
+    said = [rec for rec in caplog.records if k0.orders in rec.getMessage()]
+    assert len(said) == 1, [rec.getMessage() for rec in caplog.records]
+    r.delete(k0.orders)
+    check_invariants(r, None, ev, body, [{"order_id": oid, "sku": "s1", "user_id": "u1",
+                                          "qty": 1}])

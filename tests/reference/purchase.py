@@ -812,18 +812,9 @@ class ReferencePurchase:
                     self._count_sale(ev, p.qty, answer.body["amount"])
                 elif name in ("exists", "replay"):  # an order that exists
                     oid, price, qty, o_created, o_pay_by, bd = values
-                    status = "reserved"
-                    if b"|" in bd:
-                        # an order stored before the batch: its record as it is now
-                        # ("<status>|<user>|<qty>|<price>|<created>|<pay by>|<name>=...")
-                        fields = bd.decode().split("|")
-                        status = fields[0]
-                        later = dict(f.split("=", 1) for f in fields[6:])
-                        bd = later.get("bd", "")
                     answer = order_answer(oid.decode(), ev.id, sku.id, p.user, qty, price,
                                           o_created, o_pay_by, breakdown_of(bd))
-                    answer.body["status"] = status
-                    if name == "exists":  # its id came earlier in the same batch
+                    if name == "exists":  # this very order, from a re-sent batch
                         self.ledger.settle(sku.idx, p.user, p.held, p.qty)
                         self._count_sale(ev, qty, answer.body["amount"])
                     else:  # the key's order, counted when it was made
@@ -855,8 +846,7 @@ def read_commit_reply(reply, n: int):
     script's reply (lua/commit.lua: four figures, then per reservation its code and,
     for SOLD, the unit price, for SOLD_TIERS, the first unit's price, the amount and the
     breakdown, for EXISTS and REPLAY, the order's id, unit price, qty, created and
-    pay-by times and breakdown, or the whole record of an order stored before the
-    batch), or None if the reply has not that shape."""
+    pay-by times and breakdown), or None if the reply has not that shape."""
     if not isinstance(reply, list) or len(reply) < 4:
         return None
     parts = []

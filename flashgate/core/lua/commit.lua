@@ -20,10 +20,8 @@
 --        reservation, by its code: SOLD: code, unit_price; SOLD_TIERS (a new order whose
 --        units straddle price tiers): code, the first unit's price, amount, breakdown
 --        ("<qty>x<price>,..."); EXISTS and REPLAY (an order that exists): code, order_id,
---        unit_price, qty, created_ms, pay_by_ms, then for an order made in this batch its
---        breakdown ("" for an order of one price), for one stored before its whole
---        record (as it is now: it may have been paid since); any other code: the code
---        alone}
+--        unit_price, qty, created_ms, pay_by_ms, breakdown ("" for an order of one
+--        price); any other code: the code alone}
 --
 -- Codes (core/outcomes.py; the locals are put in front of this source): SOLD (a new
 -- order), SOLD_TIERS (a new order at more than one price), SOLD_OUT, LIMIT_EXCEEDED,
@@ -133,8 +131,7 @@ local function existing(code, oid)
     qty, up, created, payby = string.match(v, '^[^|]*|[^|]*|(%d+)|(%d+)|(%d+)|(%d+)')
   end
   if qty then
-    -- the 7th value is the whole record: the order may have changed since (paid, ...)
-    order_part(code, oid, up, qty, created, payby, v)
+    order_part(code, oid, up, qty, created, payby, string.match(v, '|bd=([%dx,]+)'))
   else
     -- the order is gone (deleted by hand): say so, keep the reply aligned
     refuse(NOT_FOUND)

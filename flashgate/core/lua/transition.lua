@@ -18,8 +18,9 @@
 -- "|name=value" fields (core/orders.py). A transition rewrites the status and sets
 -- updated_ms=<now>. The order's units are returned (sold, its buyer's units and the
 -- event's units go down by qty; returned up by qty; revenue down by the amount) only
--- while Redis TIME is before the sale's end; after it the order keeps them (kept=1):
--- "the end is the end", no unit comes back to a sale that is over.
+-- if it ended before the sale's end (a cancel: Redis TIME now; an expiry: its
+-- pay_by_ms); after it the order keeps them (kept=1): "the end is the end", no unit
+-- comes back to a sale that is over.
 -- Every transition of the call goes into one stream entry per type ('paid',
 -- 'cancelled', 'expired'): type, ts, then order id -> "<user>|<qty>|<unit_price>".
 local action = ARGV[1]
@@ -30,7 +31,6 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local now_s = string.format('%d', now)
 local ends = tonumber(redis.call('HGET', KEYS[1], 'ends') or '0')
-local open = now < ends
 local out = {0}
 local entries = {paid = {}, cancelled = {}, expired = {}}
 local returned, revenue_back, paid_units, paid_revenue = 0, 0, 0, 0
@@ -74,9 +74,14 @@ local function rewrite(p, later, status, kept)
 end
 
 -- end a reserved order as `status` ('cancelled' or 'expired'): its units come back if
--- the sale is still open
+-- the sale was still open when it ended. A cancel ends it now; an expiry at its
+-- deadline, however late the sweeper comes (an order due before the end and swept
+-- after it gives its units back: it expired while the sale was open)
 local function finish(oid, p, later, status)
   local qty = tonumber(p[3])
+  local at = now
+  if status == 'expired' then at = math.min(now, tonumber(p[6])) end
+  local open = at < ends
   if open then
     back[p[2]] = (back[p[2]] or 0) + qty
     returned = returned + qty
