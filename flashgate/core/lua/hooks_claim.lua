@@ -21,13 +21,14 @@ for _, id in ipairs(ids) do
   redis.call('ZREM', KEYS[1], id)
   local body = redis.call('HGET', KEYS[3], id)
   local meta = redis.call('HGET', KEYS[4], id)
-  if body and meta then
-    local n, enq, ev, err = string.match(meta, '^(%d+)|(%d+)|([^|]*)|(.*)$')
+  local n, enq, ev, err
+  if meta then n, enq, ev, err = string.match(meta, '^(%d+)|(%d+)|([^|]*)|(.*)$') end
+  if body and n then
     local attempt = tostring(tonumber(n) + 1)
     redis.call('HSET', KEYS[4], id, attempt .. '|' .. enq .. '|' .. ev .. '|' .. err)
     redis.call('ZADD', KEYS[2], until_ms, id)
     out[#out + 1] = {id, body, redis.call('HGET', KEYS[5], ev) or '', attempt, enq}
-  else  -- (never written whole: drop the remains)
+  else  -- (never written whole, or its meta unreadable: drop the remains)
     redis.call('HDEL', KEYS[3], id)
     redis.call('HDEL', KEYS[4], id)
   end
