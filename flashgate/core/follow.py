@@ -41,6 +41,7 @@ import orjson
 from flashgate.core import keys, orders
 from flashgate.core.events import Event
 from flashgate.core.redisconn import RedisConnection, RedisError
+from flashgate.core.scripts import Script
 
 log = logging.getLogger("flashgate.follow")
 
@@ -49,6 +50,7 @@ HMGET_CHUNK = 1000  # order ids per HMGET: no single command keeps Redis busy lo
 # a consumer of the group with nothing pending that has not read for this long is gone
 # (a live follower reads every block_ms): its name is removed from the group
 FORGET_CONSUMER_MS = 3_600_000
+FORGET_CONSUMER = Script("forget_consumer.lua")  # checks and removes in one step
 
 
 def consumer_name() -> str:
@@ -315,8 +317,9 @@ class OrderFollower:
                 d = {k.decode(): v for k, v in zip(it, it, strict=True)}
                 name = d.get("name", b"").decode()
                 if name != self.consumer and d.get("pending") == 0 and \
-                        d.get("idle", 0) > FORGET_CONSUMER_MS:
-                    await self.conn.execute("XGROUP", "DELCONSUMER", stream, self.group, name)
+                        d.get("idle", 0) > FORGET_CONSUMER_MS and \
+                        await FORGET_CONSUMER.run(self.conn, [stream],
+                                                  [self.group, name, FORGET_CONSUMER_MS]):
                     log.info("%s: consumer %s forgotten (gone, nothing pending)", stream, name)
 
     async def batches(self) -> AsyncIterator[Batch]:

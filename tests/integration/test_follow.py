@@ -696,3 +696,28 @@ def test_a_redis_connection_that_breaks(gw, r, redis_server, tmp_path):
     assert f.text().count("lost the connection to Redis") >= 2, f.text()
     f.assert_clean()
     check_invariants(r, gw, ev, body, acked)
+
+
+def test_a_consumer_is_forgotten_only_with_nothing_pending(r):
+    """The check and the removal are one script: a consumer holding entries is kept,
+    one with nothing pending and idle long enough is removed."""
+    from flashgate.core.follow import FORGET_CONSUMER
+
+    stream, group = "fg:{forget-test:s0}:orders", "g"
+    r.delete(stream)
+    r.xgroup_create(stream, group, id="0", mkstream=True)
+    r.xadd(stream, {"type": "created", "ts": "1"})
+    r.xreadgroup(group, "busy", {stream: ">"})
+    r.xgroup_createconsumer(stream, group, "idle")
+
+    def forget(name, idle_ms):
+        return r.evalsha(r.script_load(FORGET_CONSUMER.source), 1, stream, group, name,
+                         idle_ms)
+
+    assert forget("busy", 0) == 0  # an entry pending: kept
+    assert forget("idle", 60_000) == 0  # not idle long enough
+    time.sleep(0.01)
+    assert forget("idle", 1) == 1
+    assert forget("nobody", 1) == 0
+    assert {c["name"] for c in r.xinfo_consumers(stream, group)} == {b"busy"}
+    r.delete(stream)
