@@ -53,7 +53,8 @@ COMMIT = Script("commit.lua")
 CONFIGURE_SKU = Script("configure_sku.lua")
 ADD_STOCK = Script("add_stock.lua")
 TRANSITION = Script("transition.lua")
-ALL = (COMMIT, CONFIGURE_SKU, ADD_STOCK, TRANSITION)
+REGISTER = Script("register.lua")
+ALL = (COMMIT, CONFIGURE_SKU, ADD_STOCK, TRANSITION, REGISTER)
 
 
 async def load(execute) -> None:

@@ -11,7 +11,7 @@ import orjson
 
 from flashgate.core import keys, orders, scripts
 from flashgate.core.events import MAX_STOCK, Event, EventError, check_replace
-from flashgate.core.redisconn import RedisConnection
+from flashgate.core.redisconn import RedisConnection, RedisError
 
 # The order layout this build writes: 2 = every order of a SKU is one field of its
 # ``order_by_id`` hash (1 was a hash per order; ``migrate_layout`` moves those).
@@ -235,11 +235,13 @@ async def load_events(conn: RedisConnection) -> tuple[int, list[Event]]:
 async def register(conn: RedisConnection, event: Event, user: str) -> None:
     """Register ``user``: in every SKU's set (the commit script reads it) and in the
     event's hash of registrations with the Redis TIME of the first time (a repeat
-    keeps it)."""
-    now = await redis_time_ms(conn)
+    keeps it; read and written in one script, lua/register.lua)."""
     cmds = [["SADD", keys.SkuKeys(event.id, s.id).reg, user] for s in event.skus]
-    cmds.append(["HSETNX", keys.registered(event.id), user, now])
-    for r in await conn.pipeline(cmds):
+    cmds.append(scripts.REGISTER.args([keys.registered(event.id)], [user]))
+    replies = await conn.pipeline(cmds)
+    if isinstance(replies[-1], RedisError) and str(replies[-1]).startswith("NOSCRIPT"):
+        replies[-1] = await scripts.REGISTER.run(conn, [keys.registered(event.id)], [user])
+    for r in replies:
         if isinstance(r, Exception):
             raise r
 
