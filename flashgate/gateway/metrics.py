@@ -87,6 +87,8 @@ def worker_snapshot(gw) -> dict:
         "events": events,
         "batches": c.batches, "batched": c.batched,
         "rtts": c.rtts, "rtt_us": c.rtt_us,
+        "requests": [[op, status.decode("latin-1"), n]
+                     for (op, status), n in gw.router.requests.items()],
         "queued": gw.path.queued, "parked": gw.path.waiting,
         "redis_up": 1 if gw.conn.connected else 0,
     }
@@ -209,8 +211,12 @@ class _Collector:
                 by_status[st] = by_status.get(st, 0) + c.get(name, 0)
             latency.add_metric([event_id], _buckets(LATENCY_BOUNDS_US, acc["latency"], 1e6),
                                acc["latency_us"] / 1e6)
-        for st in sorted(by_status):
-            requests.add_metric(["buy", st], by_status[st])
+        by_route = {("buy", st): n for st, n in by_status.items()}
+        for s in snaps:
+            for op, st, n in s.get("requests", ()):
+                by_route[(op, st)] = by_route.get((op, st), 0) + n
+        for key in sorted(by_route):
+            requests.add_metric(list(key), by_route[key])
         yield requests
         yield attempts
         yield outcomes

@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import subprocess
+import time
 from collections import Counter
 
 import pytest
@@ -127,3 +128,27 @@ def test_a_killed_worker_is_counted_and_its_counts_kept(redis_server, tmp_path):
     assert value(s, "flashgate_worker_restarts_total") == 1
     assert value(s, "flashgate_workers") == 2
     assert value(s, "flashgate_units_sold", event=ev, sku="s0") == 7
+
+
+def test_requests_by_route_and_status(gw):
+    """The router's answers by operationId and status, summed over the workers."""
+    time.sleep(0.7)  # earlier tests' requests: in every worker's snapshot
+    _, before = scrape(gw)
+
+    def count(s, route, status):
+        return value(s, "flashgate_requests_total", route=route, status=status) or 0
+
+    for _ in range(10):
+        assert gw.request("GET", "/livez")[0] == 200
+    for _ in range(3):
+        assert gw.request("GET", "/no/such/path")[0] == 404
+    assert gw.request("GET", "/api/v1/admin/events/none/stats")[0] == 401
+
+    def counted():
+        _, s = scrape(gw)
+        return (count(s, "livez", "200") - count(before, "livez", "200") == 10
+                and count(s, "unknown", "404") - count(before, "unknown", "404") == 3
+                and count(s, "unknown", "401") - count(before, "unknown", "401") == 1
+                and s)
+
+    wait_for(counted, "the requests counted by route and status")
