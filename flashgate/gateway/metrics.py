@@ -104,19 +104,21 @@ class Exporter:
         if self.dir is not None:
             self.file = self.dir / f"w{gw.worker_id}.{os.getpid()}.json"
 
-    def write(self) -> None:
-        """This worker's snapshot into the instance directory (the counters' tick)."""
+    def write(self, snap: dict | None = None) -> None:
+        """This worker's snapshot into the instance directory (the counters' tick, and
+        each scrape this worker answers)."""
         if self.file is None:
             return
         try:
             self.dir.mkdir(mode=0o700, exist_ok=True)
-            _write(self.file, orjson.dumps(worker_snapshot(self.gw)))
+            _write(self.file, orjson.dumps(snap or worker_snapshot(self.gw)))
         except OSError as e:
             log.warning("cannot write the metrics snapshot: %s", e)
 
     def _gather(self) -> tuple[list[dict], list[dict], int | None]:
         """(every snapshot, the current one of each worker, restarts or None)."""
         own = worker_snapshot(self.gw)
+        self.write(own)  # what this scrape shows survives this worker
         snaps = [own]
         restarts = None
         newest: dict[int, tuple[int, dict]] = {}
@@ -184,7 +186,7 @@ class _Collector:
             "flashgate_buy_attempts", "Purchase requests received", labels=("event",))
         latency = HistogramMetricFamily(
             "flashgate_buy_latency_seconds",
-            "Time from a sale's request to its commit reply", labels=("event",))
+            "Time from a sale's request to its commit reply (every event)")
         by_status: dict[str, int] = {}
         events: dict[str, dict] = {}
         n_lat = len(LATENCY_BOUNDS_US) + 1
@@ -199,18 +201,25 @@ class _Collector:
                     acc["counts"][k] = acc["counts"].get(k, 0) + v
                 _add(acc["latency"], e["latency"])
                 acc["latency_us"] += e["latency_us"]
+        lat = [0] * n_lat
+        lat_us = 0
         for event_id in sorted(events):
             acc = events[event_id]
             c = acc["counts"]
             attempts.add_metric([event_id], c.get("attempts", 0))
+            # "sold" always; a refusal once counted (a series per reason and event that
+            # never happens would only weigh on every scrape)
             outcomes.add_metric([event_id, "sold"], c.get("orders", 0))
             by_status[_SOLD_STATUS] = by_status.get(_SOLD_STATUS, 0) + c.get("orders", 0)
             for name in REJECTIONS:
-                outcomes.add_metric([event_id, name], c.get(name, 0))
-                st = _STATUS[name]
-                by_status[st] = by_status.get(st, 0) + c.get(name, 0)
-            latency.add_metric([event_id], _buckets(LATENCY_BOUNDS_US, acc["latency"], 1e6),
-                               acc["latency_us"] / 1e6)
+                n = c.get(name, 0)
+                if n:
+                    outcomes.add_metric([event_id, name], n)
+                    st = _STATUS[name]
+                    by_status[st] = by_status.get(st, 0) + n
+            _add(lat, acc["latency"])
+            lat_us += acc["latency_us"]
+        latency.add_metric([], _buckets(LATENCY_BOUNDS_US, lat, 1e6), lat_us / 1e6)
         by_route = {("buy", st): n for st, n in by_status.items()}
         for s in snaps:
             for op, st, n in s.get("requests", ()):
