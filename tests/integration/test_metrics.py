@@ -33,7 +33,7 @@ def value(samples, name, **labels):
     return samples.get((name, tuple(sorted(labels.items()))))
 
 
-@pytest.mark.ci_required
+@pytest.mark.ci_required  # .ci/run installs promtool (Debian's prometheus package)
 def test_metrics_pass_promtool(gw):
     promtool = shutil.which("promtool")
     if promtool is None:
