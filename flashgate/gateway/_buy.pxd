@@ -21,6 +21,7 @@ cdef class EventCore:
     cdef public long long pv, attempts, orders, units, revenue
     cdef long long answered[N_OUTCOMES]  # requests answered with each refusal, by code
     cdef long long latency[N_LATENCY]    # committed buys by latency bucket, since the last take
+    cdef public long long latency_us     # committed buys' latency summed, µs (never reset)
 
     cdef void count(self, int code) noexcept
     cdef void sold(self, long long qty, long long amount, long long elapsed_us) noexcept

@@ -35,6 +35,7 @@ class EventCore:
     orders: int
     units: int
     revenue: int
+    latency_us: int  # committed buys' latency summed, µs (never reset)
     def answers(self) -> list[int]:
         """Requests answered with each outcome code, indexed by code."""
     def add(self, code: int, n: int = 1) -> None:

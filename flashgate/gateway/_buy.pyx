@@ -141,6 +141,7 @@ cdef class EventCore:
         self.orders += 1
         self.units += qty
         self.revenue += amount
+        self.latency_us += elapsed_us
         while k < N_LATENCY - 1 and _LAT[k] < elapsed_us:
             k += 1
         self.latency[k] += 1

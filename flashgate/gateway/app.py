@@ -5,6 +5,7 @@
     purchases -> committer.Committer        group commit; _commit.pyx answers replies
     Redis -> refresher.Refresher            sold/stock, definitions, the clock
     counters.Counters                       the event counters into Redis
+    metrics.Exporter                        this worker's figures for GET /metrics
     peers.Peers                             definition changes across this instance
 
 Everything this worker knows of other workers and instances comes from Redis (the
@@ -30,6 +31,7 @@ from flashgate.gateway import answers, handlers
 from flashgate.gateway._buy import BuyPath
 from flashgate.gateway.committer import Committer
 from flashgate.gateway.counters import Counters
+from flashgate.gateway.metrics import Exporter
 from flashgate.gateway.peers import Peers
 from flashgate.gateway.refresher import Refresher
 from flashgate.gateway.routes import ROUTES
@@ -59,6 +61,7 @@ class Gateway:
         self.committer = Committer(self.path, self.ledger, self.conn, self.runtimes,
                                    cfg.commit_flights)
         self.counters = Counters(self.conn, self.runtimes, self.boot)
+        self.exporter = Exporter(self, peer_dir)
         self.router = Router(ROUTES, handlers.make(self), self.path, cfg.admin_token.encode())
         self.refresher = Refresher(self.conn, self.ledger, self.path, self.runtimes,
                                    self._events_loaded, max_clock_skew_ms=cfg.max_clock_skew_ms)
@@ -106,6 +109,7 @@ class Gateway:
             self._tasks.append(loop.create_task(self._supervised(name, run)))
 
     async def stop(self) -> None:
+        self.exporter.write()  # its last figures, for the instance's counters
         try:  # the last counts, if Redis answers quickly: never hold the exit up
             await asyncio.wait_for(self.counters.flush(), 0.5)
         except Exception:
@@ -128,6 +132,7 @@ class Gateway:
     async def _flush_counters(self) -> None:
         while True:
             await asyncio.sleep(self.cfg.stats_interval)
+            self.exporter.write()
             try:
                 await self.counters.flush()
             except (RedisUnavailable, RedisError):

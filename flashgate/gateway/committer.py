@@ -19,6 +19,7 @@ script. Either way the SKU's parked requests then try again.
 from __future__ import annotations
 
 import logging
+from bisect import bisect_left
 
 from flashgate.core import scripts
 from flashgate.core._stock import Ledger
@@ -34,6 +35,11 @@ log = logging.getLogger("flashgate.commit")
 MAX_BATCH = 256  # reservations per commit script call
 _HEAD = scripts.COMMIT.packed_head()
 _HEAD_WHOLE = scripts.COMMIT.packed_head(whole=True)
+# the metrics' histograms (gateway/metrics.py): upper bounds of the buckets, a last
+# bucket beyond them; counted per commit call and per flush, never per request
+BATCH_BOUNDS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+RTT_BOUNDS_US = (100, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000, 100000, 250000,
+                 500000, 1000000, 2500000)
 
 
 class _Reply:
@@ -73,6 +79,12 @@ class Committer:
         self.max_flights = flights
         self.flights = 0  # flushes sent and not fully answered
         self._loop = None
+        # commit calls by reservations per call, and their sum
+        self.batches = [0] * (len(BATCH_BOUNDS) + 1)
+        self.batched = 0
+        # flushes by the time from their write to their last reply (µs), and its sum
+        self.rtts = [0] * (len(RTT_BOUNDS_US) + 1)
+        self.rtt_us = 0
 
     def bind(self, loop) -> None:
         self._loop = loop
@@ -88,13 +100,16 @@ class Committer:
             return
         cmds = []
         cbs = []
-        flight = [0]  # calls of this flush not answered yet
+        flight = [0, mono_us()]  # calls of this flush not answered yet, when it left
         skus = self.runtimes.skus
+        counted = self.batches
         for idx, items in batches:
             srt = skus[idx]
             packed_keys = srt.commit_keys
             for i in range(0, len(items), MAX_BATCH):
                 chunk = items[i:i + MAX_BATCH]
+                counted[bisect_left(BATCH_BOUNDS, len(chunk))] += 1
+                self.batched += len(chunk)
                 cmds.append(pack_commit(_HEAD, packed_keys, chunk))
                 cbs.append(_Reply(self, srt, chunk, flight))
         flight[0] = len(cmds)
@@ -105,6 +120,9 @@ class Committer:
         flight[0] -= 1
         if flight[0] == 0:
             self.flights -= 1
+            rtt = mono_us() - flight[1]
+            self.rtts[bisect_left(RTT_BOUNDS_US, rtt)] += 1
+            self.rtt_us += rtt
             path = self.path
             if not path.flush_scheduled:
                 path.flush_scheduled = True

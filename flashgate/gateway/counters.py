@@ -41,17 +41,36 @@ class Counters:
         self.runtimes = runtimes
         self.worker = worker  # names this worker's part of a visitor merge
         self.flushed: dict[str, dict[str, int]] = {}  # event id -> what Redis has of it
+        # event id -> latency buckets taken from C and not in Redis yet / since start
+        self.latency_due: dict[str, list[int]] = {}
+        self.latency_total: dict[str, list[int]] = {}
+
+    def take_latency(self) -> None:
+        """Move the latency buckets counted in C into both tallies (the flush's and the
+        metrics'): the C buckets are zeroed on each take, so every reader goes here."""
+        for event_id, ert in self.runtimes.known.items():
+            taken = ert.take_latency()
+            if not any(taken):
+                continue
+            for tally in (self.latency_due, self.latency_total):
+                acc = tally.get(event_id)
+                if acc is None:
+                    tally[event_id] = list(taken)
+                else:
+                    for i, n in enumerate(taken):
+                        acc[i] += n
 
     async def flush(self) -> None:
         """Add every counter's change since the last flush to Redis."""
         cmds = []
         merged = []  # the visitor registers sent: dirty again if the write fails
+        self.take_latency()
         for event_id, ert in self.runtimes.known.items():
             key = keys.stats(event_id)
             counts = snapshot(ert)
             flushed = self.flushed.get(event_id) or dict.fromkeys(COUNTERS, 0)
             delta = {k: counts[k] - flushed[k] for k in COUNTERS if counts[k] != flushed[k]}
-            for i, n in enumerate(ert.take_latency()):
+            for i, n in enumerate(self.latency_due.pop(event_id, ())):
                 if n:
                     delta[f"lat:{i}"] = n
             if delta:

@@ -517,7 +517,9 @@ def _operations() -> dict:
                                               "off or draining.")}),
         "metrics": _op("metrics", "Prometheus metrics (names start with flashgate_)",
                        "operations", PUBLIC,
-                       {200: _content("text/plain; version=0.0.4", "Prometheus text format.")}),
+                       {200: _content("text/plain; version=0.0.4; charset=utf-8",
+                                      "Prometheus text format 0.0.4: the instance's "
+                                      "figures summed over its workers.")}),
         "openapi": _op("openapi", "This document", "operations", PUBLIC,
                        {200: _json({"type": "object"}, "The OpenAPI document.")}),
     }

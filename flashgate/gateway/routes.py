@@ -68,6 +68,6 @@ ROUTES: tuple[Route, ...] = (
     # operations
     Route("GET", "/livez", "livez", (PUBLIC,), "operations.livez"),
     Route("GET", "/readyz", "readyz", (PUBLIC,), "operations.readyz"),
-    Route("GET", "/metrics", "metrics", (PUBLIC,), None),
+    Route("GET", "/metrics", "metrics", (PUBLIC,), "operations.metrics"),
     Route("GET", "/openapi.json", "openapi", (PUBLIC,), "operations.openapi"),
 )

@@ -16,11 +16,18 @@ admin token, compared in constant time; ``BUYER``: a buyer identity; a route ope
 to both takes the operator's token first). Under ``/api/v1/admin/`` a request
 without the admin token is 401 whatever the path, so the operator's paths are not
 revealed to strangers. HEAD is served as GET (the connection drops the body).
+
+``requests`` counts what ``dispatch`` answers by (operationId, status) for GET
+/metrics: a dict increment where the answer is bytes, at the end of a handler's
+coroutine otherwise; a path of no route counts under ``unknown``. The purchase the C
+path answers is not counted here (gateway/metrics.py derives it from its outcomes).
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
+from collections import defaultdict
 
 from flashgate.auth import admin_ok
 from flashgate.gateway import answers
@@ -62,6 +69,7 @@ class Router:
         self.path = path
         self.admin_token = admin_token
         self.events = events if events is not None else {}
+        self.requests: defaultdict[tuple[str, bytes], int] = defaultdict(int)
         by_pattern: dict[str, list[Route]] = {}
         for r in routes:
             if r.handler is not None:  # a planned route is not served: 404
@@ -124,6 +132,25 @@ class Router:
         return admin_ok(req.headers.get(b"authorization"), self.admin_token)
 
     def dispatch(self, req, target: Target | None):
+        answer = self._dispatch(req, target)
+        if type(answer) is bytes:
+            self.requests[("unknown", answer[9:12])] += 1
+            return answer
+        if type(answer) is tuple:  # (the route's, its handler's answer)
+            op, answer = answer
+            if type(answer) is bytes:
+                self.requests[(op, answer[9:12])] += 1
+            elif asyncio.iscoroutine(answer):
+                return self._counted(op, answer)
+        return answer
+
+    async def _counted(self, op: str, coro):
+        answer = await coro
+        if type(answer) is bytes:
+            self.requests[(op, answer[9:12])] += 1
+        return answer
+
+    def _dispatch(self, req, target: Target | None):
         path = req.path
         if path.startswith(ADMIN_PREFIX) and not self.is_admin(req):
             return answers.UNAUTHENTICATED
@@ -134,6 +161,7 @@ class Router:
         m = target.routes.get(req.method)
         if m is None:
             return target.not_allowed
+        op = m.route.op
         access = m.route.access
         if PUBLIC in access:
             who = None
@@ -142,10 +170,10 @@ class Router:
         elif BUYER in access:
             who = self.path.user_of(req)
             if who is None:
-                return answers.UNAUTHENTICATED
+                return op, answers.UNAUTHENTICATED
         else:
-            return answers.UNAUTHENTICATED
-        return m.handler(req, m, who)
+            return op, answers.UNAUTHENTICATED
+        return op, m.handler(req, m, who)
 
 
 def _unknown_event(req, m: Match, who) -> bytes:

@@ -27,6 +27,7 @@ from flashgate.config import Config
 from flashgate.core import scripts, store
 from flashgate.core.events import EventError, parse_event
 from flashgate.core.redisconn import RedisConnection, RedisError, RedisUnavailable, redact
+from flashgate.gateway import metrics
 
 log = logging.getLogger("flashgate")
 
@@ -211,6 +212,10 @@ class Supervisor:
         # where the workers' peer channel lives (gateway/peers.py): a directory of this
         # server's own, 0700, so no other user can reach or take a worker's address
         self.peer_dir = tempfile.mkdtemp(prefix="flashgate-")
+        # the workers' metrics snapshots, and this supervisor's count of restarts
+        # (gateway/metrics.py): every worker's scrape sums the instance from there
+        self.restarted = 0
+        metrics.write_restarts(self.peer_dir, 0)
 
     def _start(self, worker_id: int) -> None:
         # the configuration (secrets included) travels through the spawn pipe, not argv
@@ -266,6 +271,9 @@ class Supervisor:
                           p.exitcode)
                 now = time.monotonic()
                 self.restarts = [t for t in self.restarts if now - t < 10] + [now]
+                if wid != NOTIFIER:
+                    self.restarted += 1
+                    metrics.write_restarts(self.peer_dir, self.restarted)
                 if len(self.restarts) > 5 * cfg.workers:
                     time.sleep(1.0)  # crash loop: do not spin
                 self._start(wid)

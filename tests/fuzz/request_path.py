@@ -686,6 +686,10 @@ class RequestPath:
             for line in resp.body.splitlines():
                 orjson.loads(line)
             return
+        if ctype == b"text/plain; version=0.0.4; charset=utf-8":  # GET /metrics
+            if resp.status != 200 or not resp.body.startswith(b"# HELP flashgate_"):
+                raise PathFailure(f"status {resp.status}: metrics body {resp.body[:300]!r}")
+            return
         if ctype != b"application/json":
             raise PathFailure(f"status {resp.status}: Content-Type {ctype!r}")
         doc = _json(resp)

@@ -191,7 +191,7 @@ def test_a_stock_change_reaches_every_worker_before_put_answers(four_workers, r)
 def test_the_peer_channel_is_private_and_gone_with_the_server(redis_server, tmp_path):
     """The workers' channel for definition changes is a directory of the server's own
     (0700): no other user can reach a worker's address or take it first; it goes when
-    the server stops."""
+    the server stops. The workers' metrics snapshots live there too (``metrics``)."""
     import glob
     import os
     import stat
@@ -202,12 +202,13 @@ def test_the_peer_channel_is_private_and_gone_with_the_server(redis_server, tmp_
     g = Gateway(redis_server.url, tmp_path, workers=3).start()
     try:
         new = [d for d in set(glob.glob(pattern)) - before
-               if sorted(os.listdir(d)) == ["w0", "w1", "w2"]]
+               if sorted(os.listdir(d)) == ["metrics", "w0", "w1", "w2"]]
         assert len(new) == 1, new
         mode = os.stat(new[0]).st_mode
         assert stat.S_IMODE(mode) == 0o700 and os.stat(new[0]).st_uid == os.getuid()
         assert all(stat.S_ISSOCK(os.stat(os.path.join(new[0], w)).st_mode)
                    for w in ("w0", "w1", "w2"))
+        assert stat.S_IMODE(os.stat(os.path.join(new[0], "metrics")).st_mode) == 0o700
     finally:
         assert g.stop() == 0
     assert not os.path.exists(new[0])

@@ -1,4 +1,4 @@
-"""What load balancers and tools ask: liveness, readiness, the API document."""
+"""What load balancers and tools ask: liveness, readiness, metrics, the API document."""
 
 from __future__ import annotations
 
@@ -15,6 +15,11 @@ class Operations:
 
     def readyz(self, req, m, who) -> bytes:
         return answers.READY if self.gw.ready() else answers.NOT_READY
+
+    def metrics(self, req, m, who) -> bytes:
+        from flashgate.gateway.metrics import CONTENT_TYPE
+
+        return build_response(200, self.gw.exporter.render(), CONTENT_TYPE)
 
     def openapi(self, req, m, who) -> bytes:
         from flashgate.gateway.openapi import document_bytes
