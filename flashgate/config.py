@@ -38,6 +38,8 @@ _GROUPS = {
     "path": "purchase path",
     "shutdown": "shutdown (SIGTERM / SIGINT)",
     "http": "HTTP limits",
+    "stream": "the event stream (GET /api/v1/events/{id}/stream, Server-Sent Events; per "
+              "worker process)",
     "webhooks": "webhooks (notifications POSTed to an event's webhook_url, signed with the "
                 "webhook secret; sent by a process of their own, never by a worker)",
     "misc": "other",
@@ -143,6 +145,23 @@ class Config:
                                "seconds a client may take to send a request's head")
     max_connections: int = _opt(10000, "http",
                                 "open connections per worker; beyond, a new one gets 503")
+    stream_tick: float = _opt(0.25, "stream",
+                              "seconds between a stream's frames: what changed is sent to "
+                              "every subscriber once per tick")
+    stream_heartbeat: float = _opt(15.0, "stream",
+                                   "seconds of silence after which a stream gets a comment "
+                                   "line (keeps proxies' idle timers from closing it)")
+    stream_max_subscribers: int = _opt(10000, "stream",
+                                       "open streams per worker; beyond, a new one gets 503")
+    stream_max_buffer: int = _opt(256 * 1024, "stream",
+                                  "bytes a subscriber may leave unread; beyond, it is "
+                                  "disconnected")
+    stream_orders_per_tick: int = _opt(20, "stream",
+                                       "order events per tick per event; the rest are "
+                                       "summed up in one {\"more\": n}")
+    stream_resume_frames: int = _opt(1024, "stream",
+                                     "recent frames kept per event for Last-Event-ID resumes; "
+                                     "an older id gets a fresh snapshot")
     webhook_secret: str = _opt("", "webhooks",
                                f"HMAC secret that signs notifications, at least "
                                f"{MIN_WEBHOOK_SECRET_BYTES} bytes; none: this instance sends "
@@ -287,6 +306,12 @@ _BOUNDS = (
     ("ip_burst", 1.0, "at least 1"),
     ("user_burst", 1.0, "at least 1"),
     ("global_burst", 1.0, "at least 1"),
+    ("stream_tick", 0.01, "at least 0.01 s"),
+    ("stream_heartbeat", 0.01, "at least 0.01 s"),
+    ("stream_max_subscribers", 0, "0 or more streams"),
+    ("stream_max_buffer", 1024, "at least 1024 bytes"),
+    ("stream_orders_per_tick", 1, "at least 1 order"),
+    ("stream_resume_frames", 1, "at least 1 frame"),
     ("webhook_timeout", 0.1, "at least 0.1 s"),
     ("webhook_concurrency", 1, "at least 1"),
     ("webhook_retry_min", 0.01, "at least 0.01 s"),

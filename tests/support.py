@@ -524,6 +524,12 @@ def serving_pid(gw: Gateway, sock) -> int | None:
     return None
 
 
+def server_side_open(gw: Gateway, sock) -> bool:
+    """Whether the server still holds its side of the client socket ``sock`` (a
+    connection the server closed or aborted has none, whatever the client left unread)."""
+    return _socket_inode(gw.port, sock.getsockname()[1]) is not None
+
+
 # -- a small asyncio keep-alive client for concurrent load -------------------------
 
 

@@ -251,6 +251,12 @@ cdef class Stream:
         return self._reason
 
     @property
+    def transport(self):
+        """The connection's transport once the stream answers a request (and until it
+        ends), else None: for socket options (a bound on the kernel's buffer)."""
+        return self._proto._transport if self._proto is not None else None
+
+    @property
     def buffered(self):
         """Payload bytes held by the stream until it reaches the head of its queue."""
         return self._buffered

@@ -26,6 +26,8 @@ NOT_FOUND = error_response(404, "not_found", "no such event, sku or order")
 UNAUTHENTICATED = error_response(401, "unauthenticated", "missing or invalid identity")
 UNAVAILABLE = error_response(503, "unavailable",
                              "the store is unreachable or overloaded; retry", headers=RETRY)
+STREAM_FULL = error_response(503, "unavailable", "too many streams on this server; retry",
+                             headers=RETRY)
 BAD_JSON = error_response(400, "bad_request", "the body must be a JSON object")
 BAD_SKU = error_response(400, "bad_request", "sku is required and must be a string")
 BAD_QTY = error_response(400, "bad_request", "qty must be an integer >= 1")

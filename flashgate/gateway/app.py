@@ -7,6 +7,7 @@
     counters.Counters                       the event counters into Redis
     metrics.Exporter                        this worker's figures for GET /metrics
     peers.Peers                             definition changes across this instance
+    broadcast.Broadcaster                   the event streams (SSE), a frame per tick
 
 Everything this worker knows of other workers and instances comes from Redis (the
 commit replies and the refresh tick), except that the workers of one instance tell
@@ -29,6 +30,7 @@ from flashgate.core._stock import Ledger
 from flashgate.core.redisconn import RedisConnection, RedisError, RedisUnavailable
 from flashgate.gateway import answers, handlers
 from flashgate.gateway._buy import BuyPath
+from flashgate.gateway.broadcast import Broadcaster
 from flashgate.gateway.committer import Committer
 from flashgate.gateway.counters import Counters
 from flashgate.gateway.metrics import Exporter
@@ -73,11 +75,13 @@ class Gateway:
         self.handle = self.path.handle  # the HTTP entry
         self.peer_of = self.path.peer_of  # a connection's client, resolved when it opens
         self.draining = False
+        self.broadcast = Broadcaster(self)
         self.sweeper = Sweeper(self.conn, self.runtimes, self.refresher, self.path.now_ms)
         self._services = (
             ("refresher", lambda: self.refresher.run(cfg.refresh_interval)),
             ("counters", self._flush_counters),
             ("parked", self._expire_parked),
+            ("stream", self.broadcast.run),
             # unpaid orders past their deadline: one worker of the instance
             *((("sweeper", lambda: self.sweeper.run(cfg.sweep_interval)),)
               if worker_id == 0 else ()),

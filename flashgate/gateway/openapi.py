@@ -332,8 +332,15 @@ def _schemas() -> dict:
                               "state": _str(enum=EVENT_STATES),
                               "starts_at_ms": _ms(), "ends_at_ms": _ms()}),
         "StreamStock": _obj({"sku": _str(), "left": _int(), "sold": _int()}),
-        "StreamOrder": _obj({"sku": _str(), "qty": _int(1),
-                             "user": _str("masked user id, e.g. u***2"), "ts_ms": _ms()}),
+        "StreamOrder": {"oneOf": [
+            _obj({"sku": _str(), "qty": _int(1),
+                  "user": _str("masked user id: its first character, ***, its last "
+                               "(u***2)"), "ts_ms": _ms()}),
+            _obj({"more": _int(1, None, "orders of this tick beyond the ones sent")},
+                 description="the orders of a tick beyond --stream-orders-per-tick")]},
+        "StreamState": _obj({"state": _str(enum=EVENT_STATES), "server_time_ms": _ms(),
+                             "starts_at_ms": _ms(), "ends_at_ms": _ms()}),
+        "StreamMilestone": _obj({"sold": _int(1), "reward": _str(), "reached_ms": _ms()}),
         "Live": _obj({"live": _const(True)}),
         "Ready": _obj({"ready": _const(True)}),
     }
@@ -499,11 +506,16 @@ def _operations() -> dict:
                                              "default": "json"}}]),
         "streamEvent": _op("streamEvent", "Live updates (Server-Sent Events)", "events", PUBLIC,
                            {200: _content("text/event-stream",
-                                          "Events `state`, `stock` (StreamStock), `order` "
-                                          "(StreamOrder) and `milestone`.")
+                                          "Events `state` (StreamState), `stock` "
+                                          "(StreamStock), `order` (StreamOrder) and "
+                                          "`milestone` (StreamMilestone): a snapshot first, "
+                                          "then a frame per tick with news; ids for "
+                                          "Last-Event-ID; `: hb` comments when idle. "
+                                          "503 beyond --stream-max-subscribers.")
                             | {"x-flashgate-sse-events": {
-                                "state": {"type": "object"}, "stock": _ref("StreamStock"),
-                                "order": _ref("StreamOrder"), "milestone": {"type": "object"}}}},
+                                "state": _ref("StreamState"), "stock": _ref("StreamStock"),
+                                "order": _ref("StreamOrder"),
+                                "milestone": _ref("StreamMilestone")}}},
                            ("NotFound",)),
         "salePage": _op("salePage", "The buyer's sale page", "pages", PUBLIC,
                         {200: _content("text/html", "The page.")}, ("NotFound",)),

@@ -42,7 +42,7 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", _EV, "getEvent", (PUBLIC,), "public.event_view"),
     Route("POST", _EV + "/buy", "buy", (BUYER,), BUY),
     Route("POST", _EV + "/register", "register", (BUYER,), "buyer.register"),
-    Route("GET", _EV + "/stream", "streamEvent", (PUBLIC,), None),
+    Route("GET", _EV + "/stream", "streamEvent", (PUBLIC,), "public.stream"),
     Route("GET", "/e/{event_id}", "salePage", (PUBLIC,), None),
     Route("GET", "/api/v1/orders/{order_id}", "getOrder", (BUYER, OPERATOR),
           "buyer.get_order"),

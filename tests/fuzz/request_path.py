@@ -30,7 +30,8 @@ input started is over, and raises ``PathFailure`` when one of these does not hol
    unit_price * qty, or the sum of its price_breakdown; an event view or order or definition names the id of its
    path); two 200 answers for the same Idempotency-Key (event, user, key) carry
    the same order;
-6. no hang: the owed answers are all written within ``timeout`` seconds (reading
+6. no hang: the owed answers are all written within ``timeout`` seconds (an event
+   stream, which never ends by itself, is closed first, as a drain would; reading
    is resumed, the connection closes after a client EOF); after the connection
    is lost, every task and future the input started is done, the gateway has no
    reservation queued or parked and no commit in flight, and the registry has
@@ -68,7 +69,7 @@ from flashgate.config import Config
 from flashgate.embedded import EmbeddedRedis
 from flashgate.gateway._net import NetSet
 from flashgate.gateway.app import Gateway
-from flashgate.gateway.protocol import ConnectionRegistry, HttpLimits, HttpProtocol
+from flashgate.gateway.protocol import ConnectionRegistry, HttpLimits, HttpProtocol, Stream
 
 ADMIN = "fuzz-admin-token"
 EVENT = "fz"
@@ -330,14 +331,43 @@ def parse_responses(data: bytes, requests: list) -> list[Response]:
             if status != 100 or headers:
                 raise PathFailure(f"unexpected interim response {data[:end][-200:]!r}")
             continue
+        req = requests[len(out)] if len(out) < len(requests) else None
         if b"transfer-encoding" in headers:
-            raise PathFailure(f"Transfer-Encoding in a response (status {status})")
+            # only an event stream is chunked: a 200 without Content-Length, its chunks
+            # up to the last one (a HEAD request's: the head alone)
+            if (status != 200 or headers[b"transfer-encoding"] != [b"chunked"]
+                    or b"content-length" in headers
+                    or headers.get(b"content-type") != [b"text/event-stream"]):
+                raise PathFailure(f"Transfer-Encoding in a response (status {status})")
+            body = b""
+            while req is None or req.method != b"HEAD":
+                if pos == n:
+                    break  # cut by the connection's end while open (at a chunk's end)
+                eol = data.find(b"\r\n", pos)
+                if eol < 0 or not re.fullmatch(rb"[0-9a-f]+", data[pos:eol]):
+                    raise PathFailure(f"a malformed chunk at byte {pos}: {data[pos:pos + 80]!r}")
+                size = int(data[pos:eol], 16)
+                chunk = data[eol + 2: eol + 2 + size]
+                if len(chunk) < size or data[eol + 2 + size: eol + 4 + size] != b"\r\n":
+                    raise PathFailure(f"a chunk cut short at byte {pos}")
+                pos = eol + 4 + size
+                if size == 0:
+                    break
+                body += chunk
+            out.append(Response(status, headers, body, req))
+            continue
         lengths = headers.get(b"content-length", [])
+        if (not lengths and status == 200 and headers.get(b"connection") == [b"close"]
+                and headers.get(b"content-type") == [b"text/event-stream"]):
+            # an event stream to an HTTP/1.0 client: the body ends with the connection
+            size = 0 if req is not None and req.method == b"HEAD" else n - pos
+            out.append(Response(status, headers, data[pos:pos + size], req))
+            pos += size
+            continue
         if len(lengths) != 1 or not lengths[0].isdigit():
             raise PathFailure(f"status {status}: Content-Length must appear once, got {lengths!r}")
         if len(headers.get(b"connection", [])) > 1:
             raise PathFailure(f"status {status}: several Connection fields")
-        req = requests[len(out)] if len(out) < len(requests) else None
         size = 0 if req is not None and req.method == b"HEAD" else int(lengths[0])
         body = data[pos : pos + size]
         if len(body) < size:
@@ -368,6 +398,14 @@ class Outcome:
     responses: list[Response] = field(default_factory=list)
     dispatched: int = 0
     closed_by_server: bool = False
+
+
+def _end_streams(proto) -> None:
+    """Close the streams a connection answers with (the event stream's never ends by
+    itself): what is owed after them is then written."""
+    for entry in list(proto._queue or ()):
+        if type(entry) is Stream:
+            entry.close()
 
 
 class RequestPath:
@@ -560,15 +598,17 @@ class RequestPath:
         deadline = loop.time() + self.timeout
 
         def owed_written() -> bool:
-            # every owed answer written; a closing connection has finished too
+            # every owed answer written; a closing connection has finished too (an
+            # event stream never ends by itself: it is ended as a drain would)
+            _end_streams(proto)
             return tr.closed or (not proto._queue and not (proto._closing and not tr.eof))
 
         for chunk in plan.chunks:
             if tr.closed:
                 break
             if not tr.reading:
-                await self._until(lambda: tr.reading or tr.closed, deadline,
-                                  "reading never resumed", plan)
+                await self._until(lambda: _end_streams(proto) or tr.reading or tr.closed,
+                                  deadline, "reading never resumed", plan)
                 if tr.closed:
                     break
             proto.data_received(chunk)
@@ -579,8 +619,9 @@ class RequestPath:
 
         if plan.ending == "eof":
             if not tr.closed:
-                await self._until(lambda: tr.reading or tr.closed, deadline,
-                                  "reading never resumed to see the EOF", plan)
+                await self._until(lambda: _end_streams(proto) or tr.reading or tr.closed,
+                                  deadline, "reading never resumed to see the EOF", plan)
+            _end_streams(proto)
             if not tr.closed and not proto.eof_received():
                 tr.close()
             await self._until(lambda: tr.lost, deadline,
@@ -689,6 +730,18 @@ class RequestPath:
         if ctype == b"text/plain; version=0.0.4; charset=utf-8":  # GET /metrics
             if resp.status != 200 or not resp.body.startswith(b"# HELP flashgate_"):
                 raise PathFailure(f"status {resp.status}: metrics body {resp.body[:300]!r}")
+            return
+        if ctype == b"text/event-stream":  # whole events, each with a known name
+            if resp.body and not resp.body.endswith(b"\n\n"):
+                raise PathFailure(f"an event stream cut inside an event: {resp.body[-200:]!r}")
+            for block in filter(None, resp.body.split(b"\n\n")):
+                for line in block.split(b"\n"):
+                    name, _, value = line.partition(b": ")
+                    if name == b"event" and value not in (b"state", b"stock", b"order",
+                                                          b"milestone"):
+                        raise PathFailure(f"unknown stream event {value!r}")
+                    if name == b"data":
+                        orjson.loads(value)
             return
         if ctype != b"application/json":
             raise PathFailure(f"status {resp.status}: Content-Type {ctype!r}")

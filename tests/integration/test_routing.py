@@ -42,6 +42,8 @@ def test_every_route_answers_its_methods_and_refuses_the_others(gw, live, route)
     auth = {"Authorization": f"Bearer {ADMIN}"}
     allowed = _allowed(route.pattern)
     for method in ALL_METHODS:
+        if method == "GET" and route.op == "streamEvent":
+            continue  # (an answer that never ends: test_stream.py; its HEAD is the head)
         status, data, headers = gw.request(method, url, headers=auth)
         if not allowed:
             assert (status, data["error"]) == (404, "not_found"), (method, url, status, data)

@@ -21,6 +21,13 @@ class Public:
         ert.pv += 1
         return build_response(200, orjson.dumps(self.view(ert)))
 
+    def stream(self, req, m, who):
+        """The event's live updates (Server-Sent Events): gateway/broadcast.py."""
+        ert: EventRuntime | None = m.ert
+        if ert is None:
+            return answers.NOT_FOUND
+        return self.gw.broadcast.subscribe(ert, req)
+
     def view(self, ert: EventRuntime) -> dict:
         """The public view of an event (API.md), as of this worker's ledger."""
         gw = self.gw
