@@ -392,3 +392,22 @@ def test_slow_reader_dropped_and_the_cap(redis_server, r, tmp_path):
         slow.close()
     finally:
         g.close()
+
+
+def test_a_drain_ends_open_streams(redis_server, tmp_path):
+    """SIGTERM with subscribers connected: their streams end (the last chunk) and the
+    gateway exits 0 without waiting for them."""
+    g = Gateway(redis_server.url, tmp_path, workers=1).start()
+    ev = new_id("ssedrain")
+    g.put_event(ev, event_body(stock=(5,)))
+    subs = [Sse(g.port, ev) for _ in range(3)]
+    for c in subs:
+        snapshot(c, 1)
+    t0 = time.monotonic()
+    assert g.stop() == 0
+    assert time.monotonic() - t0 < 5
+    for c in subs:
+        while not c.closed:
+            c.pump(0.5)
+        assert c.buf == b"" and c.body == b""  # the last chunk, nothing cut
+        c.close()
