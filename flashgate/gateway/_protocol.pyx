@@ -57,6 +57,7 @@ from flashgate.gateway.protocol import (
 # one import line: from flashgate.gateway._protocol import ConnectionRegistry, ...
 __all__ = [
     "ConnectionRegistry", "HttpLimits", "HttpProtocol", "HttpProtocolCore", "Pending", "Stream",
+    "send_all",
 ]
 
 log = logging.getLogger("flashgate.http")
@@ -338,6 +339,35 @@ cdef class Stream:
         if fix & (FIX_CLOSE | FIX_KEEP):
             head = _apply_fix(head, fix)
         return head
+
+
+def send_all(streams, data):
+    """``send(data)`` to every Stream of ``streams`` (a list), the chunk framed once
+    for all: one frame fanned out to many subscribers, the same bytes to each (a stream
+    that would pass its bound ends with "overflow", as in ``send``). Returns how many
+    took it."""
+    if type(data) is not bytes:
+        raise TypeError(f"a frame is bytes, not {type(data).__name__}")
+    if not data:
+        return len(streams)
+    cdef bytes chunk = _chunk(<bytes>data)
+    cdef Py_ssize_t size = len(chunk)
+    cdef Stream stream
+    cdef Py_ssize_t sent = 0
+    for obj in streams:
+        stream = <Stream?>obj
+        if stream._reason is not None:
+            continue
+        if stream._live and stream._chunked:
+            transport = stream._proto._transport
+            if transport.get_write_buffer_size() + size > stream.max_buffer:
+                stream._end(OVERFLOW)
+                continue
+            transport.write(chunk)
+            sent += 1
+        elif stream.send(data):
+            sent += 1
+    return sent
 
 
 # ------------------------------------------------------------------- protocol

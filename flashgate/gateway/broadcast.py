@@ -40,6 +40,7 @@ import orjson
 from flashgate.core import orders
 from flashgate.core.redisconn import RedisError, RedisUnavailable
 from flashgate.gateway import answers
+from flashgate.gateway._protocol import send_all
 from flashgate.gateway.protocol import Stream, build_stream_head
 from flashgate.gateway.runtime import EventRuntime, state_of
 
@@ -50,7 +51,8 @@ HEAD = build_stream_head(headers=((b"Cache-Control", b"no-cache"),
 HEARTBEAT = b": hb\n\n"
 KEEP_S = 60.0  # a channel without subscribers is kept this long
 CLOCK_SLACK_MS = 50
-XREAD_COUNT = 1000  # entries read per SKU per tick at most (the rest: the next tick)
+XREAD_COUNT = 1000
+SLICE = 1000  # subscribers written between two yields of the loop  # entries read per SKU per tick at most (the rest: the next tick)
 
 
 def mask(user: str) -> str:
@@ -224,22 +226,27 @@ class Broadcaster:
         events = self.gw.runtimes.events
         await self._read_orders(events)
         now = self._loop.time()
-        for event_id, ch in self.channels.items():
+        for event_id, ch in list(self.channels.items()):
             ert = events.get(event_id)
             if ert is None:
                 ch.pending.clear()
                 continue
             frame = self._observe(ch, ert)
             if frame is not None:
-                self._send(ch, frame)
                 ch.last_write = now
+                await self._send(ch, frame)
             elif now - ch.last_write >= self.heartbeat_s:
-                self._send(ch, HEARTBEAT)
                 ch.last_write = now
+                await self._send(ch, HEARTBEAT)
 
-    def _send(self, ch: Channel, data: bytes) -> None:
-        for stream in list(ch.subs):
-            stream.send(data)  # (one that overflows ends, and leaves ch.subs)
+    async def _send(self, ch: Channel, data: bytes) -> None:
+        """``data`` to every subscriber of ``ch``, in slices of ``SLICE`` with the loop
+        let go between them (purchases are not held up behind a big fan-out)."""
+        subs = list(ch.subs)
+        for i in range(0, len(subs), SLICE):
+            if i:
+                await asyncio.sleep(0)
+            send_all(subs[i:i + SLICE], data)  # (one that overflows ends, leaves ch.subs)
 
     async def _read_orders(self, events: dict) -> None:
         """The orders committed since the last tick, into each channel's ``pending``."""
