@@ -411,3 +411,27 @@ def test_a_drain_ends_open_streams(redis_server, tmp_path):
             c.pump(0.5)
         assert c.buf == b"" and c.body == b""  # the last chunk, nothing cut
         c.close()
+
+
+def test_pause_and_resume_are_states(sgw):
+    ev = new_id("ssepause")
+    sgw.put_event(ev, event_body(stock=(5,)))
+    c = Sse(sgw.port, ev)
+    snapshot(c, 1)
+    assert sgw.admin("POST", f"/api/v1/admin/events/{ev}/pause")[0] == 200
+    c.wait(lambda n, d: n == "state" and d["state"] == "paused", "paused")
+    assert sgw.admin("POST", f"/api/v1/admin/events/{ev}/resume")[0] == 200
+    c.wait(lambda n, d: n == "state" and d["state"] == "live", "live again")
+    c.close()
+
+
+def test_a_scheduled_event_goes_live(sgw):
+    ev = new_id("ssesched")
+    body = event_body(stock=(5,), starts=now_ms() + 800)
+    sgw.put_event(ev, body)
+    c = Sse(sgw.port, ev)
+    _, first, _, _ = c.wait(lambda n, d: n == "state", "the snapshot's state")
+    assert first["state"] == "scheduled" and first["starts_at_ms"] == body["starts_at_ms"]
+    _, live, _, _ = c.wait(lambda n, d: n == "state" and d["state"] == "live", "live")
+    assert live["server_time_ms"] >= body["starts_at_ms"]
+    c.close()
