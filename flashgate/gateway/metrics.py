@@ -90,6 +90,7 @@ def worker_snapshot(gw) -> dict:
         "requests": [[op, status.decode("latin-1"), n]
                      for (op, status), n in gw.router.requests.items()],
         "queued": gw.path.queued, "parked": gw.path.waiting,
+        "subscribers": gw.broadcast.subscribers,
         "redis_up": 1 if gw.conn.connected else 0,
     }
 
@@ -257,6 +258,10 @@ class _Collector:
         g = GaugeMetricFamily("flashgate_parked_purchases",
                               "Purchases parked on units in flight, not answered yet")
         g.add_metric([], sum(s.get("parked", 0) for s in cur))
+        yield g
+        g = GaugeMetricFamily("flashgate_sse_subscribers",
+                              "Open event streams (GET /api/v1/events/{id}/stream)")
+        g.add_metric([], sum(s.get("subscribers", 0) for s in cur))
         yield g
         g = GaugeMetricFamily("flashgate_redis_connected",
                               "1 if the worker's Redis connection is up, else 0",

@@ -435,3 +435,25 @@ def test_a_scheduled_event_goes_live(sgw):
     _, live, _, _ = c.wait(lambda n, d: n == "state" and d["state"] == "live", "live")
     assert live["server_time_ms"] >= body["starts_at_ms"]
     c.close()
+
+
+def test_subscribers_are_counted_in_the_metrics(sgw):
+    """flashgate_sse_subscribers: the instance's open streams, whichever worker holds
+    them and whichever answers the scrape."""
+    from tests.integration.test_metrics import scrape, value
+    from tests.support import wait_for
+
+    ev = new_id("ssemet")
+    sgw.put_event(ev, event_body(stock=(5,)))
+
+    def subscribers():
+        return value(scrape(sgw)[1], "flashgate_sse_subscribers")
+
+    base = subscribers()
+    streams = [Sse(sgw.port, ev) for _ in range(3)]
+    for c in streams:
+        snapshot(c, 1)
+    wait_for(lambda: subscribers() == base + 3, "3 more subscribers counted", 5)
+    for c in streams:
+        c.close()
+    wait_for(lambda: subscribers() == base, "the closed streams no longer counted", 5)
