@@ -45,7 +45,6 @@ def _token(argv: list[str]) -> int:
         Config,
         ConfigError,
         env_name,
-        read_secret_file,
     )
 
     p = argparse.ArgumentParser(
@@ -71,19 +70,11 @@ def _token(argv: list[str]) -> int:
         return _fail(f"--ttl must be a positive number of seconds, not {a.ttl}")
     if a.secret is not None and a.secret_file is not None:
         return _fail("give --secret or --secret-file, not both")
+    if a.secret is not None and a.secret_file is None:
+        print("flashgate token: warning: --secret is visible to every local user in the "
+              "process list; prefer FLASHGATE_USER_SECRET or --secret-file", file=sys.stderr)
     try:
-        if a.secret_file is not None:  # a flag wins over the variables
-            secret = read_secret_file(a.secret_file, "user secret")
-        elif a.secret is not None:
-            print("flashgate token: warning: --secret is visible to every local user in the "
-                  "process list; prefer FLASHGATE_USER_SECRET or --secret-file", file=sys.stderr)
-            secret = a.secret
-        elif os.environ.get("FLASHGATE_USER_SECRET"):
-            secret = os.environ["FLASHGATE_USER_SECRET"]
-        elif os.environ.get("FLASHGATE_USER_SECRET_FILE"):
-            secret = read_secret_file(os.environ["FLASHGATE_USER_SECRET_FILE"], "user secret")
-        else:
-            secret = ""
+        secret = _given_secret(a.secret, a.secret_file, "FLASHGATE_USER_SECRET", "user secret")
     except ConfigError as e:
         return _fail(str(e))
     if not secret:
@@ -166,15 +157,9 @@ def _admin_client(prog: str, argv: list[str], add_args=None):
     try:
         if a.admin_token and a.admin_token_file:
             raise ConfigError("give --admin-token or --admin-token-file, not both")
-        if a.admin_token_file:
-            token = read_secret_file(a.admin_token_file, "admin token")
-        elif a.admin_token:
-            token = a.admin_token
-        elif os.environ.get("FLASHGATE_ADMIN_TOKEN"):
-            token = os.environ["FLASHGATE_ADMIN_TOKEN"]
-        elif os.environ.get("FLASHGATE_ADMIN_TOKEN_FILE"):
-            token = read_secret_file(os.environ["FLASHGATE_ADMIN_TOKEN_FILE"], "admin token")
-        else:
+        token = _given_secret(a.admin_token or None, a.admin_token_file or None,
+                              "FLASHGATE_ADMIN_TOKEN", "admin token")
+        if not token:
             path = os.path.join(a.data_dir, "admin_token")
             if not os.path.exists(path):
                 raise ConfigError(
@@ -346,6 +331,22 @@ def _webhooks(argv: list[str]) -> int:
     except (RedisUnavailable, RedisError, OSError, ValueError) as e:
         print(f"flashgate webhooks: {e}", file=sys.stderr)
         return 3
+
+
+def _given_secret(value: str | None, path: str | None, env: str, what: str) -> str:
+    """A secret from the first of: its file flag, its flag, ``$<env>``,
+    ``$<env>_FILE``; "" if none is given. ConfigError for a file that cannot be read."""
+    from flashgate.config import read_secret_file
+
+    if path is not None:  # a flag wins over the variables
+        return read_secret_file(path, what)
+    if value is not None:
+        return value
+    if os.environ.get(env):
+        return os.environ[env]
+    if os.environ.get(env + "_FILE"):
+        return read_secret_file(os.environ[env + "_FILE"], what)
+    return ""
 
 
 def main(argv: list[str] | None = None) -> int:

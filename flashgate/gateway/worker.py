@@ -12,13 +12,13 @@ import asyncio
 import gc
 import logging
 import os
-import signal
 import socket
 import sys
 
 from flashgate.config import Config
 from flashgate.gateway._net import NetSet
 from flashgate.gateway.app import Gateway
+from flashgate.gateway.lifeline import stop_future
 from flashgate.gateway.protocol import ConnectionRegistry, HttpLimits, HttpProtocol
 
 log = logging.getLogger("flashgate.worker")
@@ -106,24 +106,7 @@ async def _serve(cfg: Config, worker_id: int, ready, parent: int, peer_dir: str 
     acceptor = Acceptor(loop, listen_socket(cfg.host, cfg.port),
                         lambda: HttpProtocol(gateway, limits, registry))
     acceptor.start()
-    stop = loop.create_future()
-
-    def on_term():
-        if not stop.done():
-            stop.set_result(None)
-
-    loop.add_signal_handler(signal.SIGTERM, on_term)
-    loop.add_signal_handler(signal.SIGINT, lambda: None)  # the supervisor decides
-    def watch_parent():
-        # an orphaned worker must not go on serving (the parent-death signal is
-        # set too, but this also covers a parent that died before it was set)
-        if os.getppid() != parent:
-            log.error("worker %d: the supervisor is gone; draining", worker_id)
-            on_term()
-        else:
-            loop.call_later(0.5, watch_parent)
-
-    loop.call_later(0.5, watch_parent)
+    stop = stop_future(loop, parent, f"worker {worker_id}", log)
     if ready is not None:
         ready.put(worker_id)
     await stop

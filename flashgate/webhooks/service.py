@@ -16,13 +16,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
 import sys
 import time
 
 from flashgate.config import Config
 from flashgate.core import keys
 from flashgate.core.redisconn import RedisConnection, RedisError, RedisUnavailable
+from flashgate.gateway.lifeline import stop_future
 from flashgate.webhooks import outbox
 from flashgate.webhooks.orderfeed import OrderFeed
 from flashgate.webhooks.producers import Producers
@@ -36,23 +36,7 @@ HOUSEKEEPING_S = 60.0  # how often the outbox's memory of ids is trimmed
 
 async def _serve(cfg: Config, parent: int) -> int:
     loop = asyncio.get_running_loop()
-    stop = loop.create_future()
-
-    def on_term():
-        if not stop.done():
-            stop.set_result(None)
-
-    loop.add_signal_handler(signal.SIGTERM, on_term)
-    loop.add_signal_handler(signal.SIGINT, lambda: None)  # the supervisor decides
-
-    def watch_parent():
-        if os.getppid() != parent:
-            log.error("notifier: the supervisor is gone; stopping")
-            on_term()
-        else:
-            loop.call_later(0.5, watch_parent)
-
-    loop.call_later(0.5, watch_parent)
+    stop = stop_future(loop, parent, "notifier", log)
     conn = RedisConnection(cfg.redis)
     said = float("-inf")
     while not stop.done():
