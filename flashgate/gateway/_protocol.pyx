@@ -509,6 +509,11 @@ cdef class HttpProtocolCore:
         if self._lingering or self._closing and not self._queue:
             return False  # close now
         if self._queue:
+            for entry in self._queue:
+                if type(entry) is Stream:
+                    # A stream is never done: a client that closes its side has left
+                    # (an EventSource never half-closes). Close now, which ends it.
+                    return False
             # The client half-closed after its requests: still send what is owed.
             self._closing = True
             self._state = 0

@@ -439,9 +439,10 @@ def test_a_scheduled_event_goes_live(sgw):
 
 def test_subscribers_are_counted_in_the_metrics(redis_server, tmp_path):
     """flashgate_sse_subscribers: the instance's open streams, whichever worker holds
-    them and whichever answers the scrape. Its own gateway: on the shared one, the
-    streams other tests leave to be closed by the garbage collector change the count
-    while this test reads it."""
+    them and whichever answers the scrape; a closed stream leaves the count at once,
+    with nothing written to it (the heartbeat is 15 s: the server sees the client's
+    close, not a failed write). Its own gateway: on the shared one, the streams other
+    tests leave to the garbage collector change the count while this test reads it."""
     from tests.integration.test_metrics import scrape, value
     from tests.support import wait_for
 
