@@ -41,7 +41,12 @@ Redis Cluster slot; the event-wide keys carry the event's own tag or none.
     fg:events                      set of event ids
     fg:events:version              bumped on every change of any definition
     fg:stats:<event>               hash of counters summed over workers and instances
-    fg:stats:<event>:uv            HyperLogLog of the event's visitors
+    fg:{<event>}:hll:<name>        HyperLogLog of the event's visitors, participants or
+                                   buyers (docs/API.md, "The figures")
+    fg:{<event>}:hll:<name>:<worker>  a worker's registers on their way into it (PFMERGE)
+    fg:{<event>}:series:<minute>   hash "<second of the minute>:<figure>" -> n: the
+                                   per-second series of one minute (unix minute), kept
+                                   until the event's end plus SERIES_RETENTION_S
     fg:layout                      the version of the order layout the data is in
 
 Order ids are ``<event>.<sku>.<unique>``: the id names its SKU's keys.
@@ -129,14 +134,26 @@ def stats(event_id: str) -> str:
     return "fg:stats:" + event_id
 
 
-def stats_uv(event_id: str) -> str:
-    return stats(event_id) + ":uv"
+HLLS = ("visitors", "participants", "buyers")  # the event's HyperLogLogs
 
 
-def stats_uv_part(event_id: str, worker: str) -> str:
-    """A worker's visitor registers on their way into ``stats_uv`` (PFMERGE): its hash
-    tag is the whole name of that key, so both share a slot."""
-    return "{" + stats_uv(event_id) + "}:" + worker
+def stats_hll(event_id: str, name: str) -> str:
+    """One of the event's HyperLogLogs (``HLLS``): all in the event's slot, so UV is
+    one PFCOUNT of two of them."""
+    return "fg:{" + event_id + "}:hll:" + name
+
+
+def stats_hll_part(event_id: str, name: str, worker: str) -> str:
+    """A worker's registers on their way into ``stats_hll`` (SET, PFMERGE, DEL)."""
+    return stats_hll(event_id, name) + ":" + worker
+
+
+SERIES_RETENTION_S = 7 * 86400  # the series outlive the event's end by this long
+
+
+def series(event_id: str, minute: int) -> str:
+    """The per-second figures of one unix minute (``ms // 60000``) of an event."""
+    return f"fg:{{{event_id}}}:series:{minute}"
 
 
 def event_idem(event_id: str, user: str, key: str) -> str:

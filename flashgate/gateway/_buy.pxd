@@ -17,7 +17,9 @@ cdef class EventCore:
     """An event as the purchase path sees it, and its counters in this worker."""
     cdef public object event        # its definition (events.Event)
     cdef public dict by_id          # SKU id -> its runtime (a SkuCore)
-    cdef public HyperLogLog uv      # its visitors (users who tried to buy)
+    cdef public HyperLogLog visitors      # who viewed it: identities, else client IPs
+    cdef public HyperLogLog participants  # users who sent a buy request
+    cdef public HyperLogLog buyers        # users who got an order
     cdef public long long pv, attempts, orders, units, revenue
     cdef long long answered[N_OUTCOMES]  # requests answered with each refusal, by code
     cdef long long latency[N_LATENCY]    # committed buys by latency bucket, since the last take
@@ -86,6 +88,7 @@ cdef class BuyPath:
 
     cdef object _buy(self, Request req, EventCore ert)
     cpdef str user_of(self, Request req)
+    cpdef str visitor_of(self, Request req)
     cdef str _user_at(self, Request req, long long wall_ms)
     cdef Py_hash_t _client_hash(self, Request req) except? -1
     cpdef object sku_of(self, bytes body, EventCore ert)

@@ -29,7 +29,9 @@ class EventCore:
 
     event: Any
     by_id: dict[str, Any]
-    uv: HyperLogLog
+    visitors: HyperLogLog
+    participants: HyperLogLog
+    buyers: HyperLogLog
     pv: int
     attempts: int
     orders: int
@@ -104,6 +106,8 @@ class BuyPath:
         """The HTTP entry: a buy request here, every other to the router."""
     def user_of(self, req: Request) -> str | None:
         """The buyer of a request, or None."""
+    def visitor_of(self, req: Request) -> str:
+        """A page view's visitor: its identity, else ``ip:<client IP>``."""
     def limit_ip(self, req: Request) -> int:
         """Count a request against its client IP's limit: 0, or the µs to wait."""
     def limit_user(self, user: str) -> int:

@@ -131,7 +131,9 @@ cdef class EventCore:
 
     def __cinit__(self):
         self.by_id = {}
-        self.uv = HyperLogLog()
+        self.visitors = HyperLogLog()
+        self.participants = HyperLogLog()
+        self.buyers = HyperLogLog()
 
     cdef void count(self, int code) noexcept:
         self.answered[code] += 1
@@ -431,6 +433,7 @@ cdef class BuyPath:
         if user is None:
             ert.count(O_UNAUTHENTICATED)
             return R_UNAUTH
+        ert.participants.add(user)
         cdef long long wait
         if self.ip_limited or self.user_limited:
             if self.user_limited:
@@ -453,7 +456,6 @@ cdef class BuyPath:
         if key is not None and not _valid_key(key):
             ert.count(O_BAD_REQUEST)
             return R_BAD_IDEM
-        ert.uv.add(user)
         if self.global_limited:
             wait = self.limiter.glob.c_hit_global(now_us)
             if wait:
@@ -473,6 +475,17 @@ cdef class BuyPath:
         """The buyer of a request: its token's user, or (dev mode) its X-User-Id;
         None when it has no valid identity."""
         return self._user_at(req, _clock_ms(CLOCK_REALTIME))
+
+    cpdef str visitor_of(self, Request req):
+        """Who a page view counts as a visitor: its buyer identity when it carries a
+        valid one, else ``ip:<client IP>`` (the client the rate limits see)."""
+        user = self._user_at(req, _clock_ms(CLOCK_REALTIME))
+        if user is not None:
+            return user
+        peer = req.peer
+        if peer is None:
+            peer = self.client_ip.peer(req.peer_ip)
+        return "ip:" + self.client_ip.client_text(<Peer>peer, req.headers.get(b"x-forwarded-for"))
 
     cdef str _user_at(self, Request req, long long wall_ms):
         if self.tokens is not None:

@@ -344,15 +344,18 @@ def answer_commit(Ledger ledger not None, SkuCore srt not None, list items not N
                     t_qty, t_price = qty, price
                 answer = t.answer(p.order_id, p.user)
                 ert.sold(qty, price * qty, now_us - p.t0)
+                ert.buyers.add(p.user)
             elif code == O_SOLD_TIERS:  # a new order across price tiers (rare: slower)
                 ledger.settle(idx, p.user, p.held, p.qty)
                 answer = _tiered_answer(p.order_id, p.user, p.qty, r[at + 1], created, pay_by,
                                         r[at + 3])
                 ert.sold(p.qty, r[at + 2], now_us - p.t0)
+                ert.buyers.add(p.user)
             elif code == O_EXISTS:  # its id came earlier in the batch (never from a worker)
                 ledger.settle(idx, p.user, p.held, p.qty)
                 answer = _existing(srt, p, r, at)
                 ert.sold(r[at + 3], _existing_amount(r, at), now_us - p.t0)
+                ert.buyers.add(p.user)
             elif code == O_REPLAY:  # the key's order (counted when it was made)
                 ledger.settle(idx, p.user, p.held, 0)
                 answer = _existing(srt, p, r, at)

@@ -89,3 +89,5 @@ cdef class ClientIP:
     cpdef Peer peer(self, str text)
     # The limiter key of a request from `peer` carrying that X-Forwarded-For value.
     cdef Py_hash_t client_hash(self, Peer peer, object xff) noexcept
+    # The text of that client's address (the peer's own text if it is not an address).
+    cpdef str client_text(self, Peer peer, object xff)

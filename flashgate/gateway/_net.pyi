@@ -91,6 +91,8 @@ class ClientIP:
         balancer. Not an address: False."""
     def peer(self, text: str) -> Peer:
         """The Peer of a connection from ``text`` (an address, or "" for a unix socket)."""
+    def client_text(self, peer: Peer, xff: bytes | None) -> str:
+        """The client's address as text (the peer's own text if it is not one)."""
     def hash_of_client(self, peer: Peer, xff: bytes | None) -> int:
         """The limiter key of a request from ``peer`` with that X-Forwarded-For (for
         tests: the hash of the address ``of`` names)."""

@@ -519,6 +519,18 @@ cdef class ClientIP:
         self.resolve(&peer.addr, True, xff, &out)
         return ip_hash(&out)
 
+    cpdef str client_text(self, Peer peer, object xff):
+        """The text of the client of a request from ``peer`` carrying that
+        X-Forwarded-For value (the address ``client_hash`` keys): the peer's own text
+        when it is not an address (a unix socket: "")."""
+        cdef ip_addr out
+        if peer.trusted and xff is not None:
+            self.resolve(&peer.addr, True, xff, &out)
+            return _text(&out)
+        if not _parse_obj(peer.text, &out):
+            return peer.text
+        return _text(&peer.addr)
+
     def hash_of_client(self, Peer peer not None, xff):
         """``client_hash`` for tests: equal to ``hash_of(parse(of(peer.text, xff)))``."""
         return self.client_hash(peer, xff)

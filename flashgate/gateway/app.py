@@ -62,7 +62,9 @@ class Gateway:
         self.path.skus = self.runtimes.skus  # (the same list: the path expires their waiters)
         self.committer = Committer(self.path, self.ledger, self.conn, self.runtimes,
                                    cfg.commit_flights)
-        self.counters = Counters(self.conn, self.runtimes, self.boot)
+        self.counters = Counters(self.conn, self.runtimes, self.boot, now_ms=self.path.now_ms,
+                                 subscribers=self._subscribers,
+                                 left=self._left if worker_id == 0 else None)
         self.exporter = Exporter(self, peer_dir)
         self.router = Router(ROUTES, handlers.make(self), self.path, cfg.admin_token.encode())
         self.refresher = Refresher(self.conn, self.ledger, self.path, self.runtimes,
@@ -134,8 +136,11 @@ class Gateway:
             log.exception("background task %s stopped", name)
 
     async def _flush_counters(self) -> None:
+        interval = self.cfg.stats_interval
         while True:
-            await asyncio.sleep(self.cfg.stats_interval)
+            # on the clock's multiples of the interval: the series' seconds then hold
+            # exactly what was counted in them (counters.py)
+            await asyncio.sleep(interval - (self.path.now_ms() / 1000) % interval)
             self.exporter.write()
             try:
                 await self.counters.flush()
@@ -143,6 +148,17 @@ class Gateway:
                 pass
             except Exception:
                 log.exception("flushing counters failed")
+
+    def _subscribers(self, event_id: str) -> int:
+        ch = self.broadcast.channels.get(event_id)
+        return len(ch.subs) if ch is not None else 0
+
+    def _left(self, ert) -> dict[str, int]:
+        out = {}
+        for srt in ert.skus:
+            stock, sold, _, _ = self.ledger.state(srt.idx)
+            out[srt.sku.id] = max(0, stock - sold)
+        return out
 
     async def _expire_parked(self) -> None:
         while True:

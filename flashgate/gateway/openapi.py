@@ -305,12 +305,27 @@ def _schemas() -> dict:
                             "sold": _int(), "left": _int(),
                             "added": _int(0, None, "units added to this SKU so far")}),
         "Stats": _obj(
-            {"pv": _int(), "uv": _int(), "attempts": _int(), "orders": _int(),
-             "units_sold": _int(), "units_paid": _int(), "revenue": _int(),
+            {"as_of_ms": _ms("when the figures were read (server time)"),
+             "lag_ms": _int(0, None, "the counted figures (pv, uv, participants, buyers, "
+                                     "attempts, rejections, latency) include every count "
+                                     "made up to this long before as_of_ms"),
+             "pv": _int(0, None, "page views: event views, sale page loads, stream "
+                                 "connects"),
+             "uv": _int(0, None, "distinct visitors (viewers and buyers): identities, "
+                                 "else client IPs; HyperLogLog estimate"),
+             "participants": _int(0, None, "distinct users who sent a buy request "
+                                           "(HyperLogLog estimate)"),
+             "buyers": _int(0, None, "distinct users who got an order (HyperLogLog "
+                                     "estimate)"),
+             "attempts": _int(0, None, "buy requests"),
+             "orders": _int(0, None, "orders created"),
+             "units_sold": _int(0, None, "units held by live (reserved or paid) orders"),
+             "units_paid": _int(), "revenue": _int(),
              "revenue_paid": _int(),
              "rejections": {"type": "object", "additionalProperties": _int(),
                             "description": "refused buys by error code"},
-             "conversion": {"type": "number", "minimum": 0, "description": "orders / uv"},
+             "conversion": {"type": "number", "minimum": 0, "maximum": 1,
+                            "description": "buyers / uv"},
              "sold_out_ms": _int(0, None, "from the start to sold out; null if not sold out")
              | {"type": ["integer", "null"]},
              "latency_ms": _obj({q: {"type": ["number", "null"]}
@@ -326,7 +341,25 @@ def _schemas() -> dict:
              "units_returned": _int(0, None, "units given back by cancelled and expired "
                                              "orders"),
              "added": _int(0, None, "units added by the operator"),
-             "sold_out_at_ms": _ms(nullable=True)}),
+             "sold_out_at_ms": _ms(nullable=True),
+             "sold_out_ms": _int(0, None, "from the start to this SKU's sell-out; null if "
+                                          "not sold out") | {"type": ["integer", "null"]}}),
+        "SeriesPoint": _obj(
+            {"ts_ms": _ms("the second's start"),
+             "attempts": _int(0, None, "buy requests in that second"),
+             "orders": _int(0, None, "orders created"),
+             "units": _int(0, None, "units sold"),
+             "rejections": {"type": "object", "additionalProperties": _int(1),
+                            "description": "refused buys by error code (codes with a count)"},
+             "left": {"type": "object", "additionalProperties": _int(),
+                      "description": "units left per SKU id as of that second (SKUs not "
+                                     "measured yet are absent)"},
+             "subscribers": _int(0, None, "open event streams, over every worker")}),
+        "Series": _obj(
+            {"event_id": _id("event id"), "step_ms": _const(1000),
+             "from_ms": _ms(), "to_ms": _ms(),
+             "points": _array(_ref("SeriesPoint"), description=(
+                 "one per second s with from_ms <= s < to_ms, up to now"))}),
         "Report": {"type": "object", "description": "The post-event report."},
         "EventSummary": _obj({"id": _id("event id"), "name": _str(),
                               "state": _str(enum=EVENT_STATES),
@@ -490,9 +523,12 @@ def _operations() -> dict:
             ADMIN_ERRORS),
         "getSeries": _op(
             "getSeries", "Per-second figures of an event", "admin", ADMIN,
-            {200: _json(_obj({"step_ms": _int(1), "points": _array({"type": "object"})}),
-                        "The series.")},
-            ADMIN_ERRORS,
+            {200: _json(_ref("Series"), "The series.")},
+            ("BadRequest",) + ADMIN_ERRORS,
+            description=("Every second's figures, summed over every worker and instance, "
+                         "kept until the event's end plus 7 days. Default range: from a "
+                         "minute before the start (or the preheat, if earlier) to a minute "
+                         "after the end; at most 21,600 points (six hours) per request."),
             params=[{"name": n, "in": "query", "required": False, "schema": _ms()}
                     for n in ("from_ms", "to_ms")]),
         "getReport": _op("getReport", "The post-event report", "admin", ADMIN,

@@ -525,12 +525,15 @@ class SideBySide:
                     records[oid(o)] = (status, user, qty, price, *later)
                 value = records
             elif k.endswith("}:milestones"):
-                # threshold -> "<reached_ms>|<order id>": the batch's time, its order's
+                # threshold -> "<reached_ms>|<order id>": the batch's time, its order's.
+                # Which order crossed it may differ: the event's units are counted over
+                # its SKUs, whose batches in flight together Redis runs in either order.
                 reached = {}
                 for t, v in value.items():
                     ms, _, o = v.decode().partition("|")
                     assert int(ms) == self.times[o][0], (k, t, v)
-                    reached[t] = oid(o.encode())
+                    oid(o.encode())  # an order that was answered
+                    reached[t] = True
                 value = reached
             elif k.endswith("}:orders"):
                 # the orders of every entry, in order (how they are grouped in entries

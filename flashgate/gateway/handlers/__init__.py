@@ -10,6 +10,7 @@ bytes, a ``Pending`` or an awaitable of bytes.
 from __future__ import annotations
 
 from flashgate.gateway.handlers.buyer import Buyer
+from flashgate.gateway.handlers.figures import Figures
 from flashgate.gateway.handlers.lifecycle import Lifecycle
 from flashgate.gateway.handlers.operations import Operations
 from flashgate.gateway.handlers.operator import Operator
@@ -19,4 +20,4 @@ from flashgate.gateway.handlers.public import Public
 def make(gw) -> dict[str, object]:
     """The handlers of every area, by the name routes.py gives it."""
     return {"public": Public(gw), "buyer": Buyer(gw), "operator": Operator(gw),
-            "operations": Operations(gw), "lifecycle": Lifecycle(gw)}
+            "operations": Operations(gw), "lifecycle": Lifecycle(gw), "figures": Figures(gw)}

@@ -1,4 +1,4 @@
-"""The operator's API: event definitions, the kill switch, the figures, the orders.
+"""The operator's API: event definitions, the kill switch, the orders and registrations.
 
 A change of a definition (PUT, pause, resume) is answered only once every worker of
 this instance serves it (``Gateway.changed``: the other workers are told through the
@@ -12,12 +12,10 @@ import logging
 
 import orjson
 
-from flashgate.core import keys, store
+from flashgate.core import store
 from flashgate.core.events import EventError, parse_event
-from flashgate.core.outcomes import REJECTIONS
 from flashgate.core.redisconn import RedisError, RedisUnavailable
 from flashgate.gateway import answers
-from flashgate.gateway.counters import LATENCY_BUCKETS, latency_percentiles
 from flashgate.gateway.protocol import build_response, error_response
 from flashgate.gateway.runtime import state_of
 
@@ -78,51 +76,6 @@ class Operator:
         return build_response(200, orjson.dumps({
             "id": ert.event.id, "paused": paused,
             "state": state_of(ert, gw.ledger, gw.path.now_ms())}))
-
-    async def stats(self, req, m, who) -> bytes:
-        ert = m.ert
-        if ert is None:
-            return answers.NOT_FOUND
-        gw = self.gw
-        ev = ert.event
-        key = keys.stats(ev.id)
-        try:
-            await gw.counters.flush()
-            raw, uv, registered = await gw.conn.pipeline([
-                ["HGETALL", key], ["PFCOUNT", keys.stats_uv(ev.id)],
-                ["HLEN", keys.registered(ev.id)]])
-            skus = await store.sku_totals(gw.conn, ev)
-            so = await gw.conn.pipeline([["GET", s.keys.sold_out_ms] for s in ert.skus])
-            reached = await store.read_milestones(gw.conn, ev)
-        except (RedisUnavailable, RedisError):
-            return answers.UNAVAILABLE
-        it = iter(raw)
-        c = {k.decode(): int(v) for k, v in zip(it, it, strict=True)}
-        lat = [c.get(f"lat:{i}", 0) for i in range(LATENCY_BUCKETS)]
-        orders = sum(s["orders"] for s in skus)
-        units = sum(s["sold"] for s in skus)
-        uv = int(uv or 0)
-        sold_out_ms = None
-        if skus and all(s["sold"] >= s["stock"] for s in skus) and all(so):
-            sold_out_ms = max(int(x) for x in so) - ev.starts_at_ms
-        for s, t in zip(skus, so, strict=True):
-            s["left"] = max(0, s["stock"] - s["sold"])
-            s["sold_out_at_ms"] = int(t) if t else None
-        return build_response(200, orjson.dumps({
-            "event_id": ev.id,
-            "pv": c.get("pv", 0), "uv": uv, "attempts": c.get("attempts", 0),
-            "orders": orders, "units_sold": units,
-            "units_paid": sum(s["units_paid"] for s in skus),
-            "revenue": sum(s["revenue"] for s in skus),
-            "revenue_paid": sum(s["revenue_paid"] for s in skus),
-            "rejections": {k: c.get(k, 0) for k in REJECTIONS},
-            "conversion": round(orders / uv, 4) if uv else 0.0,
-            "sold_out_ms": sold_out_ms,
-            "latency_ms": latency_percentiles(lat),
-            "skus": skus,
-            "milestones": store.milestones_view(ev, reached),
-            "registered": int(registered or 0),
-        }))
 
     def list_events(self, req, m, who) -> bytes:
         """Every event this worker serves (as the public view sees them), by start."""

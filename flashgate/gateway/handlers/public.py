@@ -18,7 +18,7 @@ class Public:
         ert: EventRuntime | None = m.ert
         if ert is None:
             return answers.NOT_FOUND
-        ert.pv += 1
+        self.viewed(ert, req)
         return build_response(200, orjson.dumps(self.view(ert)))
 
     def stream(self, req, m, who):
@@ -26,7 +26,15 @@ class Public:
         ert: EventRuntime | None = m.ert
         if ert is None:
             return answers.NOT_FOUND
-        return self.gw.broadcast.subscribe(ert, req)
+        answer = self.gw.broadcast.subscribe(ert, req)
+        if type(answer) is not bytes:  # a stream opened (not the cap's 503)
+            self.viewed(ert, req)
+        return answer
+
+    def viewed(self, ert: EventRuntime, req) -> None:
+        """A page view of the event (docs/API.md, "The figures"): PV and its visitor."""
+        ert.pv += 1
+        ert.visitors.add(self.gw.path.visitor_of(req))
 
     def view(self, ert: EventRuntime) -> dict:
         """The public view of an event (API.md), as of this worker's ledger."""

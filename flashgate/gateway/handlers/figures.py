@@ -1,0 +1,148 @@
+"""The operator's figures: an event's totals (stats) and its per-second series.
+
+Every figure is defined in docs/API.md ("The figures"). What Redis holds exactly (units,
+orders, revenue, paid) is read from the SKUs' keys; what the workers count (page views,
+attempts, rejections, latency, the HyperLogLogs) is what every worker flushed, at most
+``--stats-interval`` old (counters.py), the answering worker's own flushed first.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qsl
+
+import orjson
+
+from flashgate.core import keys, store
+from flashgate.core.outcomes import REJECTIONS
+from flashgate.core.redisconn import RedisError, RedisUnavailable
+from flashgate.gateway import answers
+from flashgate.gateway.counters import LATENCY_BUCKETS, latency_percentiles
+from flashgate.gateway.protocol import build_response, error_response
+
+SERIES_MAX_POINTS = 6 * 3600  # one answer covers at most six hours
+SERIES_BEFORE_MS = 60_000  # the default range starts this long before the start
+SERIES_AFTER_MS = 60_000  # and ends this long after the end (or now, if sooner)
+
+
+def _bad(message: str) -> bytes:
+    return error_response(400, "bad_request", message)
+
+
+class Figures:
+    def __init__(self, gw):
+        self.gw = gw
+
+    async def stats(self, req, m, who) -> bytes:
+        ert = m.ert
+        if ert is None:
+            return answers.NOT_FOUND
+        gw = self.gw
+        ev = ert.event
+        key = keys.stats(ev.id)
+        try:
+            await gw.counters.flush()
+            visitors, participants, buyers = (keys.stats_hll(ev.id, n) for n in keys.HLLS)
+            as_of = gw.path.now_ms()
+            raw, uv, n_participants, n_buyers, registered = await gw.conn.pipeline([
+                ["HGETALL", key], ["PFCOUNT", visitors, participants],
+                ["PFCOUNT", participants], ["PFCOUNT", buyers],
+                ["HLEN", keys.registered(ev.id)]])
+            skus = await store.sku_totals(gw.conn, ev)
+            so = await gw.conn.pipeline([["GET", s.keys.sold_out_ms] for s in ert.skus])
+            reached = await store.read_milestones(gw.conn, ev)
+        except (RedisUnavailable, RedisError):
+            return answers.UNAVAILABLE
+        it = iter(raw)
+        c = {k.decode(): int(v) for k, v in zip(it, it, strict=True)}
+        lat = [c.get(f"lat:{i}", 0) for i in range(LATENCY_BUCKETS)]
+        orders = sum(s["orders"] for s in skus)
+        units = sum(s["sold"] for s in skus)
+        uv, n_buyers = int(uv or 0), int(n_buyers or 0)
+        sold_out_ms = None
+        if skus and all(s["sold"] >= s["stock"] for s in skus) and all(so):
+            sold_out_ms = max(int(x) for x in so) - ev.starts_at_ms
+        for s, t in zip(skus, so, strict=True):
+            s["left"] = max(0, s["stock"] - s["sold"])
+            s["sold_out_at_ms"] = int(t) if t else None
+            s["sold_out_ms"] = int(t) - ev.starts_at_ms if t else None
+        return build_response(200, orjson.dumps({
+            "event_id": ev.id,
+            "as_of_ms": as_of, "lag_ms": round(gw.cfg.stats_interval * 1000),
+            "pv": c.get("pv", 0), "uv": uv, "participants": int(n_participants or 0),
+            "buyers": n_buyers, "attempts": c.get("attempts", 0),
+            "orders": orders, "units_sold": units,
+            "units_paid": sum(s["units_paid"] for s in skus),
+            "revenue": sum(s["revenue"] for s in skus),
+            "revenue_paid": sum(s["revenue_paid"] for s in skus),
+            "rejections": {k: c.get(k, 0) for k in REJECTIONS},
+            # (the two estimates may cross by their error: a share is at most 1)
+            "conversion": min(1.0, round(n_buyers / uv, 4)) if uv else 0.0,
+            "sold_out_ms": sold_out_ms,
+            "latency_ms": latency_percentiles(lat),
+            "skus": skus,
+            "milestones": store.milestones_view(ev, reached),
+            "registered": int(registered or 0),
+        }))
+
+    async def series(self, req, m, who) -> bytes:
+        """The event's figures second by second over ``[from_ms, to_ms)`` (up to now)."""
+        ert = m.ert
+        if ert is None:
+            return answers.NOT_FOUND
+        gw = self.gw
+        ev = ert.event
+        now = gw.path.now_ms()
+        try:
+            q = dict(parse_qsl(req.query.decode("latin-1"), strict_parsing=False))
+            start = int(q["from_ms"]) if "from_ms" in q else min(
+                ev.preheat_at_ms or ev.starts_at_ms, ev.starts_at_ms - SERIES_BEFORE_MS)
+            end = int(q["to_ms"]) if "to_ms" in q else ev.ends_at_ms + SERIES_AFTER_MS
+        except ValueError:
+            return _bad("from_ms and to_ms must be integers (ms since the epoch)")
+        if start < 0 or end < start:
+            return _bad("from_ms must be >= 0 and to_ms >= from_ms")
+        end = max(start, min(end, now + 1))  # (now's second, as far as it goes)
+        first, last = -(-start // 1000), -(-end // 1000)  # the seconds s: from <= s*1000 < to
+        if last - first > SERIES_MAX_POINTS:
+            return _bad(f"at most {SERIES_MAX_POINTS} points (six hours) per request")
+        # a minute before the range too: the units left as last written before it
+        minutes = range((first - 60) // 60, (last - 1) // 60 + 1) if last > first else ()
+        try:
+            raw = await gw.conn.pipeline([["HGETALL", keys.series(ev.id, mi)]
+                                          for mi in minutes]) if minutes else []
+        except (RedisUnavailable, RedisError):
+            return answers.UNAVAILABLE
+        by_second: dict[int, dict] = {}
+        for minute, fields in zip(minutes, raw, strict=True):
+            if isinstance(fields, Exception):
+                return answers.UNAVAILABLE
+            it = iter(fields)
+            for f, v in zip(it, it, strict=True):
+                sec, _, name = f.decode().partition(":")
+                by_second.setdefault(minute * 60 + int(sec), {})[name] = int(v)
+        skus = [s.id for s in ev.skus]
+        left: dict[str, int] = {}
+        for sec in sorted(s for s in by_second if s < first):  # carried into the range
+            _left_from(by_second[sec], skus, left)
+        points = []
+        for sec in range(first, last):
+            got = by_second.get(sec, {})
+            _left_from(got, skus, left)
+            points.append({
+                "ts_ms": sec * 1000,
+                "attempts": got.get("a", 0), "orders": got.get("o", 0),
+                "units": got.get("u", 0),
+                "rejections": {k: got["r:" + k] for k in REJECTIONS if got.get("r:" + k)},
+                "left": dict(left), "subscribers": got.get("s", 0),
+            })
+        return build_response(200, orjson.dumps({
+            "event_id": ev.id, "step_ms": 1000, "from_ms": start, "to_ms": end,
+            "points": points}))
+
+
+def _left_from(got: dict, skus: list[str], left: dict[str, int]) -> None:
+    """The units left a second's fields say (``l:<sku>``), into ``left``."""
+    for sku in skus:
+        n = got.get("l:" + sku)
+        if n is not None:
+            left[sku] = n
