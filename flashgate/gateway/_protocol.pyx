@@ -506,14 +506,17 @@ cdef class HttpProtocolCore:
 
     def eof_received(self):
         self._peer_eof = True
+        if self._queue:
+            # A stream is never done: a client that closes its side has left it (an
+            # EventSource never half-closes). It ends now (what it had queued still goes
+            # out when its turn comes), so the answers owed after it are sent too.
+            for entry in [e for e in self._queue if type(e) is Stream]:
+                (<Stream>entry)._end(DISCONNECT)
+            if self._closed:
+                return False
         if self._lingering or self._closing and not self._queue:
             return False  # close now
         if self._queue:
-            for entry in self._queue:
-                if type(entry) is Stream:
-                    # A stream is never done: a client that closes its side has left
-                    # (an EventSource never half-closes). Close now, which ends it.
-                    return False
             # The client half-closed after its requests: still send what is owed.
             self._closing = True
             self._state = 0

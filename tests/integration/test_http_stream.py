@@ -191,6 +191,27 @@ def test_a_client_that_leaves_mid_stream_ends_it_with_disconnect(serve, no_error
     assert wait_until(lambda: srv.call(lambda: len(srv.registry)) == 0)
 
 
+def test_a_half_close_ends_the_stream_at_once_and_owed_answers_still_go(serve, no_errors):
+    """A FIN with a stream queued: the client has left the stream (an EventSource never
+    half-closes), so it ends with "disconnect" without waiting for a write, and what is
+    owed is still written (what the stream had, its last chunk, the answer pipelined
+    behind it), then the connection closes."""
+    srv = serve()
+    c = Client(srv.port)
+    c.send(req("/stream") + req("/after"))
+    stream_head(c)
+    stream = srv.app.streams[0]
+    assert srv.call(lambda: stream.send(b"tick"))
+    assert c.chunk() == b"tick"
+    c.sock.shutdown(socket.SHUT_WR)
+    assert wait_until(lambda: srv.call(lambda: stream.closed))
+    assert srv.app.ended == {0: "disconnect"}
+    assert c.chunk() == b""
+    assert c.response()[2] == b"/after"
+    assert c.until_eof() == b""
+    assert wait_until(lambda: srv.call(lambda: len(srv.registry)) == 0)
+
+
 def test_drain_ends_the_stream_with_its_last_chunk(serve, no_errors):
     srv = serve()
     c = Client(srv.port)

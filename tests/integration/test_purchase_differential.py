@@ -493,10 +493,12 @@ class SideBySide:
             raise AssertionError("Redis differs:\n" + "\n".join(diff[:10]))
 
     def _redis_state(self, r: redis.Redis, rename: dict[str, str] | None) -> dict:
-        """Every key but the gateway's statistics, with order ids renamed to the
-        reference's (``rename``) and times checked against the orders' and dropped."""
+        """Every key but the gateway's statistics (its counters, HyperLogLogs and
+        series), with order ids renamed to the reference's (``rename``) and times
+        checked against the orders' and dropped."""
         names = sorted(k for k in r.scan_iter(count=1000)
-                       if not k.startswith((b"fg:stats:", b"{fg:stats:")))
+                       if not k.startswith((b"fg:stats:", b"{fg:stats:"))
+                       and not re.match(rb"fg:\{[^}:]+\}:(hll|series):", k))
         pipe = r.pipeline(transaction=False)
         for k in names:
             pipe.type(k)
