@@ -260,7 +260,8 @@ def _stats(argv: list[str]) -> int:
     lines = [
         f"event {s.get('event_id', a.event)}",
         f"  visitors     pv {s['pv']}  uv {s['uv']}  registered {s.get('registered', 0)}",
-        f"  buying       attempts {s['attempts']}  orders {s['orders']}  "
+        f"  buying       participants {s.get('participants', '-')}  attempts "
+        f"{s['attempts']}  orders {s['orders']}  buyers {s.get('buyers', '-')}  "
         f"conversion {s['conversion']}",
         f"  units        sold {s['units_sold']}  paid {s['units_paid']}",
         f"  revenue      {s['revenue']}",
