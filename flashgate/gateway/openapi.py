@@ -31,6 +31,7 @@ from flashgate.core.events import (
     MAX_TIME_MS,
     MAX_URL,
 )
+from flashgate.gateway.handlers.pages import ASSET_TYPES
 from flashgate.gateway.routes import ROUTES
 
 ID_PATTERN = "^[A-Za-z0-9_-]{1,64}$"
@@ -261,7 +262,10 @@ def _schemas() -> dict:
              "skus": _array(_ref("StoredSku")), "milestones": _array(_ref("Milestone"))},
             description="An event definition as stored, defaults filled in."),
         "SkuView": _obj(sku | {"left": _int(0, None, "units left; lags by at most 1 s"),
-                               "sold": _int(0)}),
+                               "sold": _int(0),
+                               "tiers": _array(_ref("Tier"), description="the price ladder"),
+                               "price_now": _int(0, None, "the next unit's price: its "
+                                                          "tier's, else `price`")}),
         "MilestoneView": _obj(milestone["properties"] | {
             "reached": {"type": "boolean", "description": "once reached, stays reached"},
             "reached_ms": _ms("when the event's units first reached `sold`; null until "
@@ -392,6 +396,7 @@ def _components() -> dict:
             "OrderId": _path_param("order_id", _str("order id", minLength=1)
                                    | {"example": "noon.tea-500g.5f3a9c0e12ab1"}),
             "SkuId": _path_param("sku", _id("SKU id") | {"example": "tea-500g"}),
+            "AssetName": _path_param("name", _str("the file's name") | {"example": "README.txt"}),
             "IdempotencyKey": {
                 "name": "Idempotency-Key", "in": "header", "required": False,
                 "description": "Repeating a buy with the same key (same user, same body) "
@@ -554,9 +559,19 @@ def _operations() -> dict:
                                 "milestone": _ref("StreamMilestone")}}},
                            ("NotFound",)),
         "salePage": _op("salePage", "The buyer's sale page", "pages", PUBLIC,
-                        {200: _content("text/html", "The page.")}, ("NotFound",)),
+                        {200: _content("text/html", "The page (a page view of the event)."),
+                         404: _content("text/html", "The not-found page: no such event.")},
+                        description="One self-contained HTML page (gzipped when accepted), "
+                                    "in Chinese or English by Accept-Language."),
         "dashboard": _op("dashboard", "The live dashboard page", "pages", PUBLIC,
-                         {200: _content("text/html", "The page.")}, ("NotFound",)),
+                         {200: _content("text/html", "The page; it signs in with the "
+                                                     "admin token itself."),
+                          404: _content("text/html", "The not-found page: no such event.")}),
+        "asset": _op("asset", "A file a page loads apart (a vendored library)", "pages",
+                     PUBLIC, {200: {"description": "The file (cached for a day).",
+                                    "content": {t.decode().split(";")[0]: {"schema": {
+                                        "type": "string"}} for t in ASSET_TYPES.values()}},
+                              404: _content("text/html", "The not-found page.")}),
         "livez": _op("livez", "Liveness", "operations", PUBLIC,
                      {200: _json(_ref("Live"), "The process runs.")}),
         "readyz": _op("readyz", "Readiness", "operations", PUBLIC,
@@ -578,7 +593,8 @@ def _operations() -> dict:
     return ops
 
 
-_PARAMETERS = {"event_id": "EventId", "order_id": "OrderId", "sku": "SkuId"}
+_PARAMETERS = {"event_id": "EventId", "order_id": "OrderId", "sku": "SkuId",
+               "name": "AssetName"}
 
 
 def _paths() -> dict:

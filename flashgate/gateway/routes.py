@@ -43,7 +43,7 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", _EV + "/buy", "buy", (BUYER,), BUY),
     Route("POST", _EV + "/register", "register", (BUYER,), "buyer.register"),
     Route("GET", _EV + "/stream", "streamEvent", (PUBLIC,), "public.stream"),
-    Route("GET", "/e/{event_id}", "salePage", (PUBLIC,), None),
+    Route("GET", "/e/{event_id}", "salePage", (PUBLIC,), "pages.sale"),
     Route("GET", "/api/v1/orders/{order_id}", "getOrder", (BUYER, OPERATOR),
           "buyer.get_order"),
     # the operator's
@@ -64,7 +64,8 @@ ROUTES: tuple[Route, ...] = (
           "lifecycle.mark_paid"),
     Route("POST", "/api/v1/admin/orders/{order_id}/cancel", "cancelOrder", (OPERATOR,),
           "lifecycle.cancel"),
-    Route("GET", "/dashboard/{event_id}", "dashboard", (PUBLIC,), None),
+    Route("GET", "/dashboard/{event_id}", "dashboard", (PUBLIC,), "pages.dashboard"),
+    Route("GET", "/assets/{name}", "asset", (PUBLIC,), "pages.asset"),
     # operations
     Route("GET", "/livez", "livez", (PUBLIC,), "operations.livez"),
     Route("GET", "/readyz", "readyz", (PUBLIC,), "operations.readyz"),

@@ -14,10 +14,13 @@ from flashgate.gateway.handlers.figures import Figures
 from flashgate.gateway.handlers.lifecycle import Lifecycle
 from flashgate.gateway.handlers.operations import Operations
 from flashgate.gateway.handlers.operator import Operator
+from flashgate.gateway.handlers.pages import Pages
 from flashgate.gateway.handlers.public import Public
 
 
 def make(gw) -> dict[str, object]:
     """The handlers of every area, by the name routes.py gives it."""
-    return {"public": Public(gw), "buyer": Buyer(gw), "operator": Operator(gw),
-            "operations": Operations(gw), "lifecycle": Lifecycle(gw), "figures": Figures(gw)}
+    public = Public(gw)
+    return {"public": public, "buyer": Buyer(gw), "operator": Operator(gw),
+            "operations": Operations(gw), "lifecycle": Lifecycle(gw), "figures": Figures(gw),
+            "pages": Pages(gw, public.viewed)}

@@ -10,6 +10,15 @@ from flashgate.gateway.protocol import build_response
 from flashgate.gateway.runtime import EventRuntime, state_of
 
 
+def price_now(sku, sold: int) -> int:
+    """The price of the next unit of ``sku`` after ``sold`` (its tier, else ``price``)."""
+    for units, price in sku.tiers:
+        if sold < units:
+            return price
+        sold -= units
+    return sku.price
+
+
 class Public:
     def __init__(self, gw):
         self.gw = gw
@@ -48,7 +57,9 @@ class Public:
             skus.append({"id": s.id, "name": s.name, "price": s.price,
                          "original_price": s.original_price, "stock": stock,
                          "left": max(0, stock - sold), "sold": sold,
-                         "per_user_limit": s.per_user_limit})
+                         "per_user_limit": s.per_user_limit,
+                         "tiers": [{"units": u, "price": p} for u, p in s.tiers],
+                         "price_now": price_now(s, sold)})
         return {
             "id": ev.id, "name": ev.name, "state": state_of(ert, gw.ledger, now),
             "server_time_ms": now, "starts_at_ms": ev.starts_at_ms, "ends_at_ms": ev.ends_at_ms,

@@ -1,0 +1,124 @@
+"""The HTML pages: the buyer's sale page, the operator's dashboard, and their assets.
+
+Each page is one file of ``flashgate/static/`` with its styles and scripts inline
+(``<!--#include NAME-->`` takes in another file of that directory when the server
+starts): one request, nothing from another origin. It is rendered once per language
+when the handlers are made (``{{LANG}}``: ``zh`` or ``en``, chosen per request by
+``Accept-Language``; the page can switch), kept plain and gzipped, and the data come
+from the API and the event stream. ``GET /assets/<name>`` serves the few files a
+page loads apart (a vendored chart library), cached by the browser for a day.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import re
+from importlib import resources
+
+from flashgate.gateway.protocol import build_response
+
+HTML = b"text/html; charset=utf-8"
+LANGS = ("zh", "en")
+# what a page may do: its own inline code, the API and stream of this origin
+PAGE_HEADERS = (
+    (b"Content-Security-Policy",
+     b"default-src 'none'; script-src 'self' 'unsafe-inline'; style-src 'self' "
+     b"'unsafe-inline'; img-src 'self' data:; connect-src 'self'; form-action 'none'; "
+     b"base-uri 'none'; frame-ancestors 'none'"),
+    (b"X-Content-Type-Options", b"nosniff"),
+    (b"Referrer-Policy", b"no-referrer"),
+    (b"Cache-Control", b"no-cache"),
+    (b"Vary", b"Accept-Encoding, Accept-Language"),
+)
+ASSET_TYPES = {".js": b"text/javascript; charset=utf-8", ".css": b"text/css; charset=utf-8",
+               ".txt": b"text/plain; charset=utf-8", ".svg": b"image/svg+xml",
+               ".png": b"image/png"}
+_INCLUDE = re.compile(rb"<!--#include ([A-Za-z0-9_.-]+)-->")
+_LANG_Q = re.compile(r"\s*([A-Za-z]{1,8})(?:-[A-Za-z0-9]{1,8})*\s*(?:;\s*q\s*=\s*([0-9.]+))?\s*")
+
+
+def static_file(name: str) -> bytes:
+    return resources.files("flashgate").joinpath("static", name).read_bytes()
+
+
+def render(name: str, lang: str) -> bytes:
+    """A page's bytes in ``lang``: its includes taken in, ``{{LANG}}`` filled."""
+    page = _INCLUDE.sub(lambda m: static_file(m.group(1).decode()).rstrip(b"\n"),
+                        static_file(name))
+    return page.replace(b"{{LANG}}", lang.encode())
+
+
+def language(header: bytes | None) -> str:
+    """``zh`` or ``en`` by an Accept-Language header: the first of the two by the
+    client's preference; neither (or no header): ``zh``."""
+    if not header:
+        return "zh"
+    best, best_q = "zh", -1.0
+    for i, part in enumerate(header.decode("latin-1").split(",")):
+        m = _LANG_Q.fullmatch(part)
+        if m is None:
+            continue
+        tag = m.group(1).lower()
+        try:
+            q = float(m.group(2)) if m.group(2) else 1.0
+        except ValueError:
+            continue
+        if tag in LANGS and q > 0 and q - i * 1e-6 > best_q:
+            best, best_q = tag, q - i * 1e-6
+    return best
+
+
+class Page:
+    """One page in every language, plain and gzipped: the answer to a request."""
+
+    def __init__(self, name: str, status: int = 200):
+        self.answers = {}
+        for lang in LANGS:
+            body = render(name, lang)
+            for gz in (False, True):
+                data = gzip.compress(body, 9, mtime=0) if gz else body
+                headers = PAGE_HEADERS + ((b"Content-Encoding", b"gzip"),) if gz else PAGE_HEADERS
+                self.answers[lang, gz] = build_response(status, data, HTML, headers)
+
+    def answer(self, req) -> bytes:
+        h = req.headers
+        gz = b"gzip" in (h.get(b"accept-encoding") or b"")
+        return self.answers[language(h.get(b"accept-language")), gz]
+
+
+class Pages:
+    def __init__(self, gw, viewed):
+        self.gw = gw
+        self.viewed = viewed  # a page view of an event: counted (PV, its visitor)
+        self.sale_page = Page("sale.html")
+        self.dashboard_page = Page("dashboard.html")
+        self.not_found_page = Page("notfound.html", 404)
+        self.assets: dict[str, bytes] = {}
+        for entry in resources.files("flashgate").joinpath("static", "assets").iterdir():
+            kind = ASSET_TYPES.get("." + entry.name.rpartition(".")[2])
+            if kind is None or not entry.is_file():
+                continue
+            data = entry.read_bytes()
+            etag = b'"' + hashlib.sha256(data).hexdigest()[:16].encode() + b'"'
+            self.assets[entry.name] = build_response(200, data, kind, (
+                (b"Cache-Control", b"public, max-age=86400"), (b"ETag", etag),
+                (b"X-Content-Type-Options", b"nosniff")))
+
+    def sale(self, req, m, who) -> bytes:
+        """``GET /e/{event_id}``: the buyer's page (a page view of the event)."""
+        if m.ert is None:
+            return self.not_found_page.answer(req)
+        self.viewed(m.ert, req)
+        return self.sale_page.answer(req)
+
+    def dashboard(self, req, m, who) -> bytes:
+        """``GET /dashboard/{event_id}``: the operator's page (it signs in itself)."""
+        if m.ert is None:
+            return self.not_found_page.answer(req)
+        return self.dashboard_page.answer(req)
+
+    def asset(self, req, m, who) -> bytes:
+        """``GET /assets/{name}``: a file a page loads apart."""
+        got = self.assets.get(m.params["name"])
+        return got if got is not None else self.not_found_page.answer(req)
