@@ -88,9 +88,11 @@ const FG = (() => {
       }
     },
     /* the event's stream: handlers by event name (state, stock, order, milestone),
-       plus "open" / "error"; EventSource reconnects by itself with Last-Event-ID */
-    stream(eventId, on) {
-      const es = new EventSource("/api/v1/events/" + encodeURIComponent(eventId) + "/stream");
+       plus "open" / "error"; EventSource reconnects by itself with Last-Event-ID.
+       view false: not a page view of the event (the operator's dashboard) */
+    stream(eventId, on, view = true) {
+      const es = new EventSource("/api/v1/events/" + encodeURIComponent(eventId) + "/stream"
+        + (view ? "" : "?view=0"));
       for (const name of ["state", "stock", "order", "milestone"]) {
         es.addEventListener(name, (e) => {
           let data;

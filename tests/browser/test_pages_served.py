@@ -63,7 +63,12 @@ def test_unknown_event_and_asset_get_the_404_page(gw):
         assert b"<h1>404</h1>" in body
     status, headers, body = get(gw, "/assets/README.txt")
     assert status == 200 and headers["Cache-Control"] == "public, max-age=86400"
-    assert headers["ETag"].startswith('"')
+    assert headers["ETag"].startswith('"') and "Content-Encoding" not in headers
+    status, headers, packed = get(gw, "/assets/uPlot.iife.min.js", {"Accept-Encoding": "gzip"})
+    assert status == 200 and headers["Content-Encoding"] == "gzip"
+    assert headers["Content-Type"] == "text/javascript; charset=utf-8"
+    plain = get(gw, "/assets/uPlot.iife.min.js")[2]
+    assert gzip.decompress(packed) == plain and len(packed) < len(plain) // 2
 
 
 def test_the_404_page_renders(gw, pages):

@@ -6,7 +6,8 @@ starts): one request, nothing from another origin. It is rendered once per langu
 when the handlers are made (``{{LANG}}``: ``zh`` or ``en``, chosen per request by
 ``Accept-Language``; the page can switch), kept plain and gzipped, and the data come
 from the API and the event stream. ``GET /assets/<name>`` serves the few files a
-page loads apart (a vendored chart library), cached by the browser for a day.
+page loads apart (a vendored chart library), gzipped when accepted, cached by the
+browser for a day.
 """
 
 from __future__ import annotations
@@ -94,16 +95,23 @@ class Pages:
         self.sale_page = Page("sale.html")
         self.dashboard_page = Page("dashboard.html")
         self.not_found_page = Page("notfound.html", 404)
-        self.assets: dict[str, bytes] = {}
+        self.assets: dict[tuple[str, bool], bytes] = {}  # (name, gzipped) -> answer
         for entry in resources.files("flashgate").joinpath("static", "assets").iterdir():
             kind = ASSET_TYPES.get("." + entry.name.rpartition(".")[2])
             if kind is None or not entry.is_file():
                 continue
             data = entry.read_bytes()
-            etag = b'"' + hashlib.sha256(data).hexdigest()[:16].encode() + b'"'
-            self.assets[entry.name] = build_response(200, data, kind, (
-                (b"Cache-Control", b"public, max-age=86400"), (b"ETag", etag),
-                (b"X-Content-Type-Options", b"nosniff")))
+            etag = hashlib.sha256(data).hexdigest()[:16].encode()
+            headers = ((b"Cache-Control", b"public, max-age=86400"),
+                       (b"X-Content-Type-Options", b"nosniff"), (b"Vary", b"Accept-Encoding"))
+            self.assets[entry.name, False] = build_response(
+                200, data, kind, headers + ((b"ETag", b'"' + etag + b'"'),))
+            packed = gzip.compress(data, 9, mtime=0)
+            if len(packed) < len(data) and kind != ASSET_TYPES[".png"]:
+                self.assets[entry.name, True] = build_response(200, packed, kind, headers + (
+                    (b"ETag", b'"' + etag + b'-gz"'), (b"Content-Encoding", b"gzip")))
+            else:
+                self.assets[entry.name, True] = self.assets[entry.name, False]
 
     def sale(self, req, m, who) -> bytes:
         """``GET /e/{event_id}``: the buyer's page (a page view of the event)."""
@@ -120,5 +128,6 @@ class Pages:
 
     def asset(self, req, m, who) -> bytes:
         """``GET /assets/{name}``: a file a page loads apart."""
-        got = self.assets.get(m.params["name"])
+        gz = b"gzip" in (req.headers.get(b"accept-encoding") or b"")
+        got = self.assets.get((m.params["name"], gz))
         return got if got is not None else self.not_found_page.answer(req)

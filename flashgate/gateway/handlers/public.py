@@ -36,7 +36,9 @@ class Public:
         if ert is None:
             return answers.NOT_FOUND
         answer = self.gw.broadcast.subscribe(ert, req)
-        if type(answer) is not bytes:  # a stream opened (not the cap's 503)
+        # a stream opened (not the cap's 503) is a page view, unless its page says it is
+        # not one (?view=0: the operator's dashboard)
+        if type(answer) is not bytes and req.query != b"view=0":
             self.viewed(ert, req)
         return answer
 
