@@ -4,7 +4,8 @@ Each page is one file of ``flashgate/static/`` with its styles and scripts inlin
 (``<!--#include NAME-->`` takes in another file of that directory when the server
 starts): one request, nothing from another origin. It is rendered once per language
 when the handlers are made (``{{LANG}}``: ``zh`` or ``en``, chosen per request by
-``Accept-Language``; the page can switch), kept plain and gzipped, and the data come
+``Accept-Language``; the page can switch; the sale page's ``{{IDENTITY}}``: ``dev`` or
+``token``, how this server knows its buyers), kept plain and gzipped, and the data come
 from the API and the event stream. ``GET /assets/<name>`` serves the few files a
 page loads apart (a vendored chart library), gzipped when accepted, cached by the
 browser for a day.
@@ -43,11 +44,14 @@ def static_file(name: str) -> bytes:
     return resources.files("flashgate").joinpath("static", name).read_bytes()
 
 
-def render(name: str, lang: str) -> bytes:
-    """A page's bytes in ``lang``: its includes taken in, ``{{LANG}}`` filled."""
+def render(name: str, lang: str, values: dict[str, str] | None = None) -> bytes:
+    """A page's bytes in ``lang``: its includes taken in, ``{{LANG}}`` and each
+    ``{{NAME}}`` of ``values`` filled."""
     page = _INCLUDE.sub(lambda m: static_file(m.group(1).decode()).rstrip(b"\n"),
                         static_file(name))
-    return page.replace(b"{{LANG}}", lang.encode())
+    for key, value in {"LANG": lang, **(values or {})}.items():
+        page = page.replace(b"{{" + key.encode() + b"}}", value.encode())
+    return page
 
 
 def language(header: bytes | None) -> str:
@@ -73,10 +77,10 @@ def language(header: bytes | None) -> str:
 class Page:
     """One page in every language, plain and gzipped: the answer to a request."""
 
-    def __init__(self, name: str, status: int = 200):
+    def __init__(self, name: str, status: int = 200, values: dict[str, str] | None = None):
         self.answers = {}
         for lang in LANGS:
-            body = render(name, lang)
+            body = render(name, lang, values)
             for gz in (False, True):
                 data = gzip.compress(body, 9, mtime=0) if gz else body
                 headers = PAGE_HEADERS + ((b"Content-Encoding", b"gzip"),) if gz else PAGE_HEADERS
@@ -92,7 +96,11 @@ class Pages:
     def __init__(self, gw, viewed):
         self.gw = gw
         self.viewed = viewed  # a page view of an event: counted (PV, its visitor)
-        self.sale_page = Page("sale.html")
+        cfg = gw.cfg
+        # how a buyer proves who they are here: the page asks for a name (X-User-Id) or
+        # takes the token the shop's app hands it
+        identity = "dev" if cfg.dev and not cfg.user_secret else "token"
+        self.sale_page = Page("sale.html", values={"IDENTITY": identity})
         self.dashboard_page = Page("dashboard.html")
         self.not_found_page = Page("notfound.html", 404)
         self.assets: dict[tuple[str, bool], bytes] = {}  # (name, gzipped) -> answer
