@@ -538,7 +538,9 @@ class ReferencePurchase:
             skus.append({"id": s.id, "name": s.name, "price": s.price,
                          "original_price": s.original_price, "stock": stock,
                          "left": max(0, stock - sold), "sold": sold,
-                         "per_user_limit": s.per_user_limit})
+                         "per_user_limit": s.per_user_limit,
+                         "tiers": [{"units": u, "price": p} for u, p in s.tiers],
+                         "price_now": ladder(s, sold, 1)[0]})
         if now >= d.ends_at_ms:
             state = "ended"
         elif now < d.starts_at_ms:
