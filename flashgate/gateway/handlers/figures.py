@@ -36,53 +36,11 @@ class Figures:
         ert = m.ert
         if ert is None:
             return answers.NOT_FOUND
-        gw = self.gw
-        ev = ert.event
-        key = keys.stats(ev.id)
         try:
-            await gw.counters.flush()
-            visitors, participants, buyers = (keys.stats_hll(ev.id, n) for n in keys.HLLS)
-            as_of = gw.path.now_ms()
-            raw, uv, n_participants, n_buyers, registered = await gw.conn.pipeline([
-                ["HGETALL", key], ["PFCOUNT", visitors, participants],
-                ["PFCOUNT", participants], ["PFCOUNT", buyers],
-                ["HLEN", keys.registered(ev.id)]])
-            skus = await store.sku_totals(gw.conn, ev)
-            so = await gw.conn.pipeline([["GET", s.keys.sold_out_ms] for s in ert.skus])
-            reached = await store.read_milestones(gw.conn, ev)
+            figures = await read_stats(self.gw, ert)
         except (RedisUnavailable, RedisError):
             return answers.UNAVAILABLE
-        it = iter(raw)
-        c = {k.decode(): int(v) for k, v in zip(it, it, strict=True)}
-        lat = [c.get(f"lat:{i}", 0) for i in range(LATENCY_BUCKETS)]
-        orders = sum(s["orders"] for s in skus)
-        units = sum(s["sold"] for s in skus)
-        uv, n_buyers = int(uv or 0), int(n_buyers or 0)
-        sold_out_ms = None
-        if skus and all(s["sold"] >= s["stock"] for s in skus) and all(so):
-            sold_out_ms = max(int(x) for x in so) - ev.starts_at_ms
-        for s, t in zip(skus, so, strict=True):
-            s["left"] = max(0, s["stock"] - s["sold"])
-            s["sold_out_at_ms"] = int(t) if t else None
-            s["sold_out_ms"] = int(t) - ev.starts_at_ms if t else None
-        return build_response(200, orjson.dumps({
-            "event_id": ev.id,
-            "as_of_ms": as_of, "lag_ms": round(gw.cfg.stats_interval * 1000),
-            "pv": c.get("pv", 0), "uv": uv, "participants": int(n_participants or 0),
-            "buyers": n_buyers, "attempts": c.get("attempts", 0),
-            "orders": orders, "units_sold": units,
-            "units_paid": sum(s["units_paid"] for s in skus),
-            "revenue": sum(s["revenue"] for s in skus),
-            "revenue_paid": sum(s["revenue_paid"] for s in skus),
-            "rejections": {k: c.get(k, 0) for k in REJECTIONS},
-            # (the two estimates may cross by their error: a share is at most 1)
-            "conversion": min(1.0, round(n_buyers / uv, 4)) if uv else 0.0,
-            "sold_out_ms": sold_out_ms,
-            "latency_ms": latency_percentiles(lat),
-            "skus": skus,
-            "milestones": store.milestones_view(ev, reached),
-            "registered": int(registered or 0),
-        }))
+        return build_response(200, orjson.dumps(figures))
 
     async def series(self, req, m, who) -> bytes:
         """The event's figures second by second over ``[from_ms, to_ms)`` (up to now)."""
@@ -105,39 +63,101 @@ class Figures:
         first, last = -(-start // 1000), -(-end // 1000)  # the seconds s: from <= s*1000 < to
         if last - first > SERIES_MAX_POINTS:
             return _bad(f"at most {SERIES_MAX_POINTS} points (six hours) per request")
-        # a minute before the range too: the units left as last written before it
-        minutes = range((first - 60) // 60, (last - 1) // 60 + 1) if last > first else ()
         try:
-            raw = await gw.conn.pipeline([["HGETALL", keys.series(ev.id, mi)]
-                                          for mi in minutes]) if minutes else []
+            points = await read_series(gw.conn, ev, first, last)
         except (RedisUnavailable, RedisError):
             return answers.UNAVAILABLE
-        by_second: dict[int, dict] = {}
-        for minute, fields in zip(minutes, raw, strict=True):
-            if isinstance(fields, Exception):
-                return answers.UNAVAILABLE
-            it = iter(fields)
-            for f, v in zip(it, it, strict=True):
-                sec, _, name = f.decode().partition(":")
-                by_second.setdefault(minute * 60 + int(sec), {})[name] = int(v)
-        skus = [s.id for s in ev.skus]
-        left: dict[str, int] = {}
-        for sec in sorted(s for s in by_second if s < first):  # carried into the range
-            _left_from(by_second[sec], skus, left)
-        points = []
-        for sec in range(first, last):
-            got = by_second.get(sec, {})
-            _left_from(got, skus, left)
-            points.append({
-                "ts_ms": sec * 1000,
-                "attempts": got.get("a", 0), "orders": got.get("o", 0),
-                "units": got.get("u", 0),
-                "rejections": {k: got["r:" + k] for k in REJECTIONS if got.get("r:" + k)},
-                "left": dict(left), "subscribers": got.get("s", 0),
-            })
         return build_response(200, orjson.dumps({
             "event_id": ev.id, "step_ms": 1000, "from_ms": start, "to_ms": end,
             "points": points}))
+
+
+async def read_stats(gw, ert) -> dict:
+    """The event's figures as ``GET …/stats`` answers them (docs/API.md, "The figures"):
+    the answering worker's counts flushed first, then Redis read. Raises
+    RedisUnavailable or RedisError."""
+    ev = ert.event
+    key = keys.stats(ev.id)
+    await gw.counters.flush()
+    visitors, participants, buyers = (keys.stats_hll(ev.id, n) for n in keys.HLLS)
+    as_of = gw.path.now_ms()
+    raw, uv, n_participants, n_buyers, registered = await gw.conn.pipeline([
+        ["HGETALL", key], ["PFCOUNT", visitors, participants],
+        ["PFCOUNT", participants], ["PFCOUNT", buyers],
+        ["HLEN", keys.registered(ev.id)]])
+    for reply in (raw, uv, n_participants, n_buyers, registered):
+        if isinstance(reply, Exception):
+            raise reply
+    skus = await store.sku_totals(gw.conn, ev)
+    so = await gw.conn.pipeline([["GET", s.keys.sold_out_ms] for s in ert.skus])
+    for reply in so:
+        if isinstance(reply, Exception):
+            raise reply
+    reached = await store.read_milestones(gw.conn, ev)
+    it = iter(raw)
+    c = {k.decode(): int(v) for k, v in zip(it, it, strict=True)}
+    lat = [c.get(f"lat:{i}", 0) for i in range(LATENCY_BUCKETS)]
+    orders = sum(s["orders"] for s in skus)
+    units = sum(s["sold"] for s in skus)
+    uv, n_buyers = int(uv or 0), int(n_buyers or 0)
+    sold_out_ms = None
+    if skus and all(s["sold"] >= s["stock"] for s in skus) and all(so):
+        sold_out_ms = max(int(x) for x in so) - ev.starts_at_ms
+    for s, t in zip(skus, so, strict=True):
+        s["left"] = max(0, s["stock"] - s["sold"])
+        s["sold_out_at_ms"] = int(t) if t else None
+        s["sold_out_ms"] = int(t) - ev.starts_at_ms if t else None
+    return {
+        "event_id": ev.id,
+        "as_of_ms": as_of, "lag_ms": round(gw.cfg.stats_interval * 1000),
+        "pv": c.get("pv", 0), "uv": uv, "participants": int(n_participants or 0),
+        "buyers": n_buyers, "attempts": c.get("attempts", 0),
+        "orders": orders, "units_sold": units,
+        "units_paid": sum(s["units_paid"] for s in skus),
+        "revenue": sum(s["revenue"] for s in skus),
+        "revenue_paid": sum(s["revenue_paid"] for s in skus),
+        "rejections": {k: c.get(k, 0) for k in REJECTIONS},
+        # (the two estimates may cross by their error: a share is at most 1)
+        "conversion": min(1.0, round(n_buyers / uv, 4)) if uv else 0.0,
+        "sold_out_ms": sold_out_ms,
+        "latency_ms": latency_percentiles(lat),
+        "skus": skus,
+        "milestones": store.milestones_view(ev, reached),
+        "registered": int(registered or 0),
+    }
+
+
+async def read_series(conn, ev, first: int, last: int) -> list[dict]:
+    """The event's series point of every second ``s`` with ``first <= s < last`` (unix
+    seconds; docs/API.md, "The series"). Raises RedisUnavailable or RedisError."""
+    # a minute before the range too: the units left as last written before it
+    minutes = range((first - 60) // 60, (last - 1) // 60 + 1) if last > first else ()
+    raw = await conn.pipeline([["HGETALL", keys.series(ev.id, mi)]
+                               for mi in minutes]) if minutes else []
+    by_second: dict[int, dict] = {}
+    for minute, fields in zip(minutes, raw, strict=True):
+        if isinstance(fields, Exception):
+            raise fields
+        it = iter(fields)
+        for f, v in zip(it, it, strict=True):
+            sec, _, name = f.decode().partition(":")
+            by_second.setdefault(minute * 60 + int(sec), {})[name] = int(v)
+    skus = [s.id for s in ev.skus]
+    left: dict[str, int] = {}
+    for sec in sorted(s for s in by_second if s < first):  # carried into the range
+        _left_from(by_second[sec], skus, left)
+    points = []
+    for sec in range(first, last):
+        got = by_second.get(sec, {})
+        _left_from(got, skus, left)
+        points.append({
+            "ts_ms": sec * 1000,
+            "attempts": got.get("a", 0), "orders": got.get("o", 0),
+            "units": got.get("u", 0),
+            "rejections": {k: got["r:" + k] for k in REJECTIONS if got.get("r:" + k)},
+            "left": dict(left), "subscribers": got.get("s", 0),
+        })
+    return points
 
 
 def _left_from(got: dict, skus: list[str], left: dict[str, int]) -> None:
