@@ -1,4 +1,5 @@
-"""The operator's figures: an event's totals (stats) and its per-second series.
+"""The operator's figures: an event's totals (stats), its per-second series and the
+battle report made of both and of its orders (JSON, or the page).
 
 Every figure is defined in docs/API.md ("The figures"). What Redis holds exactly (units,
 orders, revenue, paid) is read from the SKUs' keys; what the workers count (page views,
@@ -8,6 +9,7 @@ attempts, rejections, latency, the HyperLogLogs) is what every worker flushed, a
 
 from __future__ import annotations
 
+import gzip
 from urllib.parse import parse_qsl
 
 import orjson
@@ -17,11 +19,25 @@ from flashgate.core.outcomes import REJECTIONS
 from flashgate.core.redisconn import RedisError, RedisUnavailable
 from flashgate.gateway import answers
 from flashgate.gateway.counters import LATENCY_BUCKETS, latency_percentiles
+from flashgate.gateway.handlers.pages import HTML, LANGS, language
 from flashgate.gateway.protocol import build_response, error_response
+from flashgate.gateway.runtime import state_of
+from flashgate.report import build, page
 
 SERIES_MAX_POINTS = 6 * 3600  # one answer covers at most six hours
 SERIES_BEFORE_MS = 60_000  # the default range starts this long before the start
 SERIES_AFTER_MS = 60_000  # and ends this long after the end (or now, if sooner)
+REPORT_FORMATS = ("json", "html")
+# the report page: no script at all, its styles inline, nothing from anywhere
+REPORT_HEADERS = (
+    (b"Content-Security-Policy",
+     b"default-src 'none'; style-src 'unsafe-inline'; img-src data:; form-action 'none'; "
+     b"base-uri 'none'; frame-ancestors 'none'"),
+    (b"X-Content-Type-Options", b"nosniff"),
+    (b"Referrer-Policy", b"no-referrer"),
+    (b"Cache-Control", b"no-store"),
+    (b"Vary", b"Accept-Encoding, Accept-Language"),
+)
 
 
 def _bad(message: str) -> bytes:
@@ -29,8 +45,9 @@ def _bad(message: str) -> bytes:
 
 
 class Figures:
-    def __init__(self, gw):
+    def __init__(self, gw, not_found_page=None):
         self.gw = gw
+        self.not_found_page = not_found_page  # (pages.Page) the report page's 404
 
     async def stats(self, req, m, who) -> bytes:
         ert = m.ert
@@ -70,6 +87,44 @@ class Figures:
         return build_response(200, orjson.dumps({
             "event_id": ev.id, "step_ms": 1000, "from_ms": start, "to_ms": end,
             "points": points}))
+
+    async def report(self, req, m, who) -> bytes:
+        """The battle report (docs/API.md, "The report"): JSON, or with ``format=html``
+        the page, in ``lang`` (else by Accept-Language)."""
+        q = dict(parse_qsl(req.query.decode("latin-1"), strict_parsing=False))
+        fmt = q.get("format", "json")
+        if fmt not in REPORT_FORMATS:
+            return _bad("format must be json or html")
+        ert = m.ert
+        if ert is None:
+            if fmt == "html" and self.not_found_page is not None:
+                return self.not_found_page.answer(req)
+            return answers.NOT_FOUND
+        gw = self.gw
+        ev = ert.event
+        try:
+            stats = await read_stats(gw, ert)
+            as_of = stats["as_of_ms"]
+            # the sale's seconds: from the start's to the end's (or now's), six hours at most
+            first = ev.starts_at_ms // 1000
+            last = max(first, min(ev.ends_at_ms, as_of) // 1000 + 1)
+            points = await read_series(gw.conn, ev, first,
+                                       min(last, first + SERIES_MAX_POINTS))
+            orders = await store.export_orders(gw.conn, ev)
+        except (RedisUnavailable, RedisError):
+            return answers.UNAVAILABLE
+        rep = build.build(ev, state_of(ert, gw.ledger, as_of), stats, orders, points)
+        if fmt == "json":
+            return build_response(200, orjson.dumps(rep))
+        lang = q.get("lang")
+        if lang not in LANGS:
+            lang = language(req.headers.get(b"accept-language"))
+        body = page.render(rep, lang).encode()
+        headers = REPORT_HEADERS
+        if b"gzip" in (req.headers.get(b"accept-encoding") or b""):
+            body = gzip.compress(body, 6)
+            headers += ((b"Content-Encoding", b"gzip"),)
+        return build_response(200, body, HTML, headers)
 
 
 async def read_stats(gw, ert) -> dict:
