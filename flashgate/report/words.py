@@ -139,7 +139,8 @@ def summary(rep: dict) -> dict[str, str]:
     if rep["state"] in ("scheduled", "preheat"):
         zh = f"活动尚未开始，共{number(stock)}件商品"
         en = f"The sale has not started: {_plural(stock, 'unit', 'units')} on offer"
-    elif rep["sold_out_ms"] is not None:
+        return {"zh": zh, "en": en}
+    if rep["sold_out_ms"] is not None:
         zh = f"{number(sold)}件商品{duration(rep['sold_out_ms'], 'zh')}售罄，{number(buyers)}人抢到"
         en = (f"{_plural(sold, 'unit', 'units')} sold out in "
               f"{duration(rep['sold_out_ms'], 'en')}, {_plural(buyers, 'buyer', 'buyers')}")
