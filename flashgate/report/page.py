@@ -205,7 +205,8 @@ def _axes(w: int, h: int, left: int, right: int, top: int, bottom: int,
         y = top + ph * (1 - frac)
         out.append(f'<line x1="{left}" x2="{w - right}" y1="{y:.1f}" y2="{y:.1f}" '
                    f'stroke="{LINE}"/>')
-        out.append(_text(left - 6, y + 4, number(round(top_value * frac)), "end"))
+        v = top_value * frac
+        out.append(_text(left - 6, y + 4, number(int(v)) if v == int(v) else f"{v:,.1f}", "end"))
     return out
 
 
