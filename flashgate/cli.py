@@ -1,10 +1,12 @@
 """``flashgate serve``, ``flashgate token``, ``flashgate orders follow`` (orders_cli.py),
-``flashgate events``, ``flashgate stats`` and ``flashgate --version`` (also
-``python -m flashgate``). Exit codes: 0 done, 2 a usage or configuration error, or a
-server that cannot start (the reason on stderr); ``events`` and ``stats`` (clients of a
-running server's HTTP API): 3 the server cannot be reached, 4 no such event, 1 any
-other refusal (a wrong admin token, a server error); ``webhooks`` (reads Redis): 3
-Redis cannot be reached."""
+``flashgate events``, ``flashgate stats``, ``flashgate report`` and ``flashgate
+--version`` (also ``python -m flashgate``). Exit codes: 0 done, 2 a usage or
+configuration error, or a server that cannot start (the reason on stderr); ``events``,
+``stats`` and ``report`` (clients of a running server's HTTP API): 3 the server cannot
+be reached, 4 no such event, 1 any other refusal (a wrong admin token, a server error)
+or files that cannot be written; ``report``: 5 the HTML and JSON are written but the
+share image cannot be drawn (no Pillow); ``webhooks`` (reads Redis): 3 Redis cannot be
+reached."""
 
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ commands:
                    (flashgate orders follow --help)
   events           list the events of a running server
   stats EVENT      print an event's figures from a running server
+  report EVENT --out DIR   write an event's battle report: page, JSON, share image
   webhooks         the webhook outbox in Redis: pending, dead letters, send again
 
 options:
@@ -182,14 +185,24 @@ class _Refused(Exception):
 def _get_json(url: str, token: str, what: str):
     """GET ``url`` with the admin token: its JSON, or _Refused with the exit code."""
     import json
+
+    try:
+        return json.loads(_get(url, token, what, "application/json"))
+    except ValueError:
+        raise _Refused(1, f"the server at {url} did not answer JSON") from None
+
+
+def _get(url: str, token: str, what: str, accept: str) -> bytes:
+    """GET ``url`` with the admin token: its body, or _Refused with the exit code."""
+    import json
     import urllib.error
     import urllib.request
 
     req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}",
-                                               "Accept": "application/json"})
+                                               "Accept": accept})
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:
-            return json.loads(resp.read())
+            return resp.read()
     except urllib.error.HTTPError as e:
         try:
             err = json.loads(e.read())
@@ -277,6 +290,83 @@ def _stats(argv: list[str]) -> int:
                      f"revenue {sku.get('revenue', '-')}")
     print("\n".join(lines))
     return 0
+
+
+def _report(argv: list[str]) -> int:
+    """The battle report into DIR: the page (the server renders it), the JSON, and a
+    share image drawn here from the JSON."""
+    import json
+    import urllib.parse
+
+    def add(p):
+        p.add_argument("event", metavar="EVENT", help="the event's id")
+        p.add_argument("--out", required=True, metavar="DIR",
+                       help="the directory to write into (made if missing): "
+                            "EVENT-report.html, EVENT-report.json, EVENT-share.png")
+        p.add_argument("--lang", choices=("zh", "en"), default="zh",
+                       help="the language of the page and the image (default zh)")
+        p.add_argument("--font", metavar="FILE",
+                       help="a font file with Chinese characters for the image "
+                            "[env FLASHGATE_REPORT_FONT; default: found by fontconfig]")
+
+    prog = "flashgate report"
+    a, base, token = _admin_client(prog, argv, add)
+    url = f"{base}/api/v1/admin/events/{urllib.parse.quote(a.event, safe='')}/report"
+    try:
+        rep = _get_json(url, token, f"event {a.event!r}")
+        page = _get(f"{url}?format=html&lang={a.lang}", token, f"event {a.event!r}",
+                    "text/html")
+    except _Refused as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return e.code
+    out = a.out
+    # (an event id is [A-Za-z0-9_-]: a file name as it is)
+    paths = {k: os.path.join(out, f"{a.event}-{k}") for k in
+             ("report.html", "report.json", "share.png")}
+    try:
+        os.makedirs(out, exist_ok=True)
+        with open(paths["report.html"], "wb") as f:
+            f.write(page)
+        with open(paths["report.json"], "w", encoding="utf-8") as f:
+            json.dump(rep, f, ensure_ascii=False, indent=2)
+            f.write("\n")
+    except OSError as e:
+        print(f"{prog}: cannot write into {out}: {e}", file=sys.stderr)
+        return 1
+    written = [paths["report.html"], paths["report.json"]]
+    code = 0
+    try:
+        from flashgate.report import share
+
+        png, notes = share.draw(rep, a.lang, a.font)
+    except ImportError as e:
+        print(f"{prog}: the share image needs Pillow ({e}): pip install pillow; the page "
+              "and the JSON are written", file=sys.stderr)
+        code = 5
+    except OSError as e:  # (a font that cannot be read)
+        print(f"{prog}: cannot draw the share image: {e}; the page and the JSON are "
+              "written", file=sys.stderr)
+        code = 5
+    else:
+        for note in notes:
+            print(f"{prog}: {note}", file=sys.stderr)
+        try:
+            with open(paths["share.png"], "wb") as f:
+                f.write(png)
+        except OSError as e:
+            print(f"{prog}: cannot write {paths['share.png']}: {e}", file=sys.stderr)
+            return 1
+        written.append(paths["share.png"])
+    if a.json:
+        print(json.dumps(rep, indent=2, ensure_ascii=False))
+    else:
+        print(rep["summary"][a.lang])
+        for path in written:
+            print(f"  {path}")
+    if not rep.get("final"):
+        print(f"{prog}: the sale is not over (state {rep.get('state')}): this report is "
+              "not final", file=sys.stderr)
+    return code
 
 
 def _webhooks(argv: list[str]) -> int:
@@ -371,6 +461,8 @@ def main(argv: list[str] | None = None) -> int:
         return _events(rest)
     if cmd == "stats":
         return _stats(rest)
+    if cmd == "report":
+        return _report(rest)
     if cmd == "webhooks":
         return _webhooks(rest)
     print(f"flashgate: unknown command {cmd!r}\n\n{USAGE}", file=sys.stderr)

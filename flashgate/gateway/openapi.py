@@ -117,6 +117,10 @@ def _ms(description: str = "", nullable: bool = False, bounded: bool = False) ->
     return s
 
 
+def _nullable_int(description: str) -> dict:
+    return _int(0, None, description) | {"type": ["integer", "null"]}
+
+
 def _str(description: str = "", **extra) -> dict:
     s: dict = {"type": "string", **extra}
     if description:
@@ -364,7 +368,73 @@ def _schemas() -> dict:
              "from_ms": _ms(), "to_ms": _ms(),
              "points": _array(_ref("SeriesPoint"), description=(
                  "one per second s with from_ms <= s < to_ms, up to now"))}),
-        "Report": {"type": "object", "description": "The post-event report."},
+        "Report": _obj(
+            {"event_id": _id("event id"), "name": _str(),
+             "state": _str("where the sale stands now", enum=EVENT_STATES),
+             "final": {"type": "boolean", "description": (
+                 "true once as_of_ms is at least ends_at_ms + lag_ms: every count of the "
+                 "sale is in (paid figures may still grow as reserved orders are paid)")},
+             "as_of_ms": _ms("when the figures were read (server time)"),
+             "lag_ms": _int(0, None, "as in the stats"),
+             "starts_at_ms": _ms(), "ends_at_ms": _ms(),
+             "summary": _obj({"zh": _str(), "en": _str()},
+                             description="the result in plain words, in each language"),
+             "sold_out_ms": _nullable_int("from the start to the last SKU's sell-out; null "
+                                          "while any is left"),
+             "stock": _int(0, None, "units over every SKU (defined plus added)"),
+             "units_sold": _int(0, None, "as in the stats"),
+             "units_paid": _int(), "orders": _int(0, None, "orders created"),
+             "paid_orders": _int(0, None, "orders paid (from the orders)"),
+             "buyers": _int(0, None, "distinct users with an order, counted exactly from "
+                                     "the orders"),
+             "revenue": _int(0, None, "amounts of the orders holding units (reserved and "
+                                      "paid)"),
+             "revenue_paid": _int(), "pv": _int(), "uv": _int(), "participants": _int(),
+             "registered": _int(), "attempts": _int(0, None, "buy requests"),
+             "rejections": {"type": "object", "additionalProperties": _int(),
+                            "description": "refused buys by error code (the rejection mix)"},
+             "conversion": {"type": "number", "minimum": 0, "maximum": 1,
+                            "description": "buyers / uv"},
+             "funnel": _array(_ref("FunnelStep"), minItems=5, maxItems=5, description=(
+                 "pv, uv, participants, orders, paid (orders), in that order")),
+             "peak_rps": _obj({"attempts": _int(0, None, "the most buy requests in one "
+                                                        "second of the sale"),
+                               "at_ms": _ms("that second (the first of a tie); null without "
+                                            "a request", nullable=True)}),
+             "per_minute": _array(_ref("ReportMinute"), description=(
+                 "each minute from the start up to the end (or now): the orders created "
+                 "in it and their units")),
+             "per_second": _obj(
+                 {"from_ms": _ms("the first second (the start's)", nullable=True),
+                  "step_ms": _const(1000),
+                  "attempts": _array(_int(), description="buy requests in each second"),
+                  "orders": _array(_int(), description="orders created in each second")},
+                 description="the series from the start to a few seconds past the last "
+                             "second with a request"),
+             "latency_ms": _obj({q: {"type": ["number", "null"]}
+                                 for q in ("p50", "p99", "p999")}),
+             "skus": _array(_ref("ReportSku")),
+             "milestones": _array(_ref("ReportMilestone")),
+             "goals": _obj({}, {k: _ref("GoalResult") for k in ("units", "revenue", "buyers")},
+                           "each goal of the definition against what happened")},
+            description="The battle report: the sale's figures put together (docs/API.md, "
+                        "\"The report\")."),
+        "FunnelStep": _obj({"step": _str(enum=["pv", "uv", "participants", "orders", "paid"]),
+                            "count": _int()}),
+        "ReportMinute": _obj({"from_ms": _ms("the minute's start"), "orders": _int(),
+                              "units": _int()}),
+        "ReportSku": {"allOf": [_ref("SkuStats"), _obj(
+            {"name": _str(), "price": _int(0, None, "the price after the tiers") |
+             {"type": ["integer", "null"]},
+             "paid_orders": _int(0, None, "its orders paid")})]},
+        "ReportMilestone": {"allOf": [_ref("MilestoneView"), _obj(
+            {"after_ms": _nullable_int("from the start to reached_ms; null until reached")})]},
+        "GoalResult": _obj({"target": _int(), "actual": _int(),
+                            "attainment": {"type": ["number", "null"], "minimum": 0,
+                                           "description": "actual / target (null for a "
+                                                          "target of 0)"},
+                            "reached": {"type": "boolean",
+                                        "description": "actual >= target"}}),
         "EventSummary": _obj({"id": _id("event id"), "name": _str(),
                               "state": _str(enum=EVENT_STATES),
                               "starts_at_ms": _ms(), "ends_at_ms": _ms()}),
@@ -536,15 +606,26 @@ def _operations() -> dict:
                          "after the end; at most 21,600 points (six hours) per request."),
             params=[{"name": n, "in": "query", "required": False, "schema": _ms()}
                     for n in ("from_ms", "to_ms")]),
-        "getReport": _op("getReport", "The post-event report", "admin", ADMIN,
-                         {200: {"description": "The report (JSON), or the page with "
-                                               "format=html.",
-                                "content": {"application/json": {"schema": _ref("Report")},
-                                            "text/html": {"schema": {"type": "string"}}}}},
-                         ADMIN_ERRORS,
-                         params=[{"name": "format", "in": "query", "required": False,
-                                  "schema": {"type": "string", "enum": ["json", "html"],
-                                             "default": "json"}}]),
+        "getReport": _op(
+            "getReport", "The battle report of an event", "admin", ADMIN,
+            {200: {"description": "The report (JSON), or its page with format=html.",
+                   "content": {"application/json": {"schema": _ref("Report")},
+                               "text/html": {"schema": {"type": "string"}}}},
+             400: (["bad_request"], "format is neither json nor html."),
+             404: {"description": "No such event: the error (JSON), or with format=html "
+                                  "the not-found page.",
+                   "content": {"application/json": {"schema": _error_schema(["not_found"])},
+                               "text/html": {"schema": {"type": "string"}}}}},
+            ADMIN_ERRORS,
+            description="During the sale it says so (final: false); after the end (and "
+                        "one counting interval) it is final. The page is rendered by the "
+                        "server: numbers and SVG charts inline, no script.",
+            params=[{"name": "format", "in": "query", "required": False,
+                     "schema": {"type": "string", "enum": ["json", "html"],
+                                "default": "json"}},
+                    {"name": "lang", "in": "query", "required": False,
+                     "description": "the page's language (else by Accept-Language)",
+                     "schema": {"type": "string", "enum": ["zh", "en"]}}]),
         "streamEvent": _op("streamEvent", "Live updates (Server-Sent Events)", "events", PUBLIC,
                            {200: _content("text/event-stream",
                                           "Events `state` (StreamState), `stock` "

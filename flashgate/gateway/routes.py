@@ -59,7 +59,7 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", _ADMIN_EV + "/registrations", "exportRegistrations", (OPERATOR,),
           "operator.registrations"),
     Route("GET", _ADMIN_EV + "/series", "getSeries", (OPERATOR,), "figures.series"),
-    Route("GET", _ADMIN_EV + "/report", "getReport", (OPERATOR,), None),
+    Route("GET", _ADMIN_EV + "/report", "getReport", (OPERATOR,), "figures.report"),
     Route("POST", "/api/v1/admin/orders/{order_id}/paid", "markPaid", (OPERATOR,),
           "lifecycle.mark_paid"),
     Route("POST", "/api/v1/admin/orders/{order_id}/cancel", "cancelOrder", (OPERATOR,),

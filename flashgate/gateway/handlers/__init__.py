@@ -21,6 +21,7 @@ from flashgate.gateway.handlers.public import Public
 def make(gw) -> dict[str, object]:
     """The handlers of every area, by the name routes.py gives it."""
     public = Public(gw)
+    pages = Pages(gw, public.viewed)
     return {"public": public, "buyer": Buyer(gw), "operator": Operator(gw),
-            "operations": Operations(gw), "lifecycle": Lifecycle(gw), "figures": Figures(gw),
-            "pages": Pages(gw, public.viewed)}
+            "operations": Operations(gw), "lifecycle": Lifecycle(gw),
+            "figures": Figures(gw, pages.not_found_page), "pages": pages}
