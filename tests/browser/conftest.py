@@ -21,8 +21,11 @@ PHONE = {"viewport": {"width": 390, "height": 844}, "device_scale_factor": 2,
 DESKTOP = {"viewport": {"width": 1440, "height": 900}}
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
+    """One Chromium per test module: Playwright's sync API keeps an event loop running
+    in this thread while it is open, and the tests after these (asyncio.run) need it
+    gone."""
     sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright for Python "
                                    "is not installed (pip install -e '.[test]')")
     if not os.path.exists(CHROMIUM):
