@@ -22,7 +22,7 @@ from pathlib import Path
 
 import orjson
 
-from flashgate import __version__, datadir
+from flashgate import __version__, datadir, logs
 from flashgate.config import Config
 from flashgate.core import scripts, store
 from flashgate.core.events import EventError, parse_event
@@ -137,8 +137,7 @@ def serve(cfg: Config, warnings: Sequence[str] = ()) -> int:
     """Run ``flashgate serve`` with a checked configuration (``config.from_args``);
     ``warnings`` are logged first. Returns the exit code: 0 after a drain, 2 when the
     server cannot start (the reason on stderr)."""
-    logging.basicConfig(level=getattr(logging, cfg.log_level.upper(), logging.INFO),
-                        format="%(asctime)s supervisor %(levelname)s %(name)s: %(message)s")
+    logs.setup("supervisor", level=cfg.log_level, fmt=cfg.log_format)
     for w in warnings:
         log.warning("%s", w)
     if cfg.dev:
@@ -295,8 +294,10 @@ class Supervisor:
         return 0
 
     def _banner(self) -> None:
+        # with JSON logs, stdout is theirs alone: the banner (for people) goes to stderr
+        out = sys.stdout if self.cfg.log_format == "text" else sys.stderr
         print("\n".join(banner(self.cfg, self.bound, self.event_ids, self.embedded,
-                               sys.stdout.isatty())), flush=True)
+                               out.isatty())), file=out, flush=True)
 
 
 def _url_host(addr: str) -> str:

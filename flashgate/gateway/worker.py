@@ -15,6 +15,7 @@ import os
 import socket
 import sys
 
+from flashgate import logs
 from flashgate.config import Config
 from flashgate.gateway._net import NetSet
 from flashgate.gateway.app import Gateway
@@ -137,10 +138,7 @@ def run(cfg: Config, worker_id: int, ready=None, parent: int | None = None,
         peer_dir: str | None = None) -> None:
     """Entry point of a worker process; ``parent`` is the supervisor's pid, ``peer_dir``
     the directory of the instance's peer channel."""
-    logging.basicConfig(
-        level=getattr(logging, cfg.log_level.upper(), logging.INFO),
-        format=f"%(asctime)s worker-{worker_id} %(levelname)s %(name)s: %(message)s",
-    )
+    logs.setup("worker", level=cfg.log_level, fmt=cfg.log_format, worker=worker_id)
     import uvloop
 
     parent = os.getppid() if parent is None else parent
