@@ -21,6 +21,7 @@ from flashgate.gateway._net import NetSet
 from flashgate.gateway.app import Gateway
 from flashgate.gateway.lifeline import stop_future
 from flashgate.gateway.protocol import ConnectionRegistry, HttpLimits, HttpProtocol
+from flashgate.logs import happening
 
 log = logging.getLogger("flashgate.worker")
 
@@ -108,6 +109,8 @@ async def _serve(cfg: Config, worker_id: int, ready, parent: int, peer_dir: str 
                         lambda: HttpProtocol(gateway, limits, registry))
     acceptor.start()
     stop = stop_future(loop, parent, f"worker {worker_id}", log)
+    happening(log, "ready", f"worker {worker_id} ready (pid {os.getpid()})", pid=os.getpid(),
+              events=sorted(gateway.runtimes.events))
     if ready is not None:
         ready.put(worker_id)
     await stop
