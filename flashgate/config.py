@@ -187,6 +187,10 @@ class Config:
                            "worker, logger, msg, and a happening's event and fields; the "
                            "banner then goes to stderr); text: a human line per record, "
                            "the banner on stdout", "FORMAT")
+    access_log: bool = _opt(False, "misc",
+                            "a log line per HTTP request (method, path, status, bytes, "
+                            "duration in µs, client IP, worker), written in batches; off, "
+                            "requests cost the log nothing")
 
     def to_dict(self) -> dict:
         return asdict(self)

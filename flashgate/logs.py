@@ -1,6 +1,6 @@
 """The logs of every flashgate process: one line per record on stdout, a JSON object
-(``--log-format json``, the default) or today's human line (``text``); and named
-happenings with their fields.
+(``--log-format json``, the default) or today's human line (``text``); named
+happenings with their fields; and the access log (``--access-log``).
 
 A JSON line holds, in this order:
 
@@ -22,6 +22,11 @@ share stdout, and a line under ``PIPE_BUF`` (4 KiB) is never cut by another's.
 
 Happenings (``happening(log, name, message, **fields)``) are the things an operator
 looks for; each is logged once, where it is known (README.md, "Logs").
+
+The access log (``AccessLog``) is written apart from the logging machinery: a line
+per request is formatted into a buffer and the buffer written every
+``FLUSH_INTERVAL_S`` (and when it grows past ``FLUSH_BYTES``), in writes of whole
+lines of at most ``PIPE_BUF`` bytes each.
 """
 
 from __future__ import annotations
@@ -38,9 +43,18 @@ PROCS = ("supervisor", "worker", "notifier", "follower")
 # the process as a text line names it
 _TEXT_NAMES = {"supervisor": "supervisor", "notifier": "notifier", "follower": "follow"}
 _RESERVED = frozenset(("ts", "level", "proc", "worker", "logger", "msg", "event", "exc"))
+PIPE_BUF = 4096  # bytes a write(2) to a pipe delivers whole, whoever else writes
+FLUSH_INTERVAL_S = 0.2
+FLUSH_BYTES = 256 * 1024
 
 _gmtime = time.gmtime
 _strftime = time.strftime
+_time = time.time
+_dumps = orjson.dumps
+# an access log line (AccessLog.add): the keys of every line, in the same order
+_ACCESS_LINE = (b'{"ts":"%s.%03dZ","level":"info","proc":"worker","worker":%d,'
+                b'"logger":"flashgate.access","msg":%s,"event":"request","method":%s,'
+                b'"path":%s,"status":%d,"bytes":%d,"duration_us":%d,"client_ip":%s}\n')
 _second: list = [None, ""]  # the second last formatted, and its text (a cache)
 
 
@@ -148,3 +162,93 @@ def setup(proc: str, *, level: str = "info", fmt: str = "json",
     root.addHandler(handler)
     root.setLevel(getattr(logging, level.upper(), logging.INFO))
     return handler
+
+
+class AccessLog:
+    """The access log of one worker: ``add`` formats a request's line into a buffer,
+    ``flush`` writes it (``start`` flushes every ``interval`` seconds on the loop);
+    nothing is written per request. JSON lines hold ``ts``, ``level`` (info),
+    ``proc``, ``worker``, ``logger`` (``flashgate.access``), ``msg``, ``event``
+    (``request``), ``method``, ``path``, ``status``, ``bytes``, ``duration_us`` and
+    ``client_ip``."""
+
+    def __init__(self, worker: int, fmt: str = "json", fd: int | None = None, *,
+                 interval: float = FLUSH_INTERVAL_S, max_bytes: int = FLUSH_BYTES):
+        if fmt not in FORMATS:
+            raise ValueError(f"log format {fmt!r}: json or text")
+        self.worker = worker
+        self.json = fmt == "json"
+        self.fd = _stdout_fd() if fd is None else fd
+        self.interval = interval
+        self.max_bytes = max_bytes
+        self.lines: list[bytes] = []
+        self.size = 0
+        self.written = 0  # lines written so far
+        self._timer = None
+        self._loop = None
+        self._text_name = f"worker-{worker}"
+        self._sec = -1  # the second of _stamp
+        self._stamp = b""
+
+    def add(self, method, path, status: int, nbytes: int, duration_us: int,
+            client_ip) -> None:
+        """One request's line: ``method`` and ``path`` as str or bytes (None for a
+        request refused before they were read)."""
+        if type(method) is bytes:
+            method = method.decode("latin-1")
+        now = _time()
+        if self.json:
+            sec = int(now)
+            if sec != self._sec:  # the date and time to the second, once a second
+                self._sec = sec
+                self._stamp = _strftime("%Y-%m-%dT%H:%M:%S", _gmtime(sec)).encode()
+            line = _ACCESS_LINE % (
+                self._stamp, int((now - sec) * 1000), self.worker,
+                _dumps(f"{method or '-'} {path or '-'} {status}"), _dumps(method),
+                _dumps(path), status, nbytes, duration_us, _dumps(client_ip))
+        else:
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))
+            line = (f"{stamp},{int(now * 1000) % 1000:03d} {self._text_name} INFO "
+                    f"flashgate.access: {client_ip or '-'} \"{method or '-'} {path or '-'}\" "
+                    f"{status} {nbytes} {duration_us}us\n").encode("utf-8", "backslashreplace")
+        self.lines.append(line)
+        self.size += len(line)
+        if self.size >= self.max_bytes:
+            self.flush()
+
+    def start(self, loop) -> None:
+        self._loop = loop
+        self._timer = loop.call_later(self.interval, self._tick)
+
+    def _tick(self) -> None:
+        try:
+            self.flush()
+        finally:
+            self._timer = self._loop.call_later(self.interval, self._tick)
+
+    def flush(self) -> None:
+        """Write the buffered lines: whole lines, at most PIPE_BUF bytes a write (a
+        longer line alone)."""
+        lines, self.lines, self.size = self.lines, [], 0
+        if not lines:
+            return
+        chunk: list[bytes] = []
+        size = 0
+        try:
+            for line in lines:
+                if size + len(line) > PIPE_BUF and chunk:
+                    _write_all(self.fd, b"".join(chunk))
+                    chunk, size = [], 0
+                chunk.append(line)
+                size += len(line)
+            if chunk:
+                _write_all(self.fd, b"".join(chunk))
+        except OSError:
+            pass  # stdout gone: the lines are lost, the requests are not
+        self.written += len(lines)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.flush()

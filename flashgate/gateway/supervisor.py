@@ -203,7 +203,7 @@ def serve(cfg: Config, warnings: Sequence[str] = ()) -> int:
                   version=__version__, listen=listen, port=cfg.port, workers=cfg.workers,
                   identity="dev" if cfg.dev else "tokens",
                   redis="embedded" if embedded is not None else redact(cfg.redis),
-                  webhooks=bool(cfg.webhook_secret),
+                  webhooks=bool(cfg.webhook_secret), access_log=cfg.access_log,
                   pid=os.getpid())
         return Supervisor(cfg, event_ids, bound=bound, embedded=embedded).run()
     finally:

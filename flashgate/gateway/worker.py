@@ -105,6 +105,13 @@ async def _serve(cfg: Config, worker_id: int, ready, parent: int, peer_dir: str 
     )
     registry = ConnectionRegistry()
     registry.start(loop)
+    access = None
+    if cfg.access_log:
+        from flashgate.gateway import access as access_mod
+
+        access = logs.AccessLog(worker_id, cfg.log_format)
+        access.start(loop)
+        access_mod.attach(gateway, access)
     acceptor = Acceptor(loop, listen_socket(cfg.host, cfg.port),
                         lambda: HttpProtocol(gateway, limits, registry))
     acceptor.start()
@@ -134,6 +141,8 @@ async def _serve(cfg: Config, worker_id: int, ready, parent: int, peer_dir: str 
                     leftover)
     registry.stop()
     await gateway.stop()
+    if access is not None:
+        access.close()
     return 0
 
 

@@ -1,11 +1,13 @@
 """The logs (flashgate/logs.py): JSON lines on stdout, the happenings with their
-fields, --log-format text. Real gateways (tests/support.py)."""
+fields, --log-format text, and --access-log. Real gateways (tests/support.py)."""
 
 from __future__ import annotations
 
 import os
 import re
 import signal
+import socket
+import time
 
 import pytest
 
@@ -17,6 +19,7 @@ from tests.support import (
     event_body,
     log_entry,
     new_id,
+    wait_for,
     worker_pids,
 )
 
@@ -48,7 +51,7 @@ def test_stdout_is_json_lines_with_the_happenings_of_a_sale(redis_server, r, tmp
         assert (start["proc"], start["version"], start["port"], start["workers"]) == \
             ("supervisor", __version__, gw.port, 2), start
         assert start["listen"] == f"127.0.0.1:{gw.port}" and start["identity"] == "dev", start
-        assert start["redis"] == redis_server.url, start
+        assert start["redis"] == redis_server.url and start["access_log"] is False, start
         ready = gw.wait_happening("ready", proc="supervisor")
         assert ready["url"] == f"http://127.0.0.1:{gw.port}" and ready["workers"] == 2, ready
         assert sorted(e["worker"] for e in gw.happenings("ready", proc="worker")) == [0, 1]
@@ -118,9 +121,70 @@ def test_a_killed_worker_is_logged_as_died_then_restarted(redis_server, tmp_path
     assert again["worker"] == died["worker_id"], again
 
 
+def raw_request(port: int, data: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(data)
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+    return out
+
+
+def test_the_access_log_has_a_line_per_request(redis_server, r, tmp_path):
+    """With --access-log (and whatever --log-level says), one line per request: every
+    kind of answer (bytes, a purchase's Pending, a coroutine's, a refusal of the
+    connection), with its status; nothing else changes."""
+    gw = Gateway(redis_server.url, tmp_path, workers=2, extra=["--access-log"],
+                 split_stderr=True).start()
+    ev = new_id("access")
+    body = event_body(stock=(2,))
+    gw.put_event(ev, body)  # a coroutine's answer: 201
+    view = f"/api/v1/events/{ev}"
+    for _ in range(5):
+        assert gw.request("GET", "/livez")[0] == 200
+    assert gw.request("GET", "/api/v1/events/nothing-here")[0] == 404
+    orders = []
+    for user in ("a1", "a2"):
+        status, order, _ = gw.buy(ev, "s0", user)
+        assert status == 200, order
+        orders.append(order)
+    assert gw.buy(ev, "s0", "a3")[0] == 409
+    assert gw.request("GET", "/api/v1/admin/events", headers={})[0] == 401
+    answer = raw_request(gw.port, b"GET /x HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n"
+                                  b"Content-Length: 2\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 400 "), answer
+
+    def lines(path):
+        return [e for e in gw.happenings("request") if e["path"] == path]
+
+    # (each worker writes its lines every 0.2 s)
+    wait_for(lambda: len(lines("/livez")) >= 5 and len(lines(f"{view}/buy")) >= 3
+             and lines("/api/v1/admin/events") and lines(None), "every request's line")
+    gw.settle_output(quiet=0.5)
+    live = lines("/livez")
+    assert len(live) == 5, live
+    for e in live:
+        assert (e["proc"], e["logger"], e["level"], e["method"]) == \
+            ("worker", "flashgate.access", "info", "GET"), e
+        assert e["status"] == 200 and e["bytes"] > 20 and e["duration_us"] >= 0, e
+        assert e["client_ip"] == "127.0.0.1" and e["worker"] in (0, 1), e
+        assert e["msg"] == "GET /livez 200", e
+    assert {e["status"] for e in lines(view)} == {200}  # (put_event's reads: every worker)
+    assert sorted(e["status"] for e in lines(f"{view}/buy")) == [200, 200, 409]
+    assert [e["status"] for e in lines(f"/api/v1/admin/events/{ev}")] == [201]
+    assert [e["status"] for e in lines("/api/v1/events/nothing-here")] == [404]
+    assert [e["status"] for e in lines("/api/v1/admin/events")] == [401]
+    [refused] = lines(None)
+    assert (refused["method"], refused["status"], refused["client_ip"]) == (None, 400, "127.0.0.1")
+    assert_json_lines(gw.output)
+    check_invariants(r, gw, ev, body, orders)
+
+
 def test_text_logs_are_todays_lines_and_the_banner_on_stdout(redis_server, tmp_path):
     gw = Gateway(redis_server.url, tmp_path, workers=1, split_stderr=True,
-                 extra=[*INFO, "--log-format", "text"]).start()
+                 extra=[*INFO, "--log-format", "text", "--access-log"]).start()
+    assert gw.request("GET", "/livez")[0] == 200
+    time.sleep(0.5)  # (the access log's next flush)
     assert gw.stop() == 0
     text = "".join(gw.output)
     assert "listening on http://" in text and not gw.errors, gw.errors
@@ -129,5 +193,7 @@ def test_text_logs_are_todays_lines_and_the_banner_on_stdout(redis_server, tmp_p
                      rf"starting on 127\.0\.0\.1:{gw.port}: 1 worker, dev identity$", text,
                      re.M), text
     assert re.search(rf"^{stamp} worker-0 INFO flashgate\.worker: worker 0 ready", text, re.M)
+    assert re.search(rf'^{stamp} worker-0 INFO flashgate\.access: 127\.0\.0\.1 "GET /livez" 200 '
+                     r"\d+ \d+us$", text, re.M), text
     assert not gw.entries(), "a JSON line in the text log"
     assert ADMIN not in text

@@ -1,4 +1,5 @@
-"""flashgate/logs.py: the JSON line of a record, a happening's fields, the text line."""
+"""flashgate/logs.py: the JSON line of a record, a happening's fields, the text line,
+and the access log's batched writes."""
 
 from __future__ import annotations
 
@@ -88,3 +89,40 @@ def test_setup_writes_a_line_per_record_to_its_fd():
     assert json.loads(lines[1])["event"] == "redis_back" and json.loads(lines[1])["away_ms"] == 5
     with pytest.raises(ValueError):
         logs.setup("worker", fmt="xml")
+
+
+def test_the_access_log_writes_whole_lines_in_batches_of_at_most_pipe_buf():
+    r, w = os.pipe()
+    try:
+        access = logs.AccessLog(1, "json", fd=w, max_bytes=10**9)
+        for i in range(100):
+            access.add(b"GET", f"/p{i}", 200, 10 + i, 42, "10.0.0.1")
+        assert access.size > logs.PIPE_BUF and access.written == 0  # nothing written yet
+        access.flush()
+        os.close(w)
+        w = -1
+        data = b""
+        while chunk := os.read(r, 65536):
+            data += chunk
+    finally:
+        os.close(r)
+        if w >= 0:
+            os.close(w)
+    lines = [json.loads(x) for x in data.decode().splitlines()]
+    assert [x["path"] for x in lines] == [f"/p{i}" for i in range(100)]
+    assert lines[0] == {**lines[0], "level": "info", "proc": "worker", "worker": 1,
+                        "logger": "flashgate.access", "msg": "GET /p0 200", "event": "request",
+                        "method": "GET", "status": 200, "bytes": 10, "duration_us": 42,
+                        "client_ip": "10.0.0.1"}
+    assert access.written == 100 and access.size == 0
+
+
+def test_the_access_log_flushes_once_its_buffer_is_full(monkeypatch):
+    writes = []
+    monkeypatch.setattr(logs.os, "write", lambda fd, data: writes.append(bytes(data)) or len(data))
+    access = logs.AccessLog(0, "text", fd=99, max_bytes=300)
+    for _ in range(10):
+        access.add(None, None, 400, 120, 0, "127.0.0.1")
+    assert writes, "a full buffer is written at once"
+    assert all(w.endswith(b"\n") and len(w) <= logs.PIPE_BUF for w in writes)
+    assert b'worker-0 INFO flashgate.access: 127.0.0.1 "- -" 400 120 0us\n' in writes[0]
