@@ -182,6 +182,15 @@ class Config:
                                   "seconds after it was queued when a delivery that still "
                                   "fails is given up (a dead letter)")
     log_level: str = _opt("info", "misc", "debug, info, warning or error")
+    log_format: str = _opt("json", "misc",
+                           "json: one JSON object per line on stdout (ts, level, proc, "
+                           "worker, logger, msg, and a happening's event and fields; the "
+                           "banner then goes to stderr); text: a human line per record, "
+                           "the banner on stdout", "FORMAT")
+    access_log: bool = _opt(False, "misc",
+                            "a log line per HTTP request (method, path, status, bytes, "
+                            "duration in µs, client IP, worker), written in batches; off, "
+                            "requests cost the log nothing")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -386,6 +395,8 @@ def from_args(argv: list[str] | None = None, warnings: list[str] | None = None) 
         raise ConfigError("--appendfsync must be everysec or always")
     if cfg.log_level.lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError("--log-level must be debug, info, warning or error")
+    if cfg.log_format not in ("json", "text"):
+        raise ConfigError("--log-format must be json or text")
     if cfg.redis:
         from flashgate.core.redisconn import parse_url, tls_context
 

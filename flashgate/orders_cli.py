@@ -79,6 +79,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default=os.environ.get("FLASHGATE_LOG_LEVEL", "info"),
                    choices=("debug", "info", "warning", "error"),
                    help="[env FLASHGATE_LOG_LEVEL, default info]")
+    p.add_argument("--log-format", default=os.environ.get("FLASHGATE_LOG_FORMAT", "json"),
+                   choices=("json", "text"),
+                   help="json: one JSON object per line on stdout; text: a human line per "
+                        "record, as flashgate serve's [env FLASHGATE_LOG_FORMAT, default json]")
     return p
 
 
@@ -123,6 +127,8 @@ def main(argv: list[str]) -> int:
         return _fail("--write-timeout must be a positive number of seconds", 2)
     if a.batch < 1:
         return _fail("--batch must be at least 1", 2)
+    if a.log_format not in ("json", "text"):
+        return _fail("--log-format must be json or text", 2)
     url = redis_url(a)
     if not url:
         return _fail(f"no Redis: give --redis URL (or FLASHGATE_REDIS); no embedded Redis "
@@ -131,8 +137,9 @@ def main(argv: list[str]) -> int:
         parse_url(url)
     except ValueError as e:
         return _fail(f"--redis: {e}", 2)
-    logging.basicConfig(level=getattr(logging, a.log_level.upper()),
-                        format="%(asctime)s follow %(levelname)s %(name)s: %(message)s")
+    from flashgate import logs
+
+    logs.setup("follower", level=a.log_level, fmt=a.log_format)
     try:
         import uvloop
 

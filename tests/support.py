@@ -94,6 +94,10 @@ def wait_for(predicate, what: str, timeout: float = 5.0, interval: float = 0.02)
 
 
 # -- the log of a gateway ---------------------------------------------------------------
+#
+# A gateway logs JSON lines (flashgate/logs.py) unless it runs with --log-format text.
+# The checks below read both: a JSON line is judged as the text line of the same record
+# would be (``render``), so that an expected line is one regex for either format.
 
 _LOG_LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ")
 _BAD_LEVEL = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} \S+ (ERROR|CRITICAL) ")
@@ -106,13 +110,44 @@ _TRACEBACK = ("Traceback (most recent call last)", "Exception ignored in", "Fata
 KNOWN_DEFECTS: tuple[str, ...] = ()
 
 
+def log_entry(line: str) -> dict | None:
+    """A JSON log line's object (it has ``ts``, ``level``, ``proc`` and ``msg``), else
+    None."""
+    if not line.startswith("{"):
+        return None
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(entry, dict) or not {"ts", "level", "proc", "msg"} <= entry.keys():
+        return None
+    return entry
+
+
+def render(entry: dict) -> list[str]:
+    """A JSON log line's record as text lines: ``<date> <time> <process> <LEVEL>
+    <logger>: <msg>`` (the process as text lines name it: ``worker-0``), then its
+    traceback."""
+    ts = entry["ts"].rstrip("Z").replace("T", " ").replace(".", ",")
+    who = (f"worker-{entry['worker']}" if "worker" in entry
+           else {"follower": "follow"}.get(entry["proc"], entry["proc"]))
+    text = f"{ts} {who} {entry['level'].upper()} {entry.get('logger', '')}: {entry['msg']}\n"
+    if entry.get("exc"):
+        text += entry["exc"].rstrip("\n") + "\n"
+    return text.splitlines(keepends=True)
+
+
 def log_records(lines: list[str]) -> list[tuple[int, list[str]]]:
     """The output split into records ``(index of its first line, lines)``: a record
-    starts at a log line (``<date> <time> <process> <LEVEL> ...``), and lines that are
-    not log lines (a traceback, a banner) belong to the record before them."""
+    starts at a log line (a JSON log line, rendered as text, or a text one:
+    ``<date> <time> <process> <LEVEL> ...``), and lines that are not log lines (a
+    traceback, a banner) belong to the record before them."""
     records: list[tuple[int, list[str]]] = []
     for i, line in enumerate(lines):
-        if not records or _LOG_LINE.match(line):
+        entry = log_entry(line)
+        if entry is not None:
+            records.append((i, render(entry)))
+        elif not records or _LOG_LINE.match(line):
             records.append((i, [line]))
         else:
             records[-1][1].append(line)
@@ -153,7 +188,7 @@ class Gateway:
     live: list[Gateway] = []  # started and not yet finished (the teardown checks)
 
     def __init__(self, redis_url: str, tmp, *, workers: int = 2, extra=(), mode: str = "dev",
-                 expect_log=(), shared: bool = False):
+                 expect_log=(), shared: bool = False, split_stderr: bool = False):
         assert mode in MODES, mode
         self.redis_url = redis_url
         self.mode = mode
@@ -182,10 +217,13 @@ class Gateway:
         self.proc: subprocess.Popen | None = None
         self.port = 0
         self.output: list[str] = []
+        # split_stderr: stderr apart, in ``errors`` (else it is in ``output``, in order)
+        self.split_stderr = split_stderr
+        self.errors: list[str] = []
         self.expected_log: list[str] = list(expect_log)
         self.shared = shared
         self.wrapped = False  # args[0] runs the server as its child (faketime)
-        self._pump: threading.Thread | None = None
+        self._pumps: list[threading.Thread] = []
         self._checked = 0  # first line of the first record not yet checked
         self._reported: set[int] = set()
         self._last_allowed: list[str] = []  # what the record at _checked was judged by
@@ -254,21 +292,29 @@ class Gateway:
     # -- life cycle ----------------------------------------------------------------
 
     def start(self, timeout: float = 30.0, wait_ready: bool = True) -> Gateway:
-        self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True, start_new_session=True)
+        self.proc = subprocess.Popen(
+            self.args, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE if self.split_stderr else subprocess.STDOUT,
+            text=True, start_new_session=True)
         Gateway.live.append(self)
         found = threading.Event()
 
-        def pump():
-            for line in self.proc.stdout:
-                self.output.append(line)
+        def pump(stream, into):
+            # the banner's first line says the port (on stderr with JSON logs)
+            for line in stream:
+                into.append(line)
                 if "listening on http://" in line and not found.is_set():
                     self.port = int(line.split("listening on http://")[1].split()[0]
                                     .rsplit(":", 1)[1])
                     found.set()
 
-        self._pump = threading.Thread(target=pump, daemon=True)
-        self._pump.start()
+        self._pumps = [threading.Thread(target=pump, args=(self.proc.stdout, self.output),
+                                        daemon=True)]
+        if self.split_stderr:
+            self._pumps.append(threading.Thread(target=pump, args=(self.proc.stderr, self.errors),
+                                                daemon=True))
+        for t in self._pumps:
+            t.start()
         if not found.wait(timeout):
             self.stop()
             raise RuntimeError("gateway did not start:\n" + "".join(self.output))
@@ -314,9 +360,26 @@ class Gateway:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
-        if self._pump is not None:
-            self._pump.join(5)  # every line it wrote
+        for t in self._pumps:
+            t.join(5)  # every line it wrote
         return self.proc.returncode
+
+    # -- its log --------------------------------------------------------------------
+
+    def entries(self) -> list[dict]:
+        """The JSON log lines of its output so far, as objects."""
+        return [e for e in map(log_entry, list(self.output)) if e is not None]
+
+    def happenings(self, name: str, **fields) -> list[dict]:
+        """Its log's happenings ``name`` (``"event": name``) whose fields have the
+        values given."""
+        return [e for e in self.entries() if e.get("event") == name
+                and all(e.get(k) == v for k, v in fields.items())]
+
+    def wait_happening(self, name: str, timeout: float = 10.0, **fields) -> dict:
+        """The first happening ``name`` with those fields, once it is logged."""
+        return wait_for(lambda: self.happenings(name, **fields),
+                        f"the happening {name} {fields}", timeout)[0]
 
     # -- the checks of its end -------------------------------------------------------
 

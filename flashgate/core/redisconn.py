@@ -35,6 +35,8 @@ from urllib.parse import parse_qsl, unquote, urlparse
 
 import hiredis
 
+from flashgate.logs import happening
+
 log = logging.getLogger("flashgate.redis")
 
 
@@ -202,7 +204,7 @@ class RedisConnection:
     commands issued then fail at once with RedisUnavailable."""
 
     def __init__(self, url: str, *, on_connect=None, on_lost=None, connect_timeout: float = 2.0,
-                 command_timeout: float = 2.0):
+                 command_timeout: float = 2.0, happenings: bool = True):
         self.url = url
         self.opts = parse_url(url)
         self.ssl = tls_context(self.opts["tls"]) if self.opts["tls"] is not None else None
@@ -210,12 +212,16 @@ class RedisConnection:
         # ``execute(*args)`` sends a command on that connection
         self.on_connect = on_connect
         self.on_lost = on_lost  # callable(), when the connection breaks
+        # log its losses and returns as the happenings redis_lost / redis_back (a
+        # process's second connection to the same Redis says them at debug level)
+        self.happenings = happenings
         self.connect_timeout = connect_timeout
         self.command_timeout = command_timeout
         self._proto: _Protocol | None = None
         self._closing = False
         self._reconnect_task: asyncio.Task | None = None
         self._watchdog: asyncio.TimerHandle | None = None
+        self._lost_at = 0.0  # when the live connection was last lost (monotonic)
 
     @property
     def connected(self) -> bool:
@@ -284,7 +290,11 @@ class RedisConnection:
         self._proto = None
         if self._closing:
             return
-        log.warning("lost the connection to Redis (%s); reconnecting", exc or "closed")
+        happening(log, "redis_lost",
+                  f"lost the connection to Redis ({exc or 'closed'}); reconnecting",
+                  level=logging.WARNING if self.happenings else logging.DEBUG,
+                  redis=redact(self.url), reason=str(exc or "closed"))
+        self._lost_at = time.monotonic()
         if self.on_lost is not None:
             self.on_lost()
         self.start_reconnecting()
@@ -298,7 +308,10 @@ class RedisConnection:
         while not self._closing and not self.connected:
             try:
                 await self.connect()
-                log.warning("reconnected to Redis")
+                happening(log, "redis_back", "reconnected to Redis",
+                          level=logging.INFO if self.happenings else logging.DEBUG,
+                          redis=redact(self.url),
+                          away_ms=round((time.monotonic() - self._lost_at) * 1000))
                 return
             except (RedisUnavailable, RedisError, OSError, TimeoutError) as e:
                 log.debug("reconnect failed: %s", e)

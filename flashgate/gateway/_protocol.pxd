@@ -10,6 +10,7 @@ cdef class Pending:
     cdef object _proto   # the connection waiting for it (a HttpProtocolCore), or None
     cdef int _fix        # the connection's rewrites for this answer
     cdef object _waiter  # a Future for ``await``, made on demand
+    cdef object _then    # called with the answer once given (``then``), or None
 
     cpdef bint done(self)
     cpdef set_result(self, value)

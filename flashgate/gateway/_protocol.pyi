@@ -12,6 +12,7 @@ from flashgate.gateway.protocol import ConnectionRegistry, HttpLimits
 
 __all__ = [
     "ConnectionRegistry", "HttpLimits", "HttpProtocol", "HttpProtocolCore", "Pending", "Stream",
+    "on_refused",
 ]
 
 StreamEnd = Literal["closed", "overflow", "disconnect", "shutdown"]
@@ -29,6 +30,9 @@ class Pending:
     def set_result(self, value: bytes | bytearray | memoryview) -> None:
         """Give the answer (anything but bytes is logged and answered 500);
         ``asyncio.InvalidStateError`` the second time."""
+    def then(self, callback: Callable[[bytes], object]) -> None:
+        """Call ``callback(answer)`` once the answer is given (at once if it is; one
+        callback per Pending, a second replaces the first; exceptions are logged)."""
     def __await__(self) -> Generator[Any, None, bytes]: ...
 
 @final
@@ -76,6 +80,12 @@ class Stream:
     def buffered(self) -> int:
         """Payload bytes held until the stream reaches the head of its connection's
         answers (then written, and 0)."""
+    @property
+    def status(self) -> int:
+        """The status code of its head."""
+    @property
+    def head_size(self) -> int:
+        """The size of its head as the app gave it."""
     def send(self, data: bytes | bytearray | memoryview) -> bool:
         """Queue one frame: True, or False with nothing queued once the stream has
         ended, or when this frame would pass ``max_buffer`` (it then ends with
@@ -84,6 +94,11 @@ class Stream:
     def close(self) -> None:
         """End the stream normally ("closed"): what it queued is still written, then
         the last chunk, or the connection's close (HTTP/1.0). Idempotent."""
+
+def on_refused(hook: Callable[[str, int, int], object] | None) -> None:
+    """Call ``hook(peer_ip, status, size)`` for every answer a connection gives a
+    request the app never saw (400 malformed, 408, 413, a refusal from its head);
+    None: no call (the default)."""
 
 class HttpProtocolCore:
     """The state machine of ``HttpProtocol``; use ``HttpProtocol``."""

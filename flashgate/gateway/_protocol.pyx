@@ -57,7 +57,7 @@ from flashgate.gateway.protocol import (
 # one import line: from flashgate.gateway._protocol import ConnectionRegistry, ...
 __all__ = [
     "ConnectionRegistry", "HttpLimits", "HttpProtocol", "HttpProtocolCore", "Pending", "Stream",
-    "send_all",
+    "on_refused", "send_all",
 ]
 
 log = logging.getLogger("flashgate.http")
@@ -96,6 +96,30 @@ cdef str CLOSED = "closed"  # the app's close(), or a HEAD request (the head was
 cdef str OVERFLOW = "overflow"  # a frame would have passed max_buffer: the subscriber is dropped
 cdef str DISCONNECT = "disconnect"  # the connection was lost
 cdef str SHUTDOWN = "shutdown"  # the server drains (ConnectionRegistry.close_idle)
+
+# hook(peer_ip, status, size) of every answer the connection gives without the app
+# (a malformed, too large or too slow request: _reject, _reject_with), or None; set by
+# on_refused (the access log)
+cdef object _refused = None
+
+
+def on_refused(hook):
+    """Call ``hook(peer_ip, status, size)`` for every answer a connection gives a
+    request the app never saw (400 malformed, 408, 413, a refusal from the head); None:
+    no call."""
+    global _refused
+    if hook is not None and not callable(hook):
+        raise TypeError("the hook must be callable or None")
+    _refused = hook
+
+
+cdef int _tell_refused(str peer_ip, bytes answer) except -1:
+    try:
+        _refused(peer_ip, int(answer[9:12]), len(answer))
+    except Exception:
+        log.exception("the refusals' hook failed")
+    return 0
+
 
 cdef bytes TE_CHUNKED = b"Transfer-Encoding: chunked\r\n"
 cdef bytes LAST_CHUNK = b"0\r\n\r\n"
@@ -164,6 +188,21 @@ cdef class Pending:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(value)
+        then = self._then
+        if then is not None:
+            self._then = None
+            try:
+                then(value)
+            except Exception:
+                log.exception("a Pending's callback failed")
+
+    def then(self, callback):
+        """Call ``callback(answer)`` once the answer is given (at once if it is); one
+        callback per Pending (a second replaces the first)."""
+        if self._value is not None:
+            callback(self._value)
+        else:
+            self._then = callback
 
     def __await__(self):
         if self._waiter is None:
@@ -261,6 +300,16 @@ cdef class Stream:
     def buffered(self):
         """Payload bytes held by the stream until it reaches the head of its queue."""
         return self._buffered
+
+    @property
+    def status(self):
+        """The status code of its head."""
+        return int(self._head[9:12])
+
+    @property
+    def head_size(self):
+        """The size of its head as the app gave it."""
+        return len(self._head)
 
     def send(self, data):
         """Queue one frame; False (nothing queued) once the stream has ended, or when
@@ -939,7 +988,10 @@ cdef class HttpProtocolCore:
         self._closing = True
         self._state = 0
         self._deadline = 0.0
-        self._push(error_response(status, code, message, close=True))
+        answer = error_response(status, code, message, close=True)
+        self._push(answer)
+        if _refused is not None:
+            _tell_refused(self._peer_ip, answer)
         self._update_reading()
         return 0
 
@@ -952,6 +1004,8 @@ cdef class HttpProtocolCore:
         self._state = 0
         self._deadline = 0.0
         self._push(_apply_fix(answer, FIX_CLOSE | self._fix))
+        if _refused is not None:
+            _tell_refused(self._peer_ip, answer)
         self._update_reading()
         return 0
 

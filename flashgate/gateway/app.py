@@ -56,7 +56,7 @@ class Gateway:
         self.worker_id = worker_id
         self.boot = os.urandom(6).hex()  # this worker's part of its order ids
         self.ledger = Ledger()
-        self.conn = RedisConnection(cfg.redis, on_connect=self._on_connect, on_lost=self._on_lost)
+        self.conn = RedisConnection(cfg.redis, on_connect=self._on_connect)
         self.path = BuyPath(cfg, self.ledger, self.conn)
         self.runtimes = Runtimes(self.ledger, self.boot)
         self.path.skus = self.runtimes.skus  # (the same list: the path expires their waiters)
@@ -171,9 +171,6 @@ class Gateway:
     async def _on_connect(self, execute) -> None:
         await scripts.load(execute)
         self.refresher.forget()  # whatever happened while away: the next tick reloads
-
-    def _on_lost(self) -> None:
-        log.warning("Redis connection lost: purchases answer 503 until it is back")
 
     def _events_loaded(self, runtimes: Runtimes) -> None:
         self.router.compile_events(runtimes.events)

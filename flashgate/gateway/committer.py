@@ -14,6 +14,11 @@ refresh tick re-reads what Redis really sold), an error reply, a reply of anothe
 shape - is settled here: every reservation of the batch leaves the ledger and is
 answered 503. ``NOSCRIPT`` (a restarted Redis) re-sends the call with the whole
 script. Either way the SKU's parked requests then try again.
+
+A reply whose sold reaches the stock is looked at once more: if this batch's sales
+took sold from below the stock to it, this worker sold the last unit, and logs the
+happening ``sold_out`` (once over every worker and instance: the script decides the
+batches one after the other).
 """
 
 from __future__ import annotations
@@ -23,12 +28,13 @@ from bisect import bisect_left
 
 from flashgate.core import scripts
 from flashgate.core._stock import Ledger
-from flashgate.core.outcomes import UNAVAILABLE
+from flashgate.core.outcomes import SOLD, SOLD_TIERS, UNAVAILABLE
 from flashgate.core.redisconn import RedisConnection, RedisError, RedisUnavailable
 from flashgate.gateway import answers
 from flashgate.gateway._buy import BuyPath, mono_us
-from flashgate.gateway._commit import answer_commit, pack_commit
+from flashgate.gateway._commit import answer_commit, pack_commit, reply_offsets
 from flashgate.gateway.runtime import Runtimes, SkuRuntime
+from flashgate.logs import happening
 
 log = logging.getLogger("flashgate.commit")
 
@@ -144,4 +150,18 @@ class Committer:
                 if not p.fut.done():
                     p.fut.set_result(answers.UNAVAILABLE)
             srt.ert.add(UNAVAILABLE, len(items))
+        elif type(reply[0]) is int and type(reply[1]) is int and reply[0] >= reply[1]:
+            self._sold_out(srt, items, reply)
         path.retry_waiters(srt)
+
+    def _sold_out(self, srt: SkuRuntime, items: list, reply: list) -> None:
+        """Log ``sold_out`` if this batch's sales took sold up to the stock (the
+        reply has the script's shape: answer_commit read it)."""
+        sold, stock = reply[0], reply[1]
+        units = 0
+        for p, at in zip(items, reply_offsets(reply, len(items)) or (), strict=False):
+            if reply[at] == SOLD or reply[at] == SOLD_TIERS:
+                units += p.qty
+        if units and sold - units < stock:
+            happening(log, "sold_out", f"{srt.event_id}/{srt.sku.id} sold out: {sold} units",
+                      event_id=srt.event_id, sku=srt.sku.id, sold=sold, stock=stock)

@@ -12,6 +12,10 @@ view served from memory.
 
 Replies are applied by callbacks, in wire order with the commit replies on the same
 connection: a refresh never overwrites what a later commit reported.
+
+A milestone newly read as reached whose sale (its order id, which carries the worker's
+boot id) this worker made is logged as the happening ``milestone_reached``: once over
+every worker and instance, by the worker that made the sale, on its next tick.
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ from flashgate.core import keys, store
 from flashgate.core._stock import Ledger
 from flashgate.core.redisconn import RedisConnection, RedisError, RedisUnavailable
 from flashgate.gateway._buy import BuyPath
-from flashgate.gateway.runtime import Runtimes, SkuRuntime
+from flashgate.gateway.runtime import EventRuntime, Runtimes, SkuRuntime
+from flashgate.logs import happening
 
 log = logging.getLogger("flashgate.refresh")
 
@@ -125,7 +130,23 @@ class Refresher:
             return
         for ert, reply in zip(erts, replies, strict=True):
             if isinstance(reply, list):
-                ert.reached = store.parse_milestones(reply)
+                reached = store.parse_milestones(reply)
+                if len(reached) > len(ert.reached):
+                    self._reached(ert, reached)
+                ert.reached = reached
+
+    def _reached(self, ert: EventRuntime, reached: dict[int, tuple[int, str]]) -> None:
+        """Log the milestones newly in ``reached`` whose sale this worker made."""
+        boot = self.runtimes.boot
+        rewards = dict(ert.event.milestones)
+        for sold, (reached_ms, order_id) in sorted(reached.items()):
+            # an order id: <event>.<sku>.<boot id of the worker that made it><sequence>
+            if sold in ert.reached or not order_id[order_id.rfind(".") + 1:].startswith(boot):
+                continue
+            happening(log, "milestone_reached",
+                      f"event {ert.event.id} reached {sold} units sold: {rewards.get(sold)}",
+                      event_id=ert.event.id, sold=sold, reward=rewards.get(sold),
+                      order_id=order_id, reached_ms=reached_ms)
 
     def observe(self, srt: SkuRuntime, stock: int, sold: int) -> None:
         old_stock, old_sold, _, _ = self.ledger.state(srt.idx)

@@ -22,12 +22,13 @@ from pathlib import Path
 
 import orjson
 
-from flashgate import __version__, datadir
+from flashgate import __version__, datadir, logs
 from flashgate.config import Config
 from flashgate.core import scripts, store
 from flashgate.core.events import EventError, parse_event
 from flashgate.core.redisconn import RedisConnection, RedisError, RedisUnavailable, redact
 from flashgate.gateway import metrics
+from flashgate.logs import happening
 
 log = logging.getLogger("flashgate")
 
@@ -98,17 +99,27 @@ async def prepare(cfg: Config) -> list[tuple[str, str]]:
             raw = orjson.loads(Path(cfg.event).read_bytes())
             if not isinstance(raw, dict) or not isinstance(raw.get("id"), str):
                 raise EventError("bad_request", "the event file needs an \"id\"")
-            await store.save_event(conn, parse_event(raw["id"], raw))
+            event = parse_event(raw["id"], raw)
+            _defined(event, await store.save_event(conn, event), "file", file=cfg.event)
             loaded = raw["id"]
         _, events = await store.load_events(conn)
         if not events and cfg.demo:
             d = demo_event(await store.redis_time_ms(conn))
-            await store.save_event(conn, parse_event(d["id"], d))
+            event = parse_event(d["id"], d)
+            _defined(event, await store.save_event(conn, event), "demo")
             _, events = await store.load_events(conn)
         return sorted(((e.id, e.skus[0].id if e.skus else "") for e in events),
                       key=lambda e: e[0] != loaded)
     finally:
         conn.close()
+
+
+def _defined(event, created: bool, source: str, **more) -> None:
+    """Log the start-up's event (``source``: file, demo) as created or changed."""
+    happening(log, "event_created" if created else "event_changed",
+              f"event {event.id} {'created' if created else 'changed'} at start ({source})",
+              event_id=event.id, source=source, skus=[s.id for s in event.skus],
+              starts_at_ms=event.starts_at_ms, ends_at_ms=event.ends_at_ms, **more)
 
 
 def _worker_main(cfg_dict: dict, worker_id: int, ready, parent: int, peer_dir: str) -> None:
@@ -137,8 +148,7 @@ def serve(cfg: Config, warnings: Sequence[str] = ()) -> int:
     """Run ``flashgate serve`` with a checked configuration (``config.from_args``);
     ``warnings`` are logged first. Returns the exit code: 0 after a drain, 2 when the
     server cannot start (the reason on stderr)."""
-    logging.basicConfig(level=getattr(logging, cfg.log_level.upper(), logging.INFO),
-                        format="%(asctime)s supervisor %(levelname)s %(name)s: %(message)s")
+    logs.setup("supervisor", level=cfg.log_level, fmt=cfg.log_format)
     for w in warnings:
         log.warning("%s", w)
     if cfg.dev:
@@ -186,6 +196,15 @@ def serve(cfg: Config, warnings: Sequence[str] = ()) -> int:
         except OSError as e:
             return _refuse(f"cannot listen on {cfg.host}:{cfg.port}: {e}")
         bound, cfg.port = holder.getsockname()[:2]
+        listen = f"{_url_host(bound)}:{cfg.port}"
+        workers = f"{cfg.workers} worker" + ("s" if cfg.workers != 1 else "")
+        happening(log, "start", f"flashgate {__version__} starting on {listen}: {workers}, "
+                  f"{'dev identity' if cfg.dev else 'signed tokens'}",
+                  version=__version__, listen=listen, port=cfg.port, workers=cfg.workers,
+                  identity="dev" if cfg.dev else "tokens",
+                  redis="embedded" if embedded is not None else redact(cfg.redis),
+                  webhooks=bool(cfg.webhook_secret), access_log=cfg.access_log,
+                  pid=os.getpid())
         return Supervisor(cfg, event_ids, bound=bound, embedded=embedded).run()
     finally:
         if embedded is not None:
@@ -266,9 +285,11 @@ class Supervisor:
             for wid, p in list(self.procs.items()):
                 if p.is_alive() or self.stopping:
                     continue
-                log.error("%s (pid %d) exited with %s; restarting",
-                          "the notifier" if wid == NOTIFIER else f"worker {wid}", p.pid,
-                          p.exitcode)
+                who = _child(wid)
+                code = p.exitcode
+                happening(log, "worker_died", f"{who} (pid {p.pid}) exited with {code}; "
+                          "restarting", level=logging.ERROR, **self._which(wid), pid=p.pid,
+                          exit_code=code, signal=_signal_name(code))
                 now = time.monotonic()
                 self.restarts = [t for t in self.restarts if now - t < 10] + [now]
                 if wid != NOTIFIER:
@@ -277,30 +298,75 @@ class Supervisor:
                 if len(self.restarts) > 5 * cfg.workers:
                     time.sleep(1.0)  # crash loop: do not spin
                 self._start(wid)
+                happening(log, "worker_restarted",
+                          f"{who} restarted: pid {self.procs[wid].pid} in place of {p.pid}",
+                          **self._which(wid), pid=self.procs[wid].pid, old_pid=p.pid,
+                          restarts=self.restarted)
         return self._drain()
 
+    @staticmethod
+    def _which(wid: int) -> dict:
+        """The fields that name a supervised process: ``child`` (``worker`` or
+        ``notifier``) and, for a worker, ``worker_id``."""
+        return {"child": "notifier"} if wid == NOTIFIER else {"child": "worker",
+                                                               "worker_id": wid}
+
     def _drain(self) -> int:
-        log.info("draining %d workers", len([w for w in self.procs if w != NOTIFIER]))
+        t0 = time.monotonic()
+        workers = len([w for w in self.procs if w != NOTIFIER])
+        happening(log, "drain", f"draining {workers} workers", phase="start", workers=workers,
+                  drain_delay=self.cfg.drain_delay, drain_grace=self.cfg.drain_grace)
         for p in self.procs.values():
             if p.is_alive():
                 os.kill(p.pid, signal.SIGTERM)
         deadline = time.monotonic() + self.cfg.drain_delay + self.cfg.drain_grace + 5
+        killed = 0
         for p in self.procs.values():
             p.join(max(0.0, deadline - time.monotonic()))
             if p.is_alive():
                 log.error("worker pid %d did not stop in time; killing it", p.pid)
                 p.kill()
                 p.join()
-        log.info("stopped")
+                killed += 1
+        happening(log, "drain", f"stopped: drained in {time.monotonic() - t0:.2f} s",
+                  phase="done", duration_ms=round((time.monotonic() - t0) * 1000),
+                  killed=killed)
         return 0
 
     def _banner(self) -> None:
+        # with JSON logs, stdout is theirs alone: the banner (for people) goes to stderr
+        out = sys.stdout if self.cfg.log_format == "text" else sys.stderr
         print("\n".join(banner(self.cfg, self.bound, self.event_ids, self.embedded,
-                               sys.stdout.isatty())), flush=True)
+                               out.isatty())), file=out, flush=True)
+        base = banner_base(self.bound, self.cfg.port)
+        happening(log, "ready", f"every worker is ready: {base}", url=base,
+                  workers=self.cfg.workers, events=[ev for ev, _ in self.event_ids],
+                  pid=os.getpid())
+
+
+def _child(wid: int) -> str:
+    return "the notifier" if wid == NOTIFIER else f"worker {wid}"
+
+
+def _signal_name(code: int | None) -> str | None:
+    """The signal that ended a process of exit code ``code`` (negative), else None."""
+    if code is None or code >= 0:
+        return None
+    try:
+        return signal.Signals(-code).name
+    except ValueError:
+        return str(-code)
 
 
 def _url_host(addr: str) -> str:
     return f"[{addr}]" if ":" in addr else addr
+
+
+def banner_base(bound: str, port: int) -> str:
+    """The URL that reaches a server bound to ``bound`` from this host."""
+    if bound in ("0.0.0.0", "::"):
+        return f"http://{_url_host('127.0.0.1' if bound == '0.0.0.0' else '::1')}:{port}"
+    return f"http://{_url_host(bound)}:{port}"
 
 
 def banner(cfg: Config, bound: str, event_ids: list[tuple[str, str]], embedded=None,
@@ -309,15 +375,12 @@ def banner(cfg: Config, bound: str, event_ids: list[tuple[str, str]], embedded=N
     bound, and a URL that reaches it from this host), Redis (password hidden), where
     the admin token is (printed only to a terminal, and once), the identity mode, and
     commands to try that work as printed."""
+    base = banner_base(bound, cfg.port)
+    where = ""
     if bound in ("0.0.0.0", "::"):
-        local = "127.0.0.1" if bound == "0.0.0.0" else "::1"
         scope = "every IPv4 address of this host" if bound == "0.0.0.0" else \
             "every address of this host, IPv6 and IPv4"
-        base = f"http://{_url_host(local)}:{cfg.port}"
         where = f" ({scope}; from here: {base})"
-    else:
-        base = f"http://{_url_host(bound)}:{cfg.port}"
-        where = ""
     lines = [f"flashgate {__version__}: listening on http://{_url_host(bound)}:{cfg.port}{where}"]
     workers = f"{cfg.workers} worker" + ("s" if cfg.workers != 1 else "")
     if embedded is not None:

@@ -15,11 +15,13 @@ import os
 import socket
 import sys
 
+from flashgate import logs
 from flashgate.config import Config
 from flashgate.gateway._net import NetSet
 from flashgate.gateway.app import Gateway
 from flashgate.gateway.lifeline import stop_future
 from flashgate.gateway.protocol import ConnectionRegistry, HttpLimits, HttpProtocol
+from flashgate.logs import happening
 
 log = logging.getLogger("flashgate.worker")
 
@@ -103,10 +105,19 @@ async def _serve(cfg: Config, worker_id: int, ready, parent: int, peer_dir: str 
     )
     registry = ConnectionRegistry()
     registry.start(loop)
+    access = None
+    if cfg.access_log:
+        from flashgate.gateway import access as access_mod
+
+        access = logs.AccessLog(worker_id, cfg.log_format)
+        access.start(loop)
+        access_mod.attach(gateway, access)
     acceptor = Acceptor(loop, listen_socket(cfg.host, cfg.port),
                         lambda: HttpProtocol(gateway, limits, registry))
     acceptor.start()
     stop = stop_future(loop, parent, f"worker {worker_id}", log)
+    happening(log, "ready", f"worker {worker_id} ready (pid {os.getpid()})", pid=os.getpid(),
+              events=sorted(gateway.runtimes.events))
     if ready is not None:
         ready.put(worker_id)
     await stop
@@ -130,6 +141,8 @@ async def _serve(cfg: Config, worker_id: int, ready, parent: int, peer_dir: str 
                     leftover)
     registry.stop()
     await gateway.stop()
+    if access is not None:
+        access.close()
     return 0
 
 
@@ -137,10 +150,7 @@ def run(cfg: Config, worker_id: int, ready=None, parent: int | None = None,
         peer_dir: str | None = None) -> None:
     """Entry point of a worker process; ``parent`` is the supervisor's pid, ``peer_dir``
     the directory of the instance's peer channel."""
-    logging.basicConfig(
-        level=getattr(logging, cfg.log_level.upper(), logging.INFO),
-        format=f"%(asctime)s worker-{worker_id} %(levelname)s %(name)s: %(message)s",
-    )
+    logs.setup("worker", level=cfg.log_level, fmt=cfg.log_format, worker=worker_id)
     import uvloop
 
     parent = os.getppid() if parent is None else parent

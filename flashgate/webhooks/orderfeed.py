@@ -56,7 +56,8 @@ class OrderFeed:
         self.follower: OrderFollower | None = None
 
     async def run(self) -> None:
-        conn = RedisConnection(self.url, command_timeout=self.block_ms / 1000 + 5.0)
+        conn = RedisConnection(self.url, command_timeout=self.block_ms / 1000 + 5.0,
+                               happenings=False)  # (the notifier's own connection says them)
         await conn.connect()
         self.follower = f = OrderFollower(
             conn, group=GROUP, claim_idle_ms=self.claim_idle_ms, block_ms=self.block_ms,

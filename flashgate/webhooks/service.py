@@ -19,6 +19,7 @@ import os
 import sys
 import time
 
+from flashgate import logs
 from flashgate.config import Config
 from flashgate.core import keys
 from flashgate.core.redisconn import RedisConnection, RedisError, RedisUnavailable
@@ -105,10 +106,7 @@ async def _housekeeping(conn: RedisConnection) -> None:
 
 def run(cfg: Config, parent: int | None = None) -> None:
     """Entry point of the notifier process; ``parent`` is the supervisor's pid."""
-    logging.basicConfig(
-        level=getattr(logging, cfg.log_level.upper(), logging.INFO),
-        format="%(asctime)s notifier %(levelname)s %(name)s: %(message)s",
-    )
+    logs.setup("notifier", level=cfg.log_level, fmt=cfg.log_format)
     import uvloop
 
     parent = os.getppid() if parent is None else parent

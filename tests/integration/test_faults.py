@@ -161,7 +161,7 @@ async def until_state(check, what: str, timeout: float = 10.0, interval: float =
 
 
 def logged_by_every_worker(gw: Gateway, text: str, workers: int) -> bool:
-    said = {line.split()[2] for line in list(gw.output) if text in line}
+    said = {e.get("worker") for e in gw.entries() if e["proc"] == "worker" and text in e["msg"]}
     return len(said) >= workers
 
 

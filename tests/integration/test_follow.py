@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -28,8 +29,10 @@ from tests.support import (
     check_invariants,
     event_body,
     http_session,
+    log_records,
     new_id,
     now_ms,
+    problem,
     wait_for,
 )
 
@@ -70,9 +73,8 @@ class Follower:
         return "".join(self.output)
 
     def assert_clean(self, allowed=()) -> None:
-        bad = [line for line in self.output
-               if (" ERROR " in line or "Traceback" in line or " CRITICAL " in line)
-               and not any(a in line for a in allowed)]
+        bad = [record for _, record in log_records(list(self.output))
+               if problem(record, [re.escape(a) for a in allowed])]
         assert not bad, self.text()
 
 

@@ -114,7 +114,7 @@ def test_a_script_failing_mid_batch_can_only_undersell(gw, r):
 @pytest.fixture
 def private(tmp_path):
     server = EmbeddedRedis(tmp_path / "redis", persist=False).start()
-    gw = Gateway(server.url, tmp_path / "gw", workers=1).start()
+    gw = Gateway(server.url, tmp_path / "gw", workers=1, extra=["--log-level", "info"]).start()
     yield server, gw
     server.proc.send_signal(signal.SIGCONT)
     gw.stop()
@@ -152,6 +152,12 @@ def test_a_stalled_redis_is_answered_503_fast_and_selling_resumes(private):
     status, order, _ = gw.buy(ev, "s0", "after")
     assert status == 200, order
     acked.append(order)
+    # the worker logged the loss and the return, once each (not a line per failed command)
+    back = gw.wait_happening("redis_back")
+    lost = gw.happenings("redis_lost")
+    assert len(lost) == 1 and lost[0]["level"] == "warning" and lost[0]["worker"] == 0, lost
+    assert lost[0]["redis"] == server.url and back["away_ms"] >= 0, (lost, back)
+    assert len(gw.happenings("redis_back")) == 1
     check_invariants(r, gw, ev, body, acked, exact=False)
     r.close()
 

@@ -64,3 +64,36 @@ def test_a_known_defect_is_let_through_only_whole():
     assert problem(defect, [])  # no known defect today: it is a problem
     other = [head, "future: <Future finished exception=KeyError('x')>\n"]
     assert problem(other, [], known=known)
+
+
+# JSON lines (the default --log-format): judged as the text line of the same record
+JSON_ERROR = ('{"ts":"2026-12-05T03:35:41.713Z","level":"error","proc":"worker","worker":0,'
+              '"logger":"flashgate.redis","msg":"Redis has not answered for 2.2 s"}\n')
+JSON_WARNING = ('{"ts":"2026-12-05T03:35:41.713Z","level":"warning","proc":"supervisor",'
+                '"logger":"flashgate","msg":"an ERROR in the message"}\n')
+JSON_EXC = ('{"ts":"2026-12-05T03:35:41.713Z","level":"error","proc":"notifier",'
+            '"logger":"flashgate.webhooks","msg":"a producer failed",'
+            '"exc":"Traceback (most recent call last):\\n  File \\"x.py\\", line 1\\n'
+            'ValueError: boom"}\n')
+
+
+def test_json_lines_are_records_rendered_as_text_lines():
+    out = records("flashgate 0.1.0: listening on http://127.0.0.1:1\n", JSON_WARNING,
+                  JSON_ERROR, *TRACEBACK, JSON_EXC)
+    assert [len(r) for r in out] == [1, 1, 4, 4]
+    assert out[1][0] == f"{T} supervisor WARNING flashgate: an ERROR in the message\n"
+    assert out[2][0] == f"{T} worker-0 ERROR flashgate.redis: Redis has not answered for 2.2 s\n"
+    assert out[2][-1] == "ValueError: boom\n"  # a traceback printed after it: its record's
+    assert out[3][0].endswith(" notifier ERROR flashgate.webhooks: a producer failed\n")
+    assert out[3][1] == "Traceback (most recent call last):\n"
+
+
+def test_json_errors_are_problems_unless_expected():
+    assert not problem(records(JSON_WARNING)[0], [])
+    assert problem(records(JSON_ERROR)[0], [])
+    assert not problem(records(JSON_ERROR)[0],
+                       [r" worker-0 ERROR flashgate\.redis: Redis has not answered for [\d.]+ s$"])
+    assert problem(records(JSON_EXC)[0], [])
+    assert not problem(records(JSON_EXC)[0], [r"a producer failed"])
+    # a line that looks like JSON but is no log line belongs to the record before it
+    assert len(records(JSON_WARNING, '{"not": "a log line"}\n')) == 1

@@ -110,6 +110,7 @@ def test_milestones_are_read_only_for_events_with_one_not_reached():
 
     class Runtimes:
         events = erts
+        boot = "b00t"
 
     r = refresher.Refresher(Conn(), None, None, Runtimes(), lambda rt: None,
                             max_clock_skew_ms=1000)
@@ -119,3 +120,38 @@ def test_milestones_are_read_only_for_events_with_one_not_reached():
     Conn.sent.clear()
     asyncio.run(r.read_milestones())
     assert Conn.sent == []  # every milestone reached: nothing more to read
+
+
+def test_a_milestone_is_logged_by_the_worker_whose_sale_reached_it(caplog):
+    """``milestone_reached``: by the worker whose boot id the reaching order carries,
+    when it first reads the milestone reached; never by another worker, never again."""
+    from types import SimpleNamespace
+
+    from flashgate.core.events import parse_event
+
+    ev = parse_event("ev", {"starts_at_ms": 1, "ends_at_ms": 2,
+                            "skus": [{"id": "s0", "price": 1, "stock": 9}],
+                            "milestones": [{"sold": 2, "reward": "tote"},
+                                           {"sold": 4, "reward": "cup"},
+                                           {"sold": 6, "reward": "hat"}]})
+    ert = SimpleNamespace(event=ev, reached={})
+    replies = [[b"2", b"7|ev.s0.b00t0001"],
+               [b"2", b"7|ev.s0.b00t0001", b"4", b"8|ev.s0.other0002"],
+               [b"2", b"7|ev.s0.b00t0001", b"4", b"8|ev.s0.other0002", b"6", b"9|ev.s0.b00t0003"]]
+
+    class Conn:
+        async def pipeline(self, cmds):
+            return [replies.pop(0)]
+
+    class Runtimes:
+        events = {"ev": ert}
+        boot = "b00t"
+
+    r = refresher.Refresher(Conn(), None, None, Runtimes(), lambda rt: None,
+                            max_clock_skew_ms=1000)
+    with caplog.at_level("INFO", logger="flashgate.refresh"):
+        for _ in range(3):
+            asyncio.run(r.read_milestones())
+    logged = [(rec.fields["sold"], rec.fields["reward"], rec.fields["order_id"])
+              for rec in caplog.records if getattr(rec, "event", None) == "milestone_reached"]
+    assert logged == [(2, "tote", "ev.s0.b00t0001"), (6, "hat", "ev.s0.b00t0003")]

@@ -12,6 +12,8 @@ refresher.py).
 
 from __future__ import annotations
 
+import logging
+
 import orjson
 
 from flashgate.core import store
@@ -19,6 +21,9 @@ from flashgate.core.events import MAX_STOCK
 from flashgate.core.redisconn import RedisError, RedisUnavailable
 from flashgate.gateway import answers
 from flashgate.gateway.protocol import build_response, error_response
+from flashgate.logs import happening
+
+log = logging.getLogger("flashgate.lifecycle")
 
 _BAD_BODY = error_response(400, "bad_request", "the body, if any, must be a JSON object")
 _BAD_ADD = error_response(400, "bad_request", f"add must be an integer from 1 to {MAX_STOCK}")
@@ -109,6 +114,9 @@ class Lifecycle:
         if status == "too_much":
             return error_response(400, "bad_request",
                                   f"stock {stock} + {add} would exceed {MAX_STOCK}")
+        happening(log, "stock_added",
+                  f"{srt.event_id}/{srt.sku.id}: {added} units added, stock {stock}",
+                  event_id=srt.event_id, sku=srt.sku.id, added=added, stock=stock, sold=sold)
         # every worker of this instance serves the new stock before the 200; one that
         # does not confirm reads the stock on its next refresh tick anyway, and the
         # units are added: the answer is 200 then too (a 503 would invite a second add)

@@ -18,6 +18,7 @@ from flashgate.core.redisconn import RedisError, RedisUnavailable
 from flashgate.gateway import answers
 from flashgate.gateway.protocol import build_response, error_response
 from flashgate.gateway.runtime import state_of
+from flashgate.logs import happening
 
 log = logging.getLogger("flashgate.operator")
 
@@ -41,6 +42,10 @@ class Operator:
         except (RedisUnavailable, RedisError) as e:
             log.warning("cannot save event %s: %s", event_id, e)
             return answers.UNAVAILABLE
+        happening(log, "event_created" if created else "event_changed",
+                  f"event {event_id} {'created' if created else 'changed'} by the operator",
+                  event_id=event_id, source="api", skus=[s.id for s in event.skus],
+                  starts_at_ms=event.starts_at_ms, ends_at_ms=event.ends_at_ms)
         if event.webhook_url and not gw.cfg.webhook_secret:
             log.warning("event %s has a webhook_url, but this instance has no webhook secret: "
                         "its notifications wait for an instance that has one", event_id)
@@ -68,6 +73,9 @@ class Operator:
             await store.set_paused(gw.conn, ert.event, paused)
         except (RedisUnavailable, RedisError):
             return answers.UNAVAILABLE
+        happening(log, "paused" if paused else "resumed",
+                  f"event {ert.event.id} {'paused' if paused else 'resumed'} by the operator",
+                  event_id=ert.event.id)
         for srt in ert.skus:
             gw.ledger.set_paused(srt.idx, paused)
         if not await gw.changed():
