@@ -188,8 +188,13 @@ class Gateway:
     live: list[Gateway] = []  # started and not yet finished (the teardown checks)
 
     def __init__(self, redis_url: str, tmp, *, workers: int = 2, extra=(), mode: str = "dev",
-                 expect_log=(), shared: bool = False, split_stderr: bool = False):
+                 expect_log=(), shared: bool = False, split_stderr: bool = False,
+                 source: str | None = None):
         assert mode in MODES, mode
+        # the local address the helpers' requests come from (None: the kernel's choice,
+        # 127.0.0.1): another one when 127.0.0.1 is a balancer's that must send PROXY
+        # headers (--proxy-protocol-from 127.0.0.1/32)
+        self.source = source
         self.redis_url = redis_url
         self.mode = mode
         extra = [str(a) for a in extra]
@@ -450,7 +455,8 @@ class Gateway:
     # -- one-shot requests (a new connection each: spreads over workers) -------
 
     def request(self, method, path, body=None, headers=None, raw_body: bytes | None = None):
-        conn = HTTPConnection("127.0.0.1", self.port, timeout=10)
+        conn = HTTPConnection("127.0.0.1", self.port, timeout=10,
+                              source_address=(self.source, 0) if self.source else None)
         try:
             data = raw_body if raw_body is not None else (
                 json.dumps(body).encode() if body is not None else None)
@@ -521,7 +527,8 @@ class Gateway:
         return head.encode() + payload
 
     def orders_export(self, event_id) -> list[dict]:
-        conn = HTTPConnection("127.0.0.1", self.port, timeout=30)
+        conn = HTTPConnection("127.0.0.1", self.port, timeout=30,
+                              source_address=(self.source, 0) if self.source else None)
         try:
             conn.request("GET", f"/api/v1/admin/events/{event_id}/orders",
                          headers={"Authorization": f"Bearer {ADMIN}"})

@@ -32,8 +32,10 @@ class Sse:
     (``events``: (name, data, id, time received); ``comments``: their times)."""
 
     def __init__(self, port: int, event_id: str, last_id: str | None = None,
-                 rcvbuf: int | None = None, read: bool = True):
+                 rcvbuf: int | None = None, read: bool = True, source: str | None = None):
         self.sock = socket.socket()
+        if source is not None:  # the local address to connect from
+            self.sock.bind((source, 0))
         if rcvbuf is not None:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         self.sock.connect(("127.0.0.1", port))
