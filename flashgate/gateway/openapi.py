@@ -421,8 +421,10 @@ def _schemas() -> dict:
                         "\"The report\")."),
         "FunnelStep": _obj({"step": _str(enum=["pv", "uv", "participants", "orders", "paid"]),
                             "count": _int()}),
-        "ReportMinute": _obj({"from_ms": _ms("the minute's start"), "orders": _int(),
-                              "units": _int()}),
+        "ReportMinute": _obj({"from_ms": _ms("the minute's start"),
+                              "to_ms": _ms("its end (a minute later; several minutes "
+                                           "later in a sale of more than 720 minutes)"),
+                              "orders": _int(), "units": _int()}),
         "ReportSku": {"allOf": [_ref("SkuStats"), _obj(
             {"name": _str(), "price": _int(0, None, "the price after the tiers") |
              {"type": ["integer", "null"]},

@@ -10,6 +10,7 @@ from flashgate.report import words
 
 GOALS = ("units", "revenue", "buyers")
 MINUTE_MS = 60_000
+MAX_BUCKETS = 720  # per_minute: a longer sale is counted in buckets of several minutes
 TAIL_S = 5  # the per-second chart runs this long past the last second with requests
 
 
@@ -72,15 +73,18 @@ def _peak(points: list[dict]) -> dict:
 
 def _per_minute(ev: Event, orders: list[dict], as_of: int) -> list[dict]:
     """Orders created and their units in each minute from the start (by the orders'
-    ``created_ms``), up to the end or now."""
+    ``created_ms``), up to the end or now; a sale longer than ``MAX_BUCKETS`` minutes
+    in buckets of as many whole minutes as keep it within that many."""
     span = min(ev.ends_at_ms, as_of) - ev.starts_at_ms
     n = max(0, -(-span // MINUTE_MS))
     for o in orders:  # (an order read after as_of, while the sale is on)
         n = max(n, (o["created_ms"] - ev.starts_at_ms) // MINUTE_MS + 1)
-    out = [{"from_ms": ev.starts_at_ms + i * MINUTE_MS, "orders": 0, "units": 0}
-           for i in range(n)]
+    step = max(1, -(-n // MAX_BUCKETS)) * MINUTE_MS
+    n = -(-n * MINUTE_MS // step)
+    out = [{"from_ms": ev.starts_at_ms + i * step, "to_ms": ev.starts_at_ms + (i + 1) * step,
+            "orders": 0, "units": 0} for i in range(n)]
     for o in orders:
-        m = out[max(0, (o["created_ms"] - ev.starts_at_ms) // MINUTE_MS)]
+        m = out[min(n - 1, max(0, (o["created_ms"] - ev.starts_at_ms) // step))]
         m["orders"] += 1
         m["units"] += o["qty"]
     return out

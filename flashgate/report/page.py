@@ -5,6 +5,7 @@ string an operator gave (the event's and SKUs' names, the rewards) is escaped.""
 
 from __future__ import annotations
 
+import math
 from html import escape
 from importlib import resources
 
@@ -178,15 +179,16 @@ def _skus(rep: dict, lang: str) -> str:
 
 
 def _nice(n: float) -> int:
-    """A round number at least ``n`` (1, 2, 5 times a power of ten) for an axis."""
+    """A round number at least ``n`` for an axis: 1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6 or 8
+    times a power of ten (219 -> 250, not 500: the bars fill most of the chart)."""
     if n <= 1:
         return 1
     p = 1
     while p * 10 <= n:
         p *= 10
-    for m in (1, 2, 5, 10):
+    for m in (1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10):
         if m * p >= n:
-            return m * p
+            return math.ceil(m * p)
     return 10 * p
 
 
@@ -246,14 +248,15 @@ def _per_minute_svg(w: int, h: int, rep: dict, lang: str) -> str:
     out = [f'<svg viewBox="0 0 {w} {h}" role="img" aria-label="{escape(t("per_minute"))}">']
     out += _axes(w, h, left, right, top, bottom, hi)
     for i, m in enumerate(mins):
+        minute = (m["from_ms"] - rep["starts_at_ms"]) // 60_000  # since the start
         x0 = left + (i + 0.5) * slot - bar
         for j, (key, color) in enumerate((("orders", RED), ("units", AMBER))):
             bh = ph * m[key] / hi
             out.append(f'<rect x="{x0 + j * bar:.2f}" y="{top + ph - bh:.2f}" width="{bar:.2f}" '
-                       f'height="{bh:.2f}" fill="{color}"><title>{i} {escape(t("minute"))}: '
+                       f'height="{bh:.2f}" fill="{color}"><title>{minute} {escape(t("minute"))}: '
                        f'{number(m[key])} {escape(t(key + "_l"))}</title></rect>')
         if i % every == 0:
-            out.append(_text(left + (i + 0.5) * slot, h - 8, str(i)))
+            out.append(_text(left + (i + 0.5) * slot, h - 8, str(minute)))
     out.append("</svg>")
     return "".join(out)
 
@@ -332,7 +335,10 @@ def _funnel(rep: dict, lang: str) -> str:
         shade = 1 - i * 0.15
         out.append(f'<rect x="{(w - bw) / 2:.2f}" y="{y + 16}" width="{bw:.2f}" height="18" '
                    f'rx="3" fill="{RED}" fill-opacity="{shade:.2f}"/>')
-        share = f" · {percent(s['count'] / prev)}" if prev else ""
+        # of the step above; more orders than participants (one per SKU each) is a
+        # ratio, not a share over 100 %
+        share = ("" if not prev else f" · {percent(s['count'] / prev)}" if s["count"] <= prev
+                 else f" · ×{s['count'] / prev:.2f}")
         out.append(_text(2, y + 12, t(s["step"]), "start", 12, INK))
         out.append(f'<text x="{w - 2}" y="{y + 12}" text-anchor="end" font-size="12" '
                    f'fill="{INK}" font-weight="600" data-step="{s["step"]}">'

@@ -53,6 +53,7 @@ Used by ``tests/fuzz/fuzz_request_path.py`` (atheris) and
 from __future__ import annotations
 
 import asyncio
+import gzip
 import logging
 import os
 import re
@@ -69,6 +70,7 @@ from flashgate.config import Config
 from flashgate.embedded import EmbeddedRedis
 from flashgate.gateway._net import NetSet
 from flashgate.gateway.app import Gateway
+from flashgate.gateway.handlers.pages import ASSET_TYPES
 from flashgate.gateway.protocol import ConnectionRegistry, HttpLimits, HttpProtocol, Stream
 
 ADMIN = "fuzz-admin-token"
@@ -742,6 +744,17 @@ class RequestPath:
                         raise PathFailure(f"unknown stream event {value!r}")
                     if name == b"data":
                         orjson.loads(value)
+            return
+        if ctype == b"text/html; charset=utf-8":  # a page, the report's, or a 404 page
+            body = resp.body
+            if resp.header(b"content-encoding") == b"gzip":
+                body = gzip.decompress(body)
+            if resp.status not in (200, 404) or not body.startswith(b"<!doctype html>"):
+                raise PathFailure(f"status {resp.status}: html body {body[:200]!r}")
+            return
+        if ctype in ASSET_TYPES.values():  # GET /assets/{name}
+            if resp.status != 200:
+                raise PathFailure(f"status {resp.status}: an asset's {ctype!r}")
             return
         if ctype != b"application/json":
             raise PathFailure(f"status {resp.status}: Content-Type {ctype!r}")

@@ -56,7 +56,8 @@ def test_nothing_sold_yet_renders_and_draws():
     ev = event(goals={"units": 0, "buyers": 10})
     rep = build.build(ev, "ended", stats(), [], [])
     assert rep["final"] and rep["per_minute"] == [
-        {"from_ms": 1_000_000 + 60_000 * i, "orders": 0, "units": 0} for i in range(3)]
+        {"from_ms": 1_000_000 + 60_000 * i, "to_ms": 1_060_000 + 60_000 * i, "orders": 0,
+         "units": 0} for i in range(3)]
     assert rep["per_second"] == {"from_ms": None, "step_ms": 1000, "attempts": [],
                                  "orders": []}
     assert rep["goals"] == {
@@ -83,8 +84,9 @@ def test_a_sell_out_built_from_orders_and_series():
                             "reached_ms": 1_000_700}])
     rep = build.build(ev, "ended", st, orders, points)
     assert rep["buyers"] == 7 and rep["paid_orders"] == 100
-    assert rep["per_minute"][:2] == [{"from_ms": 1_000_000, "orders": 300, "units": 300},
-                                     {"from_ms": 1_060_000, "orders": 100, "units": 200}]
+    assert rep["per_minute"][:2] == [
+        {"from_ms": 1_000_000, "to_ms": 1_060_000, "orders": 300, "units": 300},
+        {"from_ms": 1_060_000, "to_ms": 1_120_000, "orders": 100, "units": 200}]
     assert rep["peak_rps"] == {"attempts": 4000, "at_ms": 1_001_000}
     assert rep["per_second"]["attempts"] == [900, 4000, 120, 0, 0, 3] + [0] * 5
     assert rep["milestones"][0]["after_ms"] == 700
@@ -101,3 +103,18 @@ def test_a_long_name_is_cut_in_the_image():
     assert not rep["final"]
     png, _ = share.draw(rep, "zh")
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_sale_of_months_is_counted_in_bounded_buckets():
+    """per_minute stays within 720 buckets of whole minutes (a sale defined over months
+    once made the report build and draw millions of minutes)."""
+    ev = event(ends_at_ms=1_000_000 + 90 * 86_400_000)
+    orders = [order(0, 1_000_500), order(1, 1_000_000 + 45 * 86_400_000, 3)]
+    rep = build.build(ev, "ended", stats(as_of_ms=1_000_000 + 91 * 86_400_000), orders, [])
+    mins = rep["per_minute"]
+    step = mins[0]["to_ms"] - mins[0]["from_ms"]
+    assert len(mins) <= 720 and step % 60_000 == 0 and step == 180 * 60_000
+    assert mins[-1]["to_ms"] >= ev.ends_at_ms and sum(m["units"] for m in mins) == 4
+    assert all(b["from_ms"] == a["to_ms"] for a, b in zip(mins, mins[1:], strict=False))
+    html = page.render(rep, "en")
+    assert html.count("<rect") < 4 * 720 + 200
