@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from . import report
+from .live import serve_defaults
 from .runner import BENCH_DIR, BenchError, Processes, flashgate_argv, flashgate_limits
 from .scenarios import CONFIGS, SCENARIOS, TARGETS, Bench, Settings
 
@@ -50,12 +51,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "  lifecycle  flashgate only: 2 SKUs x 300 units, payment timeout 2 s, 60% of the orders\n"
         "           paid as they come, the rest expire and are sold again; re-sale latency,\n"
         "           the sweeper's cost per expired order (apart, in a private Redis)\n"
+        "  live     flashgate only, 1 worker: the commit load without and with 10,000 event-\n"
+        "           stream subscribers (A B A B): delivery latency of every frame after its\n"
+        "           tick, missed frames, purchase p99 with / without, worker CPU per\n"
+        "           delivery (also at rest), memory per subscriber\n"
         "\nconfigurations (--config):\n"
         "  prod     signed tokens, a trusted proxy's X-Forwarded-For (a client IP per user),\n"
         "           the default rate limits, Redis AOF everysec: what operators run\n"
         "  dev      X-User-Id, rate limits off, Redis AOF everysec\n"
         "  default: soldout and commit both (nginx, flashgate-prod, flashgate-dev, fastapi,\n"
-        "  repeated), rush, scale and lifecycle prod\n"
+        "  repeated), rush, scale, lifecycle and live prod\n"
         "\nexamples:\n"
         "  python -m bench --quick                    # seconds-long smoke run of everything\n"
         "  python -m bench soldout commit --reps 3 --duration 10\n"
@@ -100,6 +105,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="lifecycle: units per SKU, 2 SKUs (default 300; 1 SKU of 40 with --quick)")
     p.add_argument("--life-timeout", type=int,
                    help="lifecycle: the event's payment_timeout_s (default 2; 1 with --quick)")
+    p.add_argument("--live-subscribers", type=int,
+                   help="live: event-stream subscribers on the worker (default 10000; "
+                        "500 with --quick)")
+    p.add_argument("--live-idle", type=float,
+                   help="live: seconds of each measurement at rest (default 5; 1 with --quick)")
+    p.add_argument("--live-rate", type=float,
+                   help="live: purchases/s of the trickle at rest, so that every tick has "
+                        "a frame (default 100)")
     p.add_argument("--scale-connections", type=_ints,
                    help="connection counts for scale (default 16,64,256,1024)")
     p.add_argument("--scale-workers", type=_ints,
@@ -163,6 +176,10 @@ def settings_from(args: argparse.Namespace) -> Settings:
         life_pay_pct=pick(args.life_pay, 60.0, 60.0),
         life_run=pick(args.life_run, 30, 3),
         life_sweep_orders=pick(None, 5000, 500),
+        live_subscribers=pick(args.live_subscribers, 10_000, 500),
+        live_idle=pick(args.live_idle, 5.0, 1.0),
+        live_rate=pick(args.live_rate, 100.0, 100.0),
+        live_settle=pick(None, 2.0, 0.5),
         scale_connections=pick(args.scale_connections, [16, 64, 256, 1024], [64]),
         scale_workers=pick(args.scale_workers, list(range(1, cpus + 1)), [1]),
         distinct=pick(args.distinct, 1_000_000, 20_000),
@@ -183,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"bench: {tool} is not on PATH", file=sys.stderr)
             return 2
     needs_flashgate = "flashgate" in s.targets and any(
-        sc in ("soldout", "commit", "rush", "scale", "lifecycle") for sc in s.scenarios)
+        sc in ("soldout", "commit", "rush", "scale", "lifecycle", "live")
+        for sc in s.scenarios)
     if needs_flashgate:
         s.flashgate_argv, help_text = flashgate_argv(
             shlex.split(args.flashgate) if args.flashgate else None)
@@ -192,11 +210,12 @@ def main(argv: list[str] | None = None) -> int:
                   "(pip install -e .) or leave it out with --targets fastapi,nginx", file=sys.stderr)
             return 2
         s.limits = flashgate_limits(help_text)
+        s.serve_defaults = serve_defaults(help_text)
         if s.limits is None:
             print("bench: cannot read the default rate limits from `flashgate serve --help`",
                   file=sys.stderr)
             return 2
-    for only in ("scale", "lifecycle"):
+    for only in ("scale", "lifecycle", "live"):
         if only in s.scenarios and "flashgate" not in s.targets:
             print(f"bench: {only} measures flashgate only; skipping it", file=sys.stderr)
             s.scenarios = [x for x in s.scenarios if x != only]

@@ -147,6 +147,38 @@ def goals(configs: list[dict]) -> list[dict]:
         out.append({"goal": f"{cfg} {scenario} p99 <= {limit:g} ms", "scenario": scenario,
                     "config": cfg, "value": p99, "bound": limit, "measured": f"{p99:.2f} ms",
                     "met": p99 <= limit})
+    return out + live_goals(configs)
+
+
+def live_goals(configs: list[dict]) -> list[dict]:
+    """The live scenario's targets (1 worker, its subscribers next to the commit load)."""
+    from .live import BOUND_MS, MEMORY_TARGET_KIB, P99_RATIO_TARGET
+
+    out = []
+    for c in configs:
+        lv = c.get("live")
+        if not lv:
+            continue
+        n, cfg = lv["subscribers"], c.get("config")
+
+        def goal(text, value, bound, measured, met, cfg=cfg):
+            out.append({"goal": text, "scenario": "live", "config": cfg, "value": value,
+                        "bound": bound, "measured": measured, "met": met})
+
+        share, missed = lv["within_50ms_share"], lv["missed_frames"]
+        if share is not None:
+            goal(f"live: each of {n:,} subscribers gets every tick's frame within "
+                 f"{BOUND_MS} ms", share, 1.0,
+                 f"{share * 100:.2f} % within, p99 {lv['latency_p99_ms']:.1f} ms, "
+                 f"{missed:,} missed", share >= 1.0 and missed == 0)
+        if lv["p99_ratio"] is not None:
+            goal(f"live: purchase p99 with {n:,} subscribers <= {P99_RATIO_TARGET:g}x without",
+                 lv["p99_ratio"], P99_RATIO_TARGET, f"{lv['p99_ratio']:.2f}x",
+                 lv["p99_ratio"] <= P99_RATIO_TARGET)
+        mem = lv["rss_kib_per_subscriber"]
+        if mem is not None:
+            goal(f"live: memory per subscriber <= {MEMORY_TARGET_KIB:g} KiB", mem,
+                 MEMORY_TARGET_KIB, f"{mem:.2f} KiB", mem <= MEMORY_TARGET_KIB)
     return out
 
 
@@ -200,7 +232,7 @@ def _socket_errors(c: dict) -> dict:
 
 def _sells(c: dict) -> bool:
     """Whether the row's 200s are orders."""
-    return c["scenario"] in ("commit", "rush", "lifecycle") and c["target"] != "nginx"
+    return c["scenario"] in ("commit", "rush", "lifecycle", "live") and c["target"] != "nginx"
 
 
 def _inv(c: dict) -> str:
@@ -355,6 +387,7 @@ def markdown(results: dict) -> str:
         lines.append("")
         lines.append("Sales latency: client-side, only the requests answered 200 (matched by user).")
     lines += _lifecycle_tables(configs)
+    lines += _live_tables(configs)
     mem = [c for c in configs if c["scenario"] == "memory"]
     if mem:
         lines += ["", "## memory per worker", "",
@@ -454,6 +487,106 @@ def _lifecycle_tables(configs: list[dict]) -> list[str]:
                 "writes included; the script: INFO commandstats `evalsha` usec (Lua time). "
                 "Sweeper CPU: the sweeping process's CPU time (its Redis client included)."]
     return out
+
+
+def _live_tables(configs: list[dict]) -> list[str]:
+    rows = [c for c in configs if c["scenario"] == "live" and c.get("summary")]
+    loaded = next((c for c in rows if c.get("live")), None)
+    if loaded is None:
+        return []
+    from .live import BOUND_MS
+
+    lv = loaded["live"]
+    rest = lv["at_rest"]
+    n = lv["subscribers"]
+    out = ["", f"## live ({n:,} event-stream subscribers, 1 worker, commit load wrk "
+           f"-t{loaded['threads']} -c{loaded['connections']})", "",
+           "Repetitions alternate the commit load without and with the subscribers (A B A B). "
+           "The subscribers are idle keep-alive connections to "
+           "`GET /api/v1/events/{id}/stream` read by one epoll loop (bench/sse/subscribers.c); "
+           "a delivery's latency is its arrival minus the tick time the frame carries "
+           "(`: t=<ms>`).", "",
+           "| | without subscribers | with subscribers |", "|---|---:|---:|"]
+    base = next((c for c in rows if not c.get("live")), None)
+    pair = [base, loaded]
+
+    def line(name, fn):
+        out.append(f"| {name} | " + " | ".join("—" if c is None else fn(c) for c in pair) + " |")
+
+    line("orders/s (median)", lambda c: _num(c["summary"]["rate"]))
+    line("orders/s min–max", lambda c: f"{_num(c['summary']['rate_min'])}–"
+         f"{_num(c['summary']['rate_max'])}")
+    line("purchase p50 ms", lambda c: _ms(c["summary"]["p50_us"]))
+    line("purchase p99 ms (median)", lambda c: _ms(c["summary"]["p99_us"]))
+    line("purchase p99 ms min–max", lambda c: f"{_ms(c['summary']['p99_us_min'])}–"
+         f"{_ms(c['summary']['p99_us_max'])}")
+    line("worker CPU µs/request", lambda c: _num(
+        median_of([r["worker_cpu_us_per_req"] for r in c["reps"]]), "{:.1f}"))
+    line("worker waiting for a CPU, ms/s", lambda c: _num(
+        median_of([r["worker_sched"]["wait_ms_per_s"] for r in c["reps"]])))
+    line("other load, % of a core", lambda c: _num(c["summary"]["other_cpu_pct"]))
+    line("answers", lambda c: answers_text(c["summary"]["statuses"], _socket_errors(c)))
+    out += ["", "p99 with / without, per repetition: "
+            + ", ".join(f"{x:.2f}×" for x in lv["p99_ratios"])
+            + "; orders/s with / without: " + ", ".join(f"{x:.2f}×" for x in lv["orders_ratios"])
+            + ".", "",
+            "| run | subscribers | frames | deliveries/s | within "
+            f"{BOUND_MS} ms | latency p50 / p99 / max ms | last subscriber served p50 / max ms "
+            "| missed frames (subscribers) | closed | longest tick gap ms | generator CPU % |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+
+    def stream_row(name, st):
+        lat = st["latency_ms"]
+        out.append(
+            f"| {name} | {st['subscribers']:,} | {st['frames']} | {_num(st['deliveries_per_s'])} "
+            f"| {_pct(st['within_50ms_share'] or 0)} "
+            f"| {_num(lat['p50'], '{:.1f}')} / {_num(lat['p99'], '{:.1f}')} / "
+            f"{_num(lat['max'], '{:.1f}')} "
+            f"| {_num(st['fanout_done_ms_p50'], '{:.1f}')} / {_num(st['fanout_done_ms_max'], '{:.1f}')} "
+            f"| {st['missed_frames']:,} ({st['subscribers_missed']:,}) | {st['closed']:,} "
+            f"| {_num(st['tick_gap_ms_max'])} | {_num(st['generator_cpu_pct'], '{:.1f}')} |")
+
+    stream_row(f"at rest ({rest['trickle_rate']:g} purchases/s)", rest["stream"])
+    for r in loaded["reps"]:
+        stream_row(f"commit load, rep {r['rep'] + 1}", r["stream"])
+    sched = rest.get("worker_sched") or {}
+    out += ["", f"**CPU per delivery** (the worker's): {_num(lv['cpu_us_per_delivery'], '{:.1f}')} µs "
+            "under the commit load (median; per repetition "
+            + ", ".join(f"{x:.1f}" for x in lv["cpu_us_per_delivery_reps"])
+            + " µs: the worker's CPU with subscribers minus its CPU per request without them "
+            f"times the requests, over the deliveries); {_num(lv['cpu_us_per_delivery_at_rest'], '{:.1f}')} µs "
+            f"at rest ({rest['trickle_rate']:g} purchases/s: every tick has news; worker "
+            f"{rest['worker_cpu_pct_without']:.1f} % of a core without subscribers, "
+            f"{rest['worker_cpu_pct_with']:.1f} % with; waiting for a CPU "
+            f"{_num((sched.get('without') or {}).get('wait_ms_per_s'))} and "
+            f"{_num((sched.get('with') or {}).get('wait_ms_per_s'))} ms/s).", "",
+            f"**Memory per subscriber** (the worker's RSS, settled): "
+            f"{_num(lv['rss_kib_per_subscriber'], '{:.2f}')} KiB at their first connection "
+            f"({_num(rest['connect']['rss_kib_per_subscriber_first_half'], '{:.2f}')} KiB for the "
+            f"first half, {_num(lv['rss_kib_per_subscriber_marginal'], '{:.2f}')} KiB for the "
+            "second); at the reconnections before each loaded repetition "
+            + ", ".join(_num(x, "{:.2f}") for x in lv["rss_kib_per_subscriber_reps"])
+            + " KiB (memory the previous subscribers left to the allocator is reused). The "
+            f"kernel's TCP memory grew {_num(lv['tcp_kernel_kib_per_subscriber'], '{:.2f}')} KiB "
+            "per subscriber (both ends; idle sockets hold no buffers). The server counted "
+            f"{_num(rest['connect']['server_gauge'])} subscribers (flashgate_sse_subscribers).",
+            "",
+            "Latency: from the tick's start (before the tick reads the orders from Redis) to "
+            "the frame's arrival, stamped when epoll_wait returned (the tick time is whole "
+            "ms, so up to 1 ms is added; the generator sleeps "
+            f"{rest['stream']['pause_us']} µs between batches, up to as much "
+            "again). Last subscriber served: per frame, when its last delivery arrived. "
+            "Missed: frame ids a subscriber skipped. Tick gap: between consecutive frames' "
+            "tick times (0.25 s when every tick is on time)."]
+    return out
+
+
+def median_of(xs):
+    xs = sorted(x for x in xs if x is not None)
+    if not xs:
+        return None
+    mid = len(xs) // 2
+    return xs[mid] if len(xs) % 2 else (xs[mid - 1] + xs[mid]) / 2
 
 
 def _cpu_table(configs: list[dict]) -> list[str]:

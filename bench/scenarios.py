@@ -11,6 +11,10 @@ lifecycle flashgate alone: a rush on an event with a short payment timeout; a pa
          pays a share of the orders as they are committed, the rest expire and are
          sold again to the buyers still trying; then the sweeper's cost per expired
          order, measured apart in a private Redis
+live     flashgate alone: the commit load with and without N event-stream subscribers
+         (A B A B): each frame's delivery latency after its tick, missed frames, the
+         purchases' p99 with and without, the worker's CPU per delivery (also at rest,
+         under a trickle of purchases) and its memory per subscriber
 
 Each scenario starts its servers (one private Redis per Redis-backed target), warms
 every target up, then runs R repetitions alternating between targets (A B A B ...),
@@ -35,7 +39,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import invariants, lifecycle
+from . import invariants, lifecycle, live
 from .runner import (
     HOST,
     BenchError,
@@ -55,7 +59,7 @@ from .runner import (
 )
 from .tokens import Signer
 
-SCENARIOS = ("soldout", "commit", "rush", "scale", "lifecycle")
+SCENARIOS = ("soldout", "commit", "rush", "scale", "lifecycle", "live")
 TARGETS = ("flashgate", "fastapi", "nginx")
 # the order of a repetition; nginx answers a fixed 200: a floor for loopback HTTP,
 # meaningless in a sale
@@ -65,11 +69,12 @@ SCENARIO_TARGETS = {
     "rush": ("flashgate", "fastapi"),
     "scale": ("flashgate",),
     "lifecycle": ("flashgate",),
+    "live": ("flashgate",),
 }
 CONFIGS = ("prod", "dev")
 # what each scenario runs without --config
 DEFAULT_CONFIGS = {"soldout": ["prod", "dev"], "commit": ["prod", "dev"], "rush": ["prod"],
-                   "scale": ["prod"], "lifecycle": ["prod"]}
+                   "scale": ["prod"], "lifecycle": ["prod"], "live": ["prod"]}
 TRUSTED_PROXIES = "127.0.0.0/8"
 DAY_MS = 86_400_000
 # new users' tokens signed for a run of a target before any rate of it is known (per s)
@@ -180,6 +185,11 @@ class Settings:
     life_pay_pct: float = 60.0  # share of the orders the payer pays
     life_run: int = 30  # seconds of load after the opening at most (ends once all is paid)
     life_sweep_orders: int = 5000  # due orders of the sweeper's micro-measurement
+    live_subscribers: int = 10_000  # event-stream subscribers of the live scenario
+    live_idle: float = 5.0  # seconds of each of its measurements at rest
+    live_rate: float = 100.0  # purchases/s of the trickle at rest
+    live_settle: float = 2.0  # seconds after the subscribers connected, before RSS is read
+    serve_defaults: dict | None = None  # --max-connections, --stream-max-subscribers
     flashgate_argv: list[str] | None = None
 
 
@@ -415,13 +425,21 @@ class Bench:
         return snap
 
     def one_run(self, t: Target, event: dict, seconds: int, connections: int,
-                lua: dict, rep: int, flag_dir: Path | None = None, until=None) -> dict:
+                lua: dict, rep: int, flag_dir: Path | None = None, until=None,
+                around=None) -> dict:
+        """One wrk run. `around`: (start, stop), called just before wrk starts and just
+        after it ends; what stop returns goes into the record as `around`."""
         t.proc.check_alive()
         files = self.attach_pool(t, lua, seconds, connections)
+        extra = None
         try:
             before = self.snapshot(t, event)
+            if around is not None:
+                around[0]()
             w = run_wrk(t.port, f"/api/v1/events/{event['id']}/buy", seconds, connections,
                         self.s.threads, lua, flag_dir=flag_dir, until=until)
+            if around is not None:
+                extra = around[1]()
             after = self.snapshot(t, event)
         finally:
             for f in files:
@@ -460,6 +478,8 @@ class Bench:
             # busy CPU of everything else on the machine, in % of one core
             "other_cpu_pct": max(0.0, after["busy"] - before["busy"] - ours) * 100 / elapsed,
         }
+        if extra is not None:
+            rec["around"] = extra
         if w.signed_live and rep >= 0 and not lua.get("limit"):
             self.notes.append(f"{t.name}: wrk signed {w.signed_live:,} tokens during a run "
                               "(its pool ran out): that run's client did more per request")
@@ -891,3 +911,298 @@ class Bench:
                 self.notes.append(note)
         finally:
             self.stop_target(t)
+
+    # ------------------------------------------------------------ live
+
+    def scenario_live(self, setups: list[Setup]) -> None:
+        """The commit load without (A) and with (B) N event-stream subscribers on one
+        worker, alternating A B A B; before them, the cost of the subscribers at rest
+        (a trickle of purchases, so that every tick sends a frame)."""
+        s = self.s
+        setup = setups[0]
+        n = s.live_subscribers
+        event = make_event("live", [make_sku("plenty", s.commit_stock)])
+        extra = live.server_flags(s.serve_defaults or {}, n, s.connections)
+        flags = setup.flashgate_flags() + extra
+        nofile = live.raise_nofile(n + s.connections + 256)
+        exe = live.build_generator(self.procs.workdir)
+        t = self.start_target("flashgate", setup, event, "live", 1, flashgate_flags=flags)
+        try:
+            workers = t.proc.workers()
+            if len(workers) != 1:  # (no webhook secret: no notifier process either)
+                raise BenchError(f"live: expected one worker process, found {workers}")
+            worker = workers[0]
+            base = self.row("live", t, s.connections)
+            loaded = self.row("live", t, s.connections)
+            described = dict(base["setup"])
+            described["flags"] = " ".join(f for f in (described["flags"], " ".join(extra)) if f)
+            base.update(setup=described, subscribers=0)
+            loaded.update(setup=described, subscribers=n, label=f"{t.name}+streams")
+            acked = 0
+            if s.warmup > 0:
+                self.log(f"  live: warm-up {t.name} ({s.warmup} s)")
+                rec = self.one_run(t, event, s.warmup, s.connections,
+                                   self.lua_args(event, t.setup, users=0), -1)
+                acked += rec["orders_acked"]
+            rest, trickled = self.live_at_rest(t, event, exe, worker)
+            acked += trickled
+            for rep in range(s.reps):
+                rec = self.live_run(t, event, rep, worker, None)
+                base["reps"].append(rec)
+                acked += rec["orders_acked"]
+                self.log(f"  live: without streams rep {rep + 1}/{s.reps}: "
+                         f"{rec['orders_per_s']:,.0f} orders/s, p99 "
+                         f"{rec['latency_us']['p99'] / 1000:.2f} ms")
+                subs, connect = self.live_connect(t, exe, worker)
+                try:
+                    rec = self.live_run(t, event, rep, worker, subs)
+                finally:
+                    subs.close()
+                rec["connect"] = connect
+                loaded["reps"].append(rec)
+                acked += rec["orders_acked"]
+                st = rec["stream"]
+                self.log(f"  live: with {st['subscribers']:,} streams rep {rep + 1}/{s.reps}: "
+                         f"{rec['orders_per_s']:,.0f} orders/s, p99 "
+                         f"{rec['latency_us']['p99'] / 1000:.2f} ms; {st['deliveries_per_s'] or 0:,.0f} "
+                         f"deliveries/s, {_share(st['within_50ms_share'])} within {live.BOUND_MS} ms, "
+                         f"p99 {_ms(st['latency_ms']['p99'])}, max {_ms(st['latency_ms']['max'])}, "
+                         f"missed {st['missed_frames']}")
+            for cfg in (base, loaded):
+                cfg["summary"] = self.summarize(cfg["reps"], "commit")
+                cfg["peak_rss_kib"] = self.peak_rss(t)
+            loaded["live"] = self.live_summary(base["reps"], loaded["reps"], rest, n, nofile)
+            self.configs.extend([base, loaded])
+            res = self.audit("live", t, event, acked, [base, loaded])
+            loaded["invariants_ok"] = res["ok"]
+        finally:
+            self.stop_target(t)
+
+    def live_headers(self, setup: Setup):
+        def headers(user: str, k: int) -> dict:
+            h = self.identity(user, setup)
+            if setup.xff:
+                h["X-Forwarded-For"] = live.client_ip(k)
+            return h
+        return headers
+
+    def live_connect(self, t: Target, exe: Path, worker: int) -> tuple[live.Subscribers, dict]:
+        """Connects the subscribers, half, then the other half; the worker's memory before,
+        after the first half and after all (each settled). The second half's growth is
+        the marginal cost of a subscriber: the first pays too for what the worker grows
+        once (its allocator's pools, the channel's set)."""
+        s = self.s
+        n = s.live_subscribers
+        half = n // 2 if n >= 2 else n
+
+        def settled_rss() -> int | None:
+            time.sleep(s.live_settle)
+            return status_kib(worker, "VmRSS")
+
+        rss0 = status_kib(worker, "VmRSS")
+        tcp0 = live.sockstat_tcp_pages()
+        subs = live.Subscribers(self.procs, exe, t.port, "/api/v1/events/live/stream", n,
+                                first=half)
+        try:
+            first = subs.wait_ready()
+            rss1 = settled_rss()
+            ready = subs.more() if half < n else first
+            if not ready["subscribed"]:
+                raise BenchError(f"live: no subscriber got its stream: {ready}")
+            rss2 = settled_rss()
+            tcp1 = live.sockstat_tcp_pages()
+            gauge = None
+            status, body = http("GET", f"http://{HOST}:{t.port}/metrics")
+            if status == 200:
+                for line in body.decode(errors="replace").splitlines():
+                    if line.startswith("flashgate_sse_subscribers "):
+                        gauge = float(line.split()[1])
+        except BaseException:
+            subs.close()
+            raise
+        got, got1 = ready["subscribed"], first["subscribed"]
+
+        def per(a, b, k):
+            return (b - a) / k if a and b and k else None
+
+        info = {
+            "ready": ready,
+            "first_half": first,
+            "rss_before_kib": rss0, "rss_half_kib": rss1, "rss_after_kib": rss2,
+            "rss_kib_per_subscriber": per(rss0, rss2, got),
+            "rss_kib_per_subscriber_first_half": per(rss0, rss1, got1),
+            "rss_kib_per_subscriber_second_half": per(rss1, rss2, got - got1),
+            "tcp_kernel_kib_per_subscriber":
+                (tcp1 - tcp0) * 4 / got if tcp0 is not None and tcp1 is not None else None,
+            "server_gauge": gauge,
+        }
+        self.log(f"  live: {got:,} of {n:,} subscribed in {first['connect_s'] + ready['connect_s']:.1f} s "
+                 f"(refused {ready['refused']}, failed {ready['failed']}); worker RSS "
+                 f"{rss0 / 1024:.1f} -> {rss1 / 1024:.1f} -> {rss2 / 1024:.1f} MiB: "
+                 f"{_num1(info['rss_kib_per_subscriber'])} KiB per subscriber (the second "
+                 f"half {_num1(info['rss_kib_per_subscriber_second_half'])})")
+        return subs, info
+
+    def live_run(self, t: Target, event: dict, rep: int, worker: int,
+                 subs: live.Subscribers | None) -> dict:
+        """One commit run; the worker's CPU over it, and with `subs`, their window."""
+        s = self.s
+        mark = {}
+
+        def start():
+            if subs is not None:
+                subs.start()
+            mark["cpu"] = cpu_seconds([worker])
+            mark["sched"] = live.schedstat(worker)
+            mark["t"] = time.monotonic()
+
+        def stop():
+            wall = time.monotonic() - mark["t"]
+            out = {"worker_cpu_s": cpu_seconds([worker]) - mark["cpu"], "wall_s": wall}
+            out.update(_sched(mark["sched"], live.schedstat(worker), wall))
+            if subs is not None:
+                out["window"] = subs.stop()
+            return out
+
+        rec = self.one_run(t, event, s.duration, s.connections,
+                           self.lua_args(event, t.setup, users=0), rep, around=(start, stop))
+        around = rec.pop("around")
+        rec["worker_cpu_s"] = around["worker_cpu_s"]
+        rec["worker_sched"] = {k: around[k] for k in ("wait_ms_per_s", "switches_per_s")}
+        rec["worker_cpu_us_per_req"] = around["worker_cpu_s"] * 1e6 / max(1, rec["requests"])
+        if subs is not None:
+            win = around["window"]
+            rec["stream"] = live.window_figures(win, subs.subscribed, subs.pause_us)
+            rec["stream"]["generator_window"] = {k: v for k, v in win.items() if k != "ticks"}
+        return rec
+
+    def live_at_rest(self, t: Target, event: dict, exe: Path, worker: int) -> tuple[dict, int]:
+        """No load but a trickle of purchases (so every tick has a frame): the worker's
+        CPU without subscribers, then with them; their memory. Returns the figures and
+        the orders the trickle was answered 200."""
+        s = self.s
+        trickle = live.Trickle(t.port, event["id"], event["skus"][0]["id"], s.live_rate,
+                               self.live_headers(t.setup), "lt")
+        trickle.start()
+        try:
+            time.sleep(min(1.0, s.live_idle))
+
+            sched = {}
+
+            def cpu_over(seconds: float, key: str) -> tuple[float, float]:
+                c0, m0, s0 = cpu_seconds([worker]), time.monotonic(), live.schedstat(worker)
+                time.sleep(seconds)
+                wall = time.monotonic() - m0
+                sched[key] = _sched(s0, live.schedstat(worker), wall)
+                return cpu_seconds([worker]) - c0, wall
+
+            cpu0, wall0 = cpu_over(s.live_idle, "without")
+            subs, connect = self.live_connect(t, exe, worker)
+            try:
+                subs.start()
+                cpu1, wall1 = cpu_over(s.live_idle, "with")
+                win = subs.stop()
+            finally:
+                subs.close()
+        finally:
+            trickle.stop()
+        if trickle.error:
+            raise BenchError(f"live: the trickle of purchases failed: {trickle.error}")
+        st = live.window_figures(win, subs.subscribed, subs.pause_us)
+        extra_cpu = (cpu1 / wall1 - cpu0 / wall0) * wall1
+        rest = {
+            "trickle_rate": s.live_rate,
+            "trickle_answers": {str(k): v for k, v in trickle.answers.items()},
+            "seconds": s.live_idle,
+            "worker_cpu_pct_without": cpu0 * 100 / wall0,
+            "worker_cpu_pct_with": cpu1 * 100 / wall1,
+            "cpu_us_per_delivery": extra_cpu * 1e6 / st["deliveries"] if st["deliveries"] else None,
+            "worker_sched": sched,
+            "stream": st,
+            "connect": connect,
+        }
+        self.log(f"  live: at rest ({s.live_rate:g} purchases/s): worker CPU "
+                 f"{rest['worker_cpu_pct_without']:.1f} % without streams, "
+                 f"{rest['worker_cpu_pct_with']:.1f} % with {st['subscribers']:,}: "
+                 f"{_num1(rest['cpu_us_per_delivery'])} µs per delivery (worker waited for a "
+                 f"CPU {sched['with']['wait_ms_per_s']:.0f} ms/s); "
+                 f"{st['deliveries_per_s'] or 0:,.0f} deliveries/s, p99 "
+                 f"{_ms(st['latency_ms']['p99'])}, max {_ms(st['latency_ms']['max'])}, generator "
+                 f"CPU {_num1(st['generator_cpu_pct'])} %")
+        return rest, trickle.acked
+
+    def live_summary(self, without: list[dict], with_: list[dict], rest: dict, n: int,
+                     nofile: int) -> dict:
+        """The scenario's figures over its repetitions: the ratios of the purchases' p99
+        and throughput (same repetition, with / without), the CPU per delivery under
+        load, the deliveries, the memory per subscriber."""
+        pairs = list(zip(without, with_, strict=True))
+        ratios = [b["latency_us"]["p99"] / a["latency_us"]["p99"] for a, b in pairs
+                  if a["latency_us"]["p99"]]
+        rates = [b["orders_per_s"] / a["orders_per_s"] for a, b in pairs if a["orders_per_s"]]
+        per_delivery = []
+        for a, b in pairs:
+            d = b["stream"]["deliveries"]
+            if d:
+                # the worker's CPU with streams minus what its purchases cost without
+                # them (per request, from the repetition without)
+                own = a["worker_cpu_s"] / max(1, a["requests"]) * b["requests"]
+                per_delivery.append((b["worker_cpu_s"] - own) * 1e6 / d)
+        streams = [b["stream"] for b in with_]
+        deliveries = sum(x["deliveries"] for x in streams)
+        within = sum(x["within_50ms"] for x in streams)
+        mem = [b["connect"]["rss_kib_per_subscriber"] for b in with_]
+        mem_first = rest["connect"]["rss_kib_per_subscriber"]
+        return {
+            "subscribers": n,
+            "open_files_limit": nofile,
+            "p99_ratio": median(ratios), "p99_ratio_max": max(ratios, default=None),
+            "p99_ratios": ratios,
+            "orders_ratio": median(rates), "orders_ratios": rates,
+            "cpu_us_per_delivery": median(per_delivery),
+            "cpu_us_per_delivery_reps": per_delivery,
+            "cpu_us_per_delivery_at_rest": rest["cpu_us_per_delivery"],
+            "deliveries": deliveries,
+            "deliveries_per_s": median([x["deliveries_per_s"] for x in streams]),
+            "within_50ms_share": within / deliveries if deliveries else None,
+            "latency_p50_ms": median([x["latency_ms"]["p50"] for x in streams]),
+            "latency_p99_ms": median([x["latency_ms"]["p99"] for x in streams]),
+            "latency_max_ms": max((x["latency_ms"]["max"] or 0 for x in streams), default=None),
+            "missed_frames": sum(x["missed_frames"] for x in streams),
+            "subscribers_missed": max((x["subscribers_missed"] for x in streams), default=0),
+            "closed": sum(x["closed"] for x in streams),
+            "generator_cpu_pct": max((x["generator_cpu_pct"] or 0 for x in streams), default=None),
+            # the first connection of the subscribers (at rest) is the figure: later ones
+            # reuse memory the allocator kept from the previous subscribers
+            "rss_kib_per_subscriber": mem_first,
+            "rss_kib_per_subscriber_marginal":
+                rest["connect"]["rss_kib_per_subscriber_second_half"],
+            "rss_kib_per_subscriber_reps": mem,
+            # the worker's time runnable but waiting for a CPU (a shared 2-core machine)
+            "worker_wait_ms_per_s_without": median([a["worker_sched"]["wait_ms_per_s"]
+                                                    for a in without]),
+            "worker_wait_ms_per_s_with": median([b["worker_sched"]["wait_ms_per_s"]
+                                                 for b in with_]),
+            "other_cpu_pct_without": median([a["other_cpu_pct"] for a in without]),
+            "other_cpu_pct_with": median([b["other_cpu_pct"] for b in with_]),
+            "tcp_kernel_kib_per_subscriber": rest["connect"]["tcp_kernel_kib_per_subscriber"],
+            "at_rest": rest,
+        }
+
+
+def _sched(before: tuple, after: tuple, wall: float) -> dict:
+    """The worker's time waiting for a CPU while runnable, and its switches, per second."""
+    return {"wait_ms_per_s": (after[1] - before[1]) * 1000 / wall if wall else None,
+            "switches_per_s": (after[2] - before[2]) / wall if wall else None}
+
+
+def _ms(x) -> str:
+    return "—" if x is None else f"{x:.1f} ms"
+
+
+def _num1(x) -> str:
+    return "—" if x is None else f"{x:.2f}"
+
+
+def _share(x) -> str:
+    return "—" if x is None else f"{x * 100:.2f} %"

@@ -3,7 +3,8 @@
 No timing assertions: the numbers of a seconds-long run on a CI machine mean
 nothing. What must hold is that every process starts and stops, wrk's output is
 understood, the reports are written, both configurations of flashgate (prod and dev)
-ran next to the peers, and the sale invariants pass in each.
+ran next to the peers, and the sale invariants pass in each; the live scenario's
+subscribers all got their streams and timed frames.
 """
 
 import importlib.util
@@ -38,7 +39,7 @@ def test_bench_quick(tmp_path):
     assert results["audits"], "no invariant audit ran"
     assert results["invariants_ok"], results["audits"]
     assert {c["scenario"] for c in results["configs"]} >= {"soldout", "commit", "rush",
-                                                           "lifecycle"}
+                                                           "lifecycle", "live"}
     md = (tmp_path / "quick.md").read_text()
     assert md.startswith("# flashgate benchmarks")
 
@@ -80,3 +81,14 @@ def test_bench_quick(tmp_path):
     assert len(audits) == 3 and all(a["ok"] for a in audits), audits
     assert all(x["ok"] and x["expired"] == x["orders"] for x in life["sweeper_cost"])
     assert "## lifecycle" in md
+
+    # live: the commit load without and with 500 subscribers, every one subscribed, the
+    # frames timed by their tick, the sale audited
+    lv = rows[("live", "flashgate-prod+streams")]["live"]
+    assert lv["subscribers"] == 500 and lv["at_rest"]["connect"]["ready"]["subscribed"] == 500
+    assert lv["deliveries"] > 0 and lv["within_50ms_share"] is not None
+    assert lv["at_rest"]["stream"]["deliveries"] > 0
+    assert rows[("live", "flashgate-prod")]["summary"]["answers"].get("200", 0) > 0.99
+    audits = [a for a in results["audits"] if a["scenario"] == "live"]
+    assert len(audits) == 1 and audits[0]["ok"], audits
+    assert "## live" in md and any(g["scenario"] == "live" for g in results["goals"])

@@ -17,7 +17,9 @@ One ``Channel`` per event that has subscribers on this worker. Every ``--stream-
   bytes to every subscriber of the channel. Nothing is encoded per subscriber.
 
 A channel with nothing to say for ``--stream-heartbeat`` seconds sends the comment
-``: hb``. A new subscriber gets the snapshot (the state, every SKU's stock, the
+``: hb``. Every frame of a tick opens with the comment ``: t=<ms>``, the tick's
+wall-clock time (ignored by clients; the bench's ``live`` scenario times deliveries
+with it). A new subscriber gets the snapshot (the state, every SKU's stock, the
 reached milestones, as of the channel's last frame, with that frame's id), or, with a
 ``Last-Event-ID`` this worker can still serve from the channel's ring of recent
 frames (``--stream-resume-frames``), the frames after it. A subscriber that leaves
@@ -34,6 +36,7 @@ import asyncio
 import collections
 import logging
 import socket
+import time
 
 import orjson
 
@@ -64,10 +67,13 @@ def _event(name: bytes, data) -> bytes:
     return b"event: " + name + b"\ndata: " + orjson.dumps(data) + b"\n\n"
 
 
-def _frame(events: list[bytes], event_id: bytes) -> bytes:
+def _frame(events: list[bytes], event_id: bytes, tick_ms: int | None = None) -> bytes:
     """The events as one frame, the id on the last one (a client cut off in the middle
-    of a frame resumes from the previous frame: a repeat, never a gap)."""
+    of a frame resumes from the previous frame: a repeat, never a gap); with
+    ``tick_ms``, first the comment ``: t=<tick_ms>``."""
     events[-1] = b"id: " + event_id + b"\n" + events[-1]
+    if tick_ms is not None:
+        events[0] = b": t=%d\n" % tick_ms + events[0]
     return b"".join(events)
 
 
@@ -126,6 +132,7 @@ class Broadcaster:
         self.subscribers = 0  # open streams, over every channel
         self.seq = 0  # the last frame id given, over every channel
         self.read_from: dict[str, str] = {}  # orders stream key -> the last id read
+        self.tick_ms: int | None = None  # wall-clock ms of the tick under way
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- subscribers ------------------------------------------------------------
@@ -214,6 +221,7 @@ class Broadcaster:
                 log.exception("stream tick failed")
 
     async def tick(self) -> None:
+        self.tick_ms = time.time_ns() // 1_000_000
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
         now = self._loop.time()
@@ -323,7 +331,7 @@ class Broadcaster:
             return None
         self.seq += 1
         ch.seq = self.seq
-        frame = _frame(out, self.boot + b".%d" % ch.seq)
+        frame = _frame(out, self.boot + b".%d" % ch.seq, self.tick_ms)
         ch.ring.append((ch.seq, frame))
         if len(ch.ring) > self.ring_size:
             ch.floor = ch.ring.popleft()[0]
