@@ -711,7 +711,12 @@ class RequestPath:
             req = resp.request
             if resp.status not in APP_STATUSES:
                 raise PathFailure(f"status {resp.status} for {req!r}: {resp.body[:300]!r}")
-            if closes != (not req.keep_alive):
+            # (an event stream to an HTTP/1.0 client is close-delimited: it closes even
+            # when asked to keep alive)
+            close_delimited = (resp.header(b"content-type") == b"text/event-stream"
+                               and resp.header(b"content-length") is None
+                               and resp.header(b"transfer-encoding") is None)
+            if closes != (not req.keep_alive) and not (closes and close_delimited):
                 raise PathFailure(f"{req!r} keep_alive={req.keep_alive}, answer Connection: {conn!r}")
             if req.method != b"HEAD":
                 self._check_body(resp)
