@@ -54,8 +54,12 @@ HEAD = build_stream_head(headers=((b"Cache-Control", b"no-cache"),
 HEARTBEAT = b": hb\n\n"
 KEEP_S = 60.0  # a channel without subscribers is kept this long
 CLOCK_SLACK_MS = 50
-XREAD_COUNT = 1000
-SLICE = 1000  # subscribers written between two yields of the loop  # entries read per SKU per tick at most (the rest: the next tick)
+XREAD_COUNT = 1000  # entries read per SKU per tick at most (the rest: the next tick)
+# subscribers written between two yields of the loop: a write is ~6.5 µs on loopback, so
+# a purchase waits at most ~1.6 ms behind a slice (1,000: purchase p99 2.3x with 10,000
+# subscribers; 250: 1.2x, each frame reaching the last subscriber ~15 ms later;
+# docs/BENCHMARKS.md, "live")
+SLICE = 250
 
 
 def mask(user: str) -> str:
