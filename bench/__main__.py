@@ -55,12 +55,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "           stream subscribers (A B A B): delivery latency of every frame after its\n"
         "           tick, missed frames, purchase p99 with / without, worker CPU per\n"
         "           delivery (also at rest), memory per subscriber\n"
+        "  replicas flashgate only: the commit load on a lone Redis, on a master with a\n"
+        "           replica, and on such a pair with --commit-replicas 1 (A B C A B C): the\n"
+        "           cost of WAIT in orders/s and CPU per order; the replicas audited too\n"
         "\nconfigurations (--config):\n"
         "  prod     signed tokens, a trusted proxy's X-Forwarded-For (a client IP per user),\n"
         "           the default rate limits, Redis AOF everysec: what operators run\n"
         "  dev      X-User-Id, rate limits off, Redis AOF everysec\n"
         "  default: soldout and commit both (nginx, flashgate-prod, flashgate-dev, fastapi,\n"
-        "  repeated), rush, scale, lifecycle and live prod\n"
+        "  repeated), rush, scale, lifecycle, live and replicas prod\n"
         "\nexamples:\n"
         "  python -m bench --quick                    # seconds-long smoke run of everything\n"
         "  python -m bench soldout commit --reps 3 --duration 10\n"
@@ -200,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"bench: {tool} is not on PATH", file=sys.stderr)
             return 2
     needs_flashgate = "flashgate" in s.targets and any(
-        sc in ("soldout", "commit", "rush", "scale", "lifecycle", "live")
+        sc in ("soldout", "commit", "rush", "scale", "lifecycle", "live", "replicas")
         for sc in s.scenarios)
     if needs_flashgate:
         s.flashgate_argv, help_text = flashgate_argv(
@@ -215,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
             print("bench: cannot read the default rate limits from `flashgate serve --help`",
                   file=sys.stderr)
             return 2
-    for only in ("scale", "lifecycle", "live"):
+    for only in ("scale", "lifecycle", "live", "replicas"):
         if only in s.scenarios and "flashgate" not in s.targets:
             print(f"bench: {only} measures flashgate only; skipping it", file=sys.stderr)
             s.scenarios = [x for x in s.scenarios if x != only]

@@ -26,6 +26,8 @@ GOALS = [
      "dev commits >= 14x the FastAPI peer"),
 ]
 P99_GOALS_MS = {"soldout": 2.0, "commit": 3.0}
+# scenarios of steady load reported as columns side by side (the p99 goals: P99_GOALS_MS)
+STEADY = ("soldout", "commit", "replicas")
 REFERENCE_LOAD = {"workers": 1, "threads": 1, "connections": 64}
 # the reference columns every other column of a run is compared with
 REFERENCES = {"nginx": "vs_nginx", "fastapi": "vs_fastapi", "flashgate-dev": "vs_dev"}
@@ -232,7 +234,8 @@ def _socket_errors(c: dict) -> dict:
 
 def _sells(c: dict) -> bool:
     """Whether the row's 200s are orders."""
-    return c["scenario"] in ("commit", "rush", "lifecycle", "live") and c["target"] != "nginx"
+    return (c["scenario"] in ("commit", "rush", "lifecycle", "live", "replicas")
+            and c["target"] != "nginx")
 
 
 def _inv(c: dict) -> str:
@@ -307,7 +310,7 @@ def markdown(results: dict) -> str:
         "",
     ]
     lines += _setup_table(results)
-    steady = [c for c in configs if c.get("summary") and c["scenario"] in P99_GOALS_MS]
+    steady = [c for c in configs if c.get("summary") and c["scenario"] in STEADY]
     groups: dict[tuple, list[dict]] = {}
     for c in steady:
         groups.setdefault(_key(c), []).append(c)
@@ -319,13 +322,13 @@ def markdown(results: dict) -> str:
             lines += ["", "nginx's orders/s are its answers/s: a fixed 200 to every buy."]
         lines.append("")
     g = results.get("goals") or []
-    if g:
+    if g and any(c["scenario"] in P99_GOALS_MS for c in steady):
         lines += ["## Targets (1 worker, wrk -t1 -c64; reported, never failing the run)", "",
                   "| target | measured | met |", "|---|---:|---|"]
         for x in g:
             lines.append(f"| {x['goal']} | {x['measured']} | {'met' if x['met'] else '**missed**'} |")
         lines.append("")
-    elif steady:
+    elif any(c["scenario"] in P99_GOALS_MS for c in steady):
         lines += ["Targets not judged: they are written for 1 worker, wrk -t1 -c64, and "
                   "need nginx, both flashgate columns and the FastAPI peer in one run.", ""]
     lines += [
@@ -388,6 +391,7 @@ def markdown(results: dict) -> str:
         lines.append("Sales latency: client-side, only the requests answered 200 (matched by user).")
     lines += _lifecycle_tables(configs)
     lines += _live_tables(configs)
+    lines += _replicas_tables(configs)
     mem = [c for c in configs if c["scenario"] == "memory"]
     if mem:
         lines += ["", "## memory per worker", "",
@@ -581,6 +585,47 @@ def _live_tables(configs: list[dict]) -> list[str]:
     return out
 
 
+def _replicas_tables(configs: list[dict]) -> list[str]:
+    """The replicas scenario: each column's orders/s and CPU per order, and the ratios
+    of the same repetition (A B C run one after the other)."""
+    rows = [c for c in configs if c["scenario"] == "replicas" and c.get("summary")]
+    if not rows:
+        return []
+    out = ["", "## replicas (the cost of --commit-replicas)", "",
+           "| column | replica | --commit-replicas | orders/s (median) | min–max | p99 ms "
+           "| server µs/req | Redis µs/req | replica µs/req | WAITs per order | answers |",
+           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for c in rows:
+        s = c["summary"]
+        out.append(
+            f"| {_label(c)} | {'yes' if c.get('replica') else 'no'} "
+            f"| {c.get('commit_replicas', 0)} | {_num(s['rate'])} "
+            f"| {_num(s['rate_min'])}–{_num(s['rate_max'])} | {_ms(s['p99_us'])} "
+            f"| {_num(s['cpu_us_per_req'], '{:.1f}')} | {_num(s['redis_cpu_us_per_req'], '{:.1f}')} "
+            f"| {_num(s.get('replica_cpu_us_per_req'), '{:.1f}')} "
+            f"| {_num(s.get('redis_waits_per_order'), '{:.3f}')} "
+            f"| {answers_text(s['statuses'], _socket_errors(c))} |")
+    base = next((c for c in rows if c.get("replica") and not c.get("commit_replicas")), None)
+    if base is not None:
+        out += ["", "Same repetition, over the column with a replica and no WAIT "
+                "(orders/s; server + Redis + replica CPU per request):", ""]
+        for c in rows:
+            if c is base:
+                continue
+            rates = [b["orders_per_s"] / a["orders_per_s"]
+                     for a, b in zip(base["reps"], c["reps"], strict=False) if a["orders_per_s"]]
+
+            def cpu(r):
+                return (r["cpu_us_per_req"] + (r.get("redis_cpu_us_per_req") or 0)
+                        + (r.get("replica_cpu_us_per_req") or 0))
+
+            cpus = [cpu(b) / cpu(a) for a, b in zip(base["reps"], c["reps"], strict=False)
+                    if cpu(a)]
+            out.append(f"* {_label(c)}: orders/s {', '.join(f'{x:.2f}x' for x in rates)}; "
+                       f"CPU per request {', '.join(f'{x:.2f}x' for x in cpus)}")
+    return out
+
+
 def median_of(xs):
     xs = sorted(x for x in xs if x is not None)
     if not xs:
@@ -591,7 +636,8 @@ def median_of(xs):
 
 def _cpu_table(configs: list[dict]) -> list[str]:
     """CPU per request (server + Redis): steadier than req/s on a shared machine."""
-    rows = [c for c in configs if c.get("summary") and c["scenario"] in ("soldout", "commit", "rush")]
+    rows = [c for c in configs if c.get("summary")
+            and c["scenario"] in ("soldout", "commit", "rush", "replicas")]
     if not rows:
         return []
     out = ["", "## CPU per request", "",

@@ -286,7 +286,10 @@ def redis_persistence(aof: bool) -> list[str]:
     return ["--save", "", "--appendonly", "no"]
 
 
-def start_redis(procs: Processes, name: str, aof: bool = True) -> Redis:
+def start_redis(procs: Processes, name: str, aof: bool = True,
+                replica_of: Redis | None = None) -> Redis:
+    """A private redis-server; `replica_of`: a replica of that one (same persistence),
+    returned once its link to the master is up."""
     port = free_port()
     data = procs.workdir / name
     data.mkdir(exist_ok=True)
@@ -295,10 +298,15 @@ def start_redis(procs: Processes, name: str, aof: bool = True) -> Redis:
         *redis_persistence(aof),
         "--daemonize", "no", "--protected-mode", "yes", "--loglevel", "warning",
     ]  # fmt: skip
+    if replica_of is not None:
+        argv += ["--replicaof", HOST, str(replica_of.port)]
     proc = procs.start(name, argv)
     r = Redis(proc, port)
     client = r.client()
     wait_until(name, client.ping, 10, proc)
+    if replica_of is not None:
+        wait_until(f"{name}'s link to its master",
+                   lambda: client.info("replication").get("master_link_status") == "up", 30, proc)
     return r
 
 

@@ -15,6 +15,11 @@ live     flashgate alone: the commit load with and without N event-stream subscr
          (A B A B): each frame's delivery latency after its tick, missed frames, the
          purchases' p99 with and without, the worker's CPU per delivery (also at rest,
          under a trickle of purchases) and its memory per subscriber
+replicas flashgate alone: the commit load on a Redis without a replica, on a master
+         with one replica (--commit-replicas 0), and on such a pair with
+         --commit-replicas 1 (each commit batch followed by WAIT 1), A B C A B C: the
+         cost of waiting for the replica in orders/s and CPU per order; the replica's
+         copy audited too
 
 Each scenario starts its servers (one private Redis per Redis-backed target), warms
 every target up, then runs R repetitions alternating between targets (A B A B ...),
@@ -59,7 +64,7 @@ from .runner import (
 )
 from .tokens import Signer
 
-SCENARIOS = ("soldout", "commit", "rush", "scale", "lifecycle", "live")
+SCENARIOS = ("soldout", "commit", "rush", "scale", "lifecycle", "live", "replicas")
 TARGETS = ("flashgate", "fastapi", "nginx")
 # the order of a repetition; nginx answers a fixed 200: a floor for loopback HTTP,
 # meaningless in a sale
@@ -70,13 +75,20 @@ SCENARIO_TARGETS = {
     "scale": ("flashgate",),
     "lifecycle": ("flashgate",),
     "live": ("flashgate",),
+    "replicas": ("flashgate",),
 }
 CONFIGS = ("prod", "dev")
 # what each scenario runs without --config
 DEFAULT_CONFIGS = {"soldout": ["prod", "dev"], "commit": ["prod", "dev"], "rush": ["prod"],
-                   "scale": ["prod"], "lifecycle": ["prod"], "live": ["prod"]}
+                   "scale": ["prod"], "lifecycle": ["prod"], "live": ["prod"],
+                   "replicas": ["prod"]}
 TRUSTED_PROXIES = "127.0.0.0/8"
 DAY_MS = 86_400_000
+# the replicas scenario's columns: (label suffix, a replica next to the Redis,
+# --commit-replicas)
+REPLICA_COLUMNS = (("", False, 0), ("+replica", True, 0), ("+wait1", True, 1))
+# scenarios judged in orders/s (200s to a buy) rather than answers/s
+ORDER_SCENARIOS = ("commit", "replicas")
 # new users' tokens signed for a run of a target before any rate of it is known (per s)
 FIRST_RATE_GUESS = 50_000
 
@@ -202,11 +214,14 @@ class Target:
     redis: Redis | None = None
     workers: int = 1
     client: object = None
+    suffix: str = ""  # of the column's name (the replicas scenario's columns)
+    replica: Redis | None = None  # a replica of `redis` (replicas scenario)
 
     @property
     def name(self) -> str:
         """The column: flashgate-prod, flashgate-dev, fastapi, nginx."""
-        return f"flashgate-{self.setup.name}" if self.kind == "flashgate" else self.kind
+        base = f"flashgate-{self.setup.name}" if self.kind == "flashgate" else self.kind
+        return base + self.suffix
 
     def __post_init__(self):
         if self.redis is not None:
@@ -323,6 +338,8 @@ class Bench:
 
     def stop_target(self, t: Target) -> None:
         self.procs.stop(t.proc)
+        if t.replica is not None:
+            self.procs.stop(t.replica.proc)
         if t.redis is not None:
             self.procs.stop(t.redis.proc)
 
@@ -422,6 +439,9 @@ class Bench:
                 v["calls"] for k, v in stats.items()
                 if k in ("cmdstat_eval", "cmdstat_evalsha", "cmdstat_fcall")
             )
+            snap["waits"] = stats.get("cmdstat_wait", {}).get("calls", 0)
+        if t.replica is not None:
+            snap["replica_cpu"] = cpu_seconds([t.replica.proc.pid])
         return snap
 
     def one_run(self, t: Target, event: dict, seconds: int, connections: int,
@@ -452,6 +472,8 @@ class Bench:
         ours = after["cpu"] - before["cpu"] + wrk_cpu
         if t.redis is not None:
             ours += after["redis_cpu"] - before["redis_cpu"]
+        if t.replica is not None:
+            ours += after["replica_cpu"] - before["replica_cpu"]
         elapsed = after["t"] - before["t"]
         orders_acked = int(w.data.get("orders") or 0)
         rec = {
@@ -494,7 +516,13 @@ class Bench:
                 "redis_cmds_per_req": cmds / n,
                 "redis_cmds_per_order": cmds / orders if orders else None,
                 "redis_scripts_per_order": scripts / orders if orders else None,
+                # WAIT calls (--commit-replicas: one per group commit) per unit sold
+                "redis_waits_per_order": (after["waits"] - before["waits"]) / orders
+                if orders else None,
             })
+        if t.replica is not None:
+            rec["replica_cpu_us_per_req"] = (
+                (after["replica_cpu"] - before["replica_cpu"]) * 1e6 / n)
         return rec
 
     def summarize(self, reps: list[dict], scenario: str) -> dict:
@@ -515,12 +543,12 @@ class Bench:
                     non2xx[k] = non2xx.get(k, 0) + v
         answered = sum(statuses.values())
         # commit is judged in orders/s (200s to a buy), the others in answers/s
-        rate = ops if scenario == "commit" else rps
+        rate = ops if scenario in ORDER_SCENARIOS else rps
         return {
             "rps": median(rps), "rps_min": min(rps), "rps_max": max(rps),
             "orders_per_s": median(ops),
             "rate": median(rate), "rate_min": min(rate), "rate_max": max(rate),
-            "rate_unit": "orders/s" if scenario == "commit" else "req/s",
+            "rate_unit": "orders/s" if scenario in ORDER_SCENARIOS else "req/s",
             "p50_us": median(col("latency_us", "p50")),
             "p99_us": median(p99), "p99_us_min": min(p99), "p99_us_max": max(p99),
             "p999_us": median(col("latency_us", "p999")),
@@ -532,6 +560,8 @@ class Bench:
             "redis_cmds_per_req": median(col("redis_cmds_per_req")),
             "redis_cmds_per_order": median(col("redis_cmds_per_order")),
             "redis_scripts_per_order": median(col("redis_scripts_per_order")),
+            "redis_waits_per_order": median(col("redis_waits_per_order")),
+            "replica_cpu_us_per_req": median(col("replica_cpu_us_per_req")),
             "requests": sum(col("requests")),
             "statuses": statuses,
             "answers": {k: v / answered for k, v in statuses.items()} if answered else {},
@@ -631,6 +661,79 @@ class Bench:
     def scenario_commit(self, setups: list[Setup]) -> None:
         event = make_event("commit", [make_sku("plenty", self.s.commit_stock)])
         self._steady("commit", setups, event, {"users": 0})
+
+    def scenario_replicas(self, setups: list[Setup]) -> None:
+        """The commit load against a lone Redis, a master with a replica, and such a
+        pair with --commit-replicas 1, alternating A B C A B C; then each master's and
+        each replica's invariants (a replica once it has caught up)."""
+        s = self.s
+        setup = setups[0]
+        event = make_event("replicas", [make_sku("plenty", s.commit_stock)])
+        started: list[Target] = []
+        try:
+            for suffix, with_replica, waits in REPLICA_COLUMNS:
+                started.append(self.start_replicated(setup, event, suffix, with_replica, waits))
+            cfgs = self.measure("replicas", started, event, s.connections, {"users": 0})
+            for t, cfg in zip(started, cfgs, strict=True):
+                cfg["commit_replicas"] = int(t.suffix == "+wait1")
+                cfg["replica"] = t.replica is not None
+            self.configs.extend(cfgs)
+            for t, cfg in zip(started, cfgs, strict=True):
+                acked = self.acked(cfg)
+                self.audit("replicas", t, event, acked, cfgs)
+                if t.replica is not None:
+                    self.audit_replica(t, event, acked, cfgs)
+        finally:
+            for t in started:
+                self.stop_target(t)
+
+    def start_replicated(self, setup: Setup, event: dict, suffix: str, with_replica: bool,
+                         waits: int) -> Target:
+        """flashgate on a Redis of its own, with a replica of it when `with_replica`,
+        started with --commit-replicas `waits`."""
+        if self.s.flashgate_argv is None:
+            raise BenchError("flashgate is not available (`flashgate serve --help` failed)")
+        name = f"flashgate-{setup.name}{suffix}-replicas"
+        redis = start_redis(self.procs, f"redis-{name}", aof=setup.aof)
+        replica = None
+        try:
+            if with_replica:
+                replica = start_redis(self.procs, f"replica-{name}", aof=setup.aof,
+                                      replica_of=redis)
+            flags = setup.flashgate_flags() + (["--commit-replicas", str(waits)] if waits else [])
+            secret = self.secret if setup.tokens else None
+            proc, port = start_flashgate(self.procs, self.s.flashgate_argv, redis,
+                                         self.write_event(event, name), self.admin_token,
+                                         secret, self.s.workers, flags, name)
+        except BaseException:
+            for r in (replica, redis):
+                if r is not None:
+                    self.procs.stop(r.proc)
+            raise
+        return Target("flashgate", setup, proc, port, redis, self.s.workers, suffix=suffix,
+                      replica=replica)
+
+    def audit_replica(self, t: Target, event: dict, acked: int, cfgs: list[dict]) -> dict:
+        """The replica's copy of the sale, once its offset reached its master's: the
+        same invariants, every acknowledged order in it."""
+        master, replica = t.redis.client(), t.replica.client(audit=True)
+        deadline = time.monotonic() + 30
+        while (replica.info("replication").get("slave_repl_offset")
+               != master.info("replication").get("master_repl_offset")):
+            if time.monotonic() > deadline:
+                raise BenchError(f"{t.name}: the replica did not catch up with its master")
+            time.sleep(0.05)
+        res = invariants.check_event(replica, event, acked)
+        res.update({"scenario": "replicas", "target": f"{t.name} (replica)",
+                    "config": t.setup.name})
+        self.audits.append(res)
+        for cfg in cfgs:
+            if cfg["label"] == t.name:
+                cfg["invariants_ok"] = cfg.get("invariants_ok", True) and res["ok"]
+        state = "passed" if res["ok"] else "FAILED: " + "; ".join(res["problems"])
+        self.log(f"  replicas: invariants on {t.name}'s replica ({res['orders']} orders): "
+                 f"{state}")
+        return res
 
     def scenario_rush(self, setups: list[Setup]) -> None:
         s = self.s

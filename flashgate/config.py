@@ -74,6 +74,16 @@ class Config:
                             "embedded Redis: when its append-only file is fsynced, everysec "
                             "(a machine crash can lose about 1 s of orders) or always (an fsync "
                             "per commit batch)", "POLICY")
+    commit_replicas: int = _opt(0, "redis",
+                                "replicas that must hold a commit batch before its sales are "
+                                "answered 200: the batch is followed by WAIT N (same write, "
+                                "no extra round trip); fewer within the timeout: its sales "
+                                "are answered 503 (committed on the master, not known "
+                                "durable; an Idempotency-Key retry finds the order). 0: no "
+                                "WAIT, a 200 once the master has the order")
+    commit_replicas_timeout: int = _opt(1000, "redis",
+                                        "milliseconds WAIT waits for --commit-replicas "
+                                        "replicas; then that batch's sales get 503")
     dev: bool = _opt(False, "identity",
                      "dev identity: buyers are whoever the X-User-Id header names, anyone can "
                      "buy as anyone (needed without a user secret, except for the loopback "
@@ -299,6 +309,8 @@ def _secret(cfg: Config, name: str, what: str, warnings: list[str]) -> None:
 _BOUNDS = (
     ("commit_queue", 1, "at least 1 reservation"),
     ("commit_flights", 1, "at least 1 flush in flight"),
+    ("commit_replicas", 0, "0 or more replicas"),
+    ("commit_replicas_timeout", 1, "at least 1 ms (WAIT's 0 would wait for ever)"),
     ("wait_queue", 0, "0 or more requests"),
     ("wait_timeout", 0.0, "0 or more seconds"),
     ("refresh_interval", 0.01, "at least 0.01 s"),
@@ -391,6 +403,9 @@ def from_args(argv: list[str] | None = None, warnings: list[str] | None = None) 
             raise ConfigError(f"--{name.replace('_', '-')} must be {what} (got {value})")
     if cfg.webhook_retry_max < cfg.webhook_retry_min:
         raise ConfigError("--webhook-retry-max must not be below --webhook-retry-min")
+    if cfg.commit_replicas and not cfg.redis:
+        raise ConfigError("--commit-replicas needs --redis: the embedded Redis has no replicas "
+                          "(every sale would wait for them and get 503)")
     if cfg.appendfsync not in ("everysec", "always"):
         raise ConfigError("--appendfsync must be everysec or always")
     if cfg.log_level.lower() not in ("debug", "info", "warning", "error"):

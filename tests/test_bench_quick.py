@@ -39,7 +39,7 @@ def test_bench_quick(tmp_path):
     assert results["audits"], "no invariant audit ran"
     assert results["invariants_ok"], results["audits"]
     assert {c["scenario"] for c in results["configs"]} >= {"soldout", "commit", "rush",
-                                                           "lifecycle", "live"}
+                                                           "lifecycle", "live", "replicas"}
     md = (tmp_path / "quick.md").read_text()
     assert md.startswith("# flashgate benchmarks")
 
@@ -92,3 +92,16 @@ def test_bench_quick(tmp_path):
     audits = [a for a in results["audits"] if a["scenario"] == "live"]
     assert len(audits) == 1 and audits[0]["ok"], audits
     assert "## live" in md and any(g["scenario"] == "live" for g in results["goals"])
+
+    # replicas: the commit load without a replica, with one, and with --commit-replicas 1
+    # (a WAIT per group commit); every answer a sale; each master and replica audited
+    for label, waits in (("flashgate-prod", 0), ("flashgate-prod+replica", 0),
+                         ("flashgate-prod+wait1", 1)):
+        row = rows[("replicas", label)]
+        assert row["commit_replicas"] == waits and row["replica"] == (label != "flashgate-prod")
+        assert row["summary"]["answers"].get("200", 0) > 0.99, row["summary"]["statuses"]
+        assert (row["summary"]["redis_waits_per_order"] or 0) > 0 if waits else \
+            row["summary"]["redis_waits_per_order"] == 0
+    audits = [a for a in results["audits"] if a["scenario"] == "replicas"]
+    assert len(audits) == 5 and all(a["ok"] for a in audits), audits
+    assert "## replicas" in md

@@ -31,6 +31,18 @@ def evicting_policy(info: bytes | str) -> str | None:
     return policy if maxmemory not in ("", "0") and policy != "noeviction" else None
 
 
+def replication(info: bytes | str) -> tuple[str, int]:
+    """The role (``master``, ``slave``) and the count of connected replicas of an
+    ``INFO replication`` reply."""
+    text = info.decode() if isinstance(info, bytes) else info
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    try:
+        connected = int(fields.get("connected_slaves", "0").strip())
+    except ValueError:
+        connected = 0
+    return fields.get("role", "").strip(), connected
+
+
 async def migrate_layout(conn: RedisConnection) -> int:
     """Move orders kept in the earlier layout (a hash per order, ``<SKU prefix>order:<id>``)
     into their SKU's ``order_by_id`` hash, once (``fg:layout`` then says 2); returns how

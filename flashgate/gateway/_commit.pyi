@@ -32,3 +32,12 @@ def answer_commit(ledger: Ledger, srt: SkuCore, items: list[Purchase], reply: An
                   now_us: int) -> bool:
     """Settle, count and answer a batch from its commit reply: True; False (nothing
     done) if the reply has not the script's shape."""
+
+def has_replay(reply: Any, n: int) -> bool:
+    """Whether a commit reply of ``n`` reservations has a REPLAY (an earlier order)."""
+
+def answer_unreplicated(ledger: Ledger, srt: SkuCore, items: list[Purchase], reply: Any,
+                        answer: bytes) -> int:
+    """Settle a batch whose WAIT fell short: its sales and replays answered ``answer``
+    (503), its refusals as ever; the count answered ``answer``, or -1 (nothing done) if
+    the reply has not the script's shape."""

@@ -376,3 +376,67 @@ def answer_commit(Ledger ledger not None, SkuCore srt not None, list items not N
     except (TypeError, ValueError):
         log.error("commit reply without sold/stock: %.200r", r[:2])
     return True
+
+
+def has_replay(reply, Py_ssize_t n):
+    """Whether a commit reply of ``n`` reservations answers one of them with an order
+    made before this call (REPLAY: an Idempotency-Key's earlier order), which the call
+    itself did not write (committer.py: such an answer needs a WAIT of its own)."""
+    cdef list offsets = _offsets(reply, n)
+    if offsets is None:
+        return False
+    cdef list r = <list>reply
+    for at in offsets:
+        if r[at] == O_REPLAY:
+            return True
+    return False
+
+
+def answer_unreplicated(Ledger ledger not None, SkuCore srt not None, list items not None,
+                        reply, bytes answer not None):
+    """Settle and answer a batch whose commit reply came but whose WAIT (--commit-replicas)
+    did not say enough replicas have it: each sale (SOLD, SOLD_TIERS, EXISTS) and each
+    earlier order (REPLAY) is settled in the ledger as the reply says (the master has
+    it) but answered ``answer`` (a 503) and counted as such; a refusal is answered as
+    ever. Returns the number of reservations answered ``answer``, or -1 (nothing
+    settled, counted or answered) if the reply has not the commit script's shape.
+    Off the hot path: only with --commit-replicas, and only when WAIT fell short."""
+    cdef list offsets = _offsets(reply, len(items))
+    if offsets is None:
+        return -1
+    cdef list r = <list>reply
+    cdef EventCore ert = srt.ert
+    cdef Purchase p
+    cdef Py_ssize_t i, held_back = 0
+    cdef int idx = srt.idx
+    for i in range(len(items)):
+        p = <Purchase?>items[i]
+        code = r[offsets[i]]
+        try:
+            if code == O_SOLD or code == O_SOLD_TIERS or code == O_EXISTS:
+                ledger.settle(idx, p.user, p.held, p.qty)
+                out = answer
+                held_back += 1
+                ert.count(O_UNAVAILABLE)
+            elif code == O_REPLAY:
+                ledger.settle(idx, p.user, p.held, 0)
+                out = answer
+                held_back += 1
+                ert.count(O_UNAVAILABLE)
+            else:
+                ledger.settle(idx, p.user, p.held, 0)
+                out = BY_CODE[code] if 0 < code < len(BY_CODE) else None
+                if out is None:
+                    raise ValueError(f"commit code {code}")
+                ert.count(code)
+        except Exception:
+            log.exception("cannot answer a committed reservation")
+            out = R_UNAVAILABLE
+            ert.count(O_UNAVAILABLE)
+        if not p.fut.done():
+            p.fut.set_result(out)
+    try:
+        ledger.observe(idx, int(r[0]), int(r[1]))
+    except (TypeError, ValueError):
+        log.error("commit reply without sold/stock: %.200r", r[:2])
+    return held_back

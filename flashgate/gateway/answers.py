@@ -26,6 +26,12 @@ NOT_FOUND = error_response(404, "not_found", "no such event, sku or order")
 UNAUTHENTICATED = error_response(401, "unauthenticated", "missing or invalid identity")
 UNAVAILABLE = error_response(503, "unavailable",
                              "the store is unreachable or overloaded; retry", headers=RETRY)
+# --commit-replicas: the order was made on the master, but fewer replicas than asked
+# acknowledged it in time; not known durable, so not a 200 (committer.py)
+UNREPLICATED = error_response(
+    503, "unavailable",
+    "the order was taken but not yet copied to enough Redis replicas; retry with the same "
+    "Idempotency-Key to get it", headers=RETRY)
 STREAM_FULL = error_response(503, "unavailable", "too many streams on this server; retry",
                              headers=RETRY)
 BAD_JSON = error_response(400, "bad_request", "the body must be a JSON object")

@@ -46,6 +46,16 @@ log = logging.getLogger("flashgate.app")
 PARKED_TICK_S = 0.05  # how often parked requests past their deadline are answered
 
 
+def command_timeout(cfg: Config) -> float:
+    """Seconds the worker's Redis connection waits for its oldest command before it
+    gives the connection up (redisconn.py). 2 s; with --commit-replicas longer: a WAIT
+    may take its whole timeout, and Redis runs a blocked connection's next commands
+    (the next flushes, each with its WAIT, and the refresh tick) only after it."""
+    if not cfg.commit_replicas:
+        return 2.0
+    return max(2.0, (cfg.commit_flights + 1) * cfg.commit_replicas_timeout / 1000 + 1.0)
+
+
 class Gateway:
     """Everything one worker process knows and does; ``handle`` is the HTTP entry.
     ``peer_dir`` is the directory of the instance's peer channel, whose workers are told
@@ -56,12 +66,14 @@ class Gateway:
         self.worker_id = worker_id
         self.boot = os.urandom(6).hex()  # this worker's part of its order ids
         self.ledger = Ledger()
-        self.conn = RedisConnection(cfg.redis, on_connect=self._on_connect)
+        self.conn = RedisConnection(cfg.redis, on_connect=self._on_connect,
+                                    command_timeout=command_timeout(cfg))
         self.path = BuyPath(cfg, self.ledger, self.conn)
         self.runtimes = Runtimes(self.ledger, self.boot)
         self.path.skus = self.runtimes.skus  # (the same list: the path expires their waiters)
         self.committer = Committer(self.path, self.ledger, self.conn, self.runtimes,
-                                   cfg.commit_flights)
+                                   cfg.commit_flights, cfg.commit_replicas,
+                                   cfg.commit_replicas_timeout)
         self.counters = Counters(self.conn, self.runtimes, self.boot, now_ms=self.path.now_ms,
                                  subscribers=self._subscribers,
                                  left=self._left if worker_id == 0 else None)

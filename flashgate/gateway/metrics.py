@@ -86,7 +86,7 @@ def worker_snapshot(gw) -> dict:
         "pid": os.getpid(),
         "events": events,
         "batches": c.batches, "batched": c.batched,
-        "rtts": c.rtts, "rtt_us": c.rtt_us,
+        "rtts": c.rtts, "rtt_us": c.rtt_us, "unreplicated": c.unreplicated,
         "requests": [[op, status.decode("latin-1"), n]
                      for (op, status), n in gw.router.requests.items()],
         "queued": gw.path.queued, "parked": gw.path.waiting,
@@ -249,6 +249,12 @@ class _Collector:
             "Time from a group commit's write to Redis to its last reply")
         h.add_metric([], _buckets(RTT_BOUNDS_US, rtts, 1e6), rtt_us / 1e6)
         yield h
+        u = CounterMetricFamily(
+            "flashgate_commit_unreplicated",
+            "Sales committed on the master but answered 503 because fewer replicas than "
+            "--commit-replicas acknowledged them in time")
+        u.add_metric([], sum(s.get("unreplicated", 0) for s in snaps))
+        yield u
 
         cur = self.current
         g = GaugeMetricFamily("flashgate_commit_queue_depth",

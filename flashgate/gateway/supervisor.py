@@ -94,6 +94,18 @@ async def prepare(cfg: Config) -> list[tuple[str, str]]:
             if policy:
                 log.warning("Redis may evict keys (maxmemory-policy %s): evicted keys lose "
                             "orders; set maxmemory-policy noeviction", policy)
+        if cfg.commit_replicas:
+            with contextlib.suppress(RedisError):
+                role, connected = store.replication(await conn.execute("INFO", "replication"))
+                if role and role != "master":
+                    log.warning("--commit-replicas %d: Redis at %s is a %s, not a master: "
+                                "no sale can be committed there", cfg.commit_replicas,
+                                redact(cfg.redis), role)
+                elif connected < cfg.commit_replicas:
+                    log.warning("--commit-replicas %d: Redis has %d replica(s) connected; "
+                                "until %d are, every sale waits %d ms and is answered 503",
+                                cfg.commit_replicas, connected, cfg.commit_replicas,
+                                cfg.commit_replicas_timeout)
         loaded = ""
         if cfg.event:
             raw = orjson.loads(Path(cfg.event).read_bytes())

@@ -96,6 +96,7 @@ def test_serve_help_gives_every_option_its_meaning_and_unit():
     units = {"--wait-timeout": "seconds", "--drain-grace": "seconds", "--drain-delay": "seconds",
              "--keepalive-timeout": "seconds", "--head-timeout": "seconds",
              "--max-token-ttl": "seconds", "--refresh-interval": "seconds",
+             "--commit-replicas-timeout": "milliseconds",
              "--stats-interval": "seconds", "--max-clock-skew-ms": "milliseconds",
              "--ip-rate": "requests/s", "--user-rate": "requests/s",
              "--global-rate": "purchases/s", "--max-body": "bytes", "--user-secret": "bytes",
@@ -207,6 +208,12 @@ REFUSALS = {
     "burst-below-one": (["--user-burst", "0.5", "--dev"], {}, ["--user-burst must be at least 1"]),
     "wait-timeout-nan": (["--wait-timeout", "nan", "--dev"], {},
                          ["--wait-timeout must be 0 or more seconds"]),
+    "negative-commit-replicas": (["--commit-replicas", "-1", "--dev"], {},
+                                 ["--commit-replicas must be 0 or more replicas"]),
+    "commit-replicas-forever": (["--commit-replicas-timeout", "0", "--dev"], {},
+                                ["--commit-replicas-timeout must be at least 1 ms"]),
+    "commit-replicas-embedded": (["--commit-replicas", "1"], {},
+                                 ["--commit-replicas needs --redis", "no replicas"]),
 }
 
 

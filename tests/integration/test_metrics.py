@@ -49,6 +49,7 @@ def test_metrics_pass_promtool(gw):
     for name in ("flashgate_requests_total", "flashgate_buy_outcomes_total",
                  "flashgate_buy_latency_seconds_bucket", "flashgate_commit_batch_size_bucket",
                  "flashgate_commit_redis_roundtrip_seconds_bucket",
+                 "flashgate_commit_unreplicated_total",
                  "flashgate_commit_queue_depth", "flashgate_parked_purchases",
                  "flashgate_redis_connected", "flashgate_units_sold", "flashgate_units_left",
                  "flashgate_worker_restarts_total"):
