@@ -434,6 +434,8 @@ def banner(cfg: Config, bound: str, event_ids: list[tuple[str, str]], embedded=N
         who = "-H 'X-User-Id: u1'"
     for ev, _ in event_ids:
         lines.append(f"  event {ev}: {base}/api/v1/events/{ev}")
+        lines.append(f"    sale page: {base}/e/{ev}")
+        lines.append(f"    dashboard: {base}/dashboard/{ev}  (sign in with the admin token)")
     if event_ids:
         ev, sku = event_ids[0]
         lines.append(f"  try: curl {base}/api/v1/events/{ev}")

@@ -415,6 +415,10 @@ def test_banner_dev_commands_work_as_printed(tmp_path, shell_bin):
         order = json.loads(run_printed(buy, shell_bin))
         assert order["user_id"] == "u1", order
         assert '"attempts"' in run_printed(stats, shell_bin)
+        # the pages it names answer (the buyer's, and the operator's sign-in)
+        for label in ("sale page", "dashboard"):
+            url = re.search(rf"{label}: (\S+)", text).group(1)
+            assert run_printed(f"curl -s {url}", shell_bin).startswith("<!doctype html>")
     finally:
         assert gw.stop() == 0
 
