@@ -14,7 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from flashgate.core.outcomes import REJECTIONS
-from tests.support import Gateway, event_body, new_id, wait_for, worker_pids
+from tests.support import Gateway, check_invariants, event_body, new_id, wait_for, worker_pids
 
 
 def scrape(gw) -> tuple[str, dict]:
@@ -34,14 +34,15 @@ def value(samples, name, **labels):
 
 
 @pytest.mark.ci_required  # .ci/run installs promtool (Debian's prometheus package)
-def test_metrics_pass_promtool(gw):
+def test_metrics_pass_promtool(gw, r):
     promtool = shutil.which("promtool")
     if promtool is None:
         pytest.skip("promtool is not installed (Debian: apt-get install prometheus)")
     ev = new_id("prom")
-    gw.put_event(ev, event_body(stock=(2,), limits=(1,)))
-    for user in ("a", "b", "c"):
-        gw.buy(ev, "s0", user)
+    body = event_body(stock=(2,), limits=(1,))
+    gw.put_event(ev, body)
+    acked = [data for status, data, _ in (gw.buy(ev, "s0", user) for user in ("a", "b", "c"))
+             if status == 200]
     text, samples = scrape(gw)
     out = subprocess.run([promtool, "check", "metrics"], input=text.encode(),
                          capture_output=True, timeout=30)
@@ -54,21 +55,26 @@ def test_metrics_pass_promtool(gw):
                  "flashgate_redis_connected", "flashgate_units_sold", "flashgate_units_left",
                  "flashgate_worker_restarts_total"):
         assert any(k[0] == name for k in samples), name
+    check_invariants(r, gw, ev, body, acked)
 
 
-def test_figures_of_a_scripted_load_across_workers(gw):
+def test_figures_of_a_scripted_load_across_workers(gw, r):
     """Every answer of a scripted load, whichever of the 2 workers gave it, is in the
     scrape of either worker: outcomes by reason, attempts, units sold and left per SKU."""
     ev = new_id("figs")
-    gw.put_event(ev, event_body(stock=(5, 4), limits=(1, 1)))
+    body = event_body(stock=(5, 4), limits=(1, 1))
+    gw.put_event(ev, body)
     seen = Counter()
     attempts = 0
+    acked = []
 
     def buy(sku, user, qty=1, headers=None):
         nonlocal attempts
         attempts += 1
         status, data, _ = gw.buy(ev, sku, user, qty, headers)
         seen["sold" if status == 200 else data["error"]] += 1
+        if status == 200:
+            acked.append(data)
 
     for i in range(8):  # 5 sold, 3 sold out
         buy("s0", f"u{i}")
@@ -101,16 +107,21 @@ def test_figures_of_a_scripted_load_across_workers(gw):
     assert value(s, "flashgate_redis_connected", worker="1") == 1
     assert value(s, "flashgate_commit_batch_size_count") >= 1
     assert value(s, "flashgate_requests_total", route="buy", status="200") >= 8
+    check_invariants(r, gw, ev, body, acked)
 
 
 @pytest.mark.expected_log(r" supervisor ERROR flashgate: worker \d \(pid \d+\) exited with -9; "
                           r"restarting$")
-def test_a_killed_worker_is_counted_and_its_counts_kept(redis_server, tmp_path):
+def test_a_killed_worker_is_counted_and_its_counts_kept(redis_server, r, tmp_path):
     gw = Gateway(redis_server.url, tmp_path, workers=2).start()
     ev = new_id("mkill")
-    gw.put_event(ev, event_body(stock=(20,), limits=(1,)))
+    body = event_body(stock=(20,), limits=(1,))
+    gw.put_event(ev, body)
+    acked = []
     for i in range(6):
-        assert gw.buy(ev, "s0", f"k{i}")[0] == 200
+        status, data, _ = gw.buy(ev, "s0", f"k{i}")
+        assert status == 200
+        acked.append(data)
 
     def sold(n):
         def check():
@@ -127,13 +138,16 @@ def test_a_killed_worker_is_counted_and_its_counts_kept(redis_server, tmp_path):
     wait_for(lambda: len(worker_pids(gw)) == 2 and before[0] not in worker_pids(gw),
              "a new worker in place of the killed one", timeout=15)
     gw.wait_ready()
-    assert gw.buy(ev, "s0", "after")[0] == 200
+    status, data, _ = gw.buy(ev, "s0", "after")
+    assert status == 200
+    acked.append(data)
     s = wait_for(sold(7), "the killed worker's sales kept, the new one's added")
     assert value(s, "flashgate_worker_restarts_total") == 1
     assert value(s, "flashgate_workers") == 2
     assert value(s, "flashgate_units_sold", event=ev, sku="s0") == 7
     assert value(s, "flashgate_buy_latency_seconds_count") == 7  # this gateway's only sales
     assert value(s, "flashgate_requests_total", route="buy", status="200") == 7
+    check_invariants(r, gw, ev, body, acked)
 
 
 def test_requests_by_route_and_status(gw):
