@@ -360,23 +360,35 @@ def answer_commit(Ledger ledger not None, SkuCore srt not None, list items not N
                 ledger.settle(idx, p.user, p.held, 0)
                 answer = _existing(srt, p, r, at)
             else:
-                ledger.settle(idx, p.user, p.held, 0)
-                answer = BY_CODE[code] if 0 < code < len(BY_CODE) else None
-                if answer is None:
-                    raise ValueError(f"commit code {code}")
-                ert.count(code)
+                answer = _refused(ledger, idx, p, code, ert)
         except Exception:
             log.exception("cannot answer a committed reservation")
             answer = R_UNAVAILABLE
             ert.count(O_UNAVAILABLE)
         if not p.fut.done():
             p.fut.set_result(answer)
+    _learn(ledger, idx, r)
+    return True
+
+
+
+cdef object _refused(Ledger ledger, int idx, Purchase p, object code, EventCore ert):
+    """A reservation the script refused: its units released, its answer (counted)."""
+    ledger.settle(idx, p.user, p.held, 0)
+    answer = BY_CODE[code] if 0 < code < len(BY_CODE) else None
+    if answer is None:
+        raise ValueError(f"commit code {code}")
+    ert.count(code)
+    return answer
+
+
+cdef int _learn(Ledger ledger, int idx, list r) except -1:
+    """The SKU's sold and stock as the reply says them, into the ledger."""
     try:
         ledger.observe(idx, int(r[0]), int(r[1]))
     except (TypeError, ValueError):
         log.error("commit reply without sold/stock: %.200r", r[:2])
-    return True
-
+    return 0
 
 def has_replay(reply, Py_ssize_t n):
     """Whether a commit reply of ``n`` reservations answers one of them with an order
@@ -424,19 +436,12 @@ def answer_unreplicated(Ledger ledger not None, SkuCore srt not None, list items
                 held_back += 1
                 ert.count(O_UNAVAILABLE)
             else:
-                ledger.settle(idx, p.user, p.held, 0)
-                out = BY_CODE[code] if 0 < code < len(BY_CODE) else None
-                if out is None:
-                    raise ValueError(f"commit code {code}")
-                ert.count(code)
+                out = _refused(ledger, idx, p, code, ert)
         except Exception:
             log.exception("cannot answer a committed reservation")
             out = R_UNAVAILABLE
             ert.count(O_UNAVAILABLE)
         if not p.fut.done():
             p.fut.set_result(out)
-    try:
-        ledger.observe(idx, int(r[0]), int(r[1]))
-    except (TypeError, ValueError):
-        log.error("commit reply without sold/stock: %.200r", r[:2])
+    _learn(ledger, idx, r)
     return held_back

@@ -19,7 +19,7 @@ from flashgate.core.outcomes import REJECTIONS
 from flashgate.core.redisconn import RedisError, RedisUnavailable
 from flashgate.gateway import answers
 from flashgate.gateway.counters import LATENCY_BUCKETS, latency_percentiles
-from flashgate.gateway.handlers.pages import HTML, LANGS, language
+from flashgate.gateway.handlers.pages import HTML, LANGS, accepts_gzip, html_headers, language
 from flashgate.gateway.protocol import build_response, error_response
 from flashgate.gateway.runtime import state_of
 from flashgate.report import build, page
@@ -29,16 +29,7 @@ SERIES_BEFORE_MS = 60_000  # the default range starts this long before the start
 SERIES_AFTER_MS = 60_000  # and ends this long after the end (or now, if sooner)
 REPORT_FORMATS = ("json", "html")
 # the report page: no script at all, its styles inline, nothing from anywhere
-REPORT_HEADERS = (
-    (b"Content-Security-Policy",
-     b"default-src 'none'; style-src 'unsafe-inline'; img-src data:; form-action 'none'; "
-     b"base-uri 'none'; frame-ancestors 'none'"),
-    (b"X-Content-Type-Options", b"nosniff"),
-    (b"Referrer-Policy", b"no-referrer"),
-    (b"Cache-Control", b"no-store"),
-    (b"Vary", b"Accept-Encoding, Accept-Language"),
-)
-
+REPORT_HEADERS = html_headers(b"style-src 'unsafe-inline'; img-src data:", b"no-store")
 
 def _bad(message: str) -> bytes:
     return error_response(400, "bad_request", message)
@@ -121,7 +112,7 @@ class Figures:
             lang = language(req.headers.get(b"accept-language"))
         body = page.render(rep, lang).encode()
         headers = REPORT_HEADERS
-        if b"gzip" in (req.headers.get(b"accept-encoding") or b""):
+        if accepts_gzip(req):
             body = gzip.compress(body, 6)
             headers += ((b"Content-Encoding", b"gzip"),)
         return build_response(200, body, HTML, headers)

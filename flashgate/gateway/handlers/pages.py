@@ -22,17 +22,30 @@ from flashgate.gateway.protocol import build_response
 
 HTML = b"text/html; charset=utf-8"
 LANGS = ("zh", "en")
+
+
+def html_headers(may: bytes, cache: bytes) -> tuple:
+    """The headers of an HTML page that may do only ``may`` (Content-Security-Policy
+    directives; nothing else, no framing), cached as ``cache`` says."""
+    return (
+        (b"Content-Security-Policy",
+         b"default-src 'none'; " + may + b"; form-action 'none'; base-uri 'none'; "
+         b"frame-ancestors 'none'"),
+        (b"X-Content-Type-Options", b"nosniff"),
+        (b"Referrer-Policy", b"no-referrer"),
+        (b"Cache-Control", cache),
+        (b"Vary", b"Accept-Encoding, Accept-Language"),
+    )
+
+
+def accepts_gzip(req) -> bool:
+    return b"gzip" in (req.headers.get(b"accept-encoding") or b"")
+
+
 # what a page may do: its own inline code, the API and stream of this origin
-PAGE_HEADERS = (
-    (b"Content-Security-Policy",
-     b"default-src 'none'; script-src 'self' 'unsafe-inline'; style-src 'self' "
-     b"'unsafe-inline'; img-src 'self' data:; connect-src 'self'; form-action 'none'; "
-     b"base-uri 'none'; frame-ancestors 'none'"),
-    (b"X-Content-Type-Options", b"nosniff"),
-    (b"Referrer-Policy", b"no-referrer"),
-    (b"Cache-Control", b"no-cache"),
-    (b"Vary", b"Accept-Encoding, Accept-Language"),
-)
+PAGE_HEADERS = html_headers(b"script-src 'self' 'unsafe-inline'; style-src 'self' "
+                            b"'unsafe-inline'; img-src 'self' data:; connect-src 'self'",
+                            b"no-cache")
 ASSET_TYPES = {".js": b"text/javascript; charset=utf-8", ".css": b"text/css; charset=utf-8",
                ".txt": b"text/plain; charset=utf-8", ".svg": b"image/svg+xml",
                ".png": b"image/png"}
@@ -87,9 +100,7 @@ class Page:
                 self.answers[lang, gz] = build_response(status, data, HTML, headers)
 
     def answer(self, req) -> bytes:
-        h = req.headers
-        gz = b"gzip" in (h.get(b"accept-encoding") or b"")
-        return self.answers[language(h.get(b"accept-language")), gz]
+        return self.answers[language(req.headers.get(b"accept-language")), accepts_gzip(req)]
 
 
 class Pages:
@@ -136,6 +147,5 @@ class Pages:
 
     def asset(self, req, m, who) -> bytes:
         """``GET /assets/{name}``: a file a page loads apart."""
-        gz = b"gzip" in (req.headers.get(b"accept-encoding") or b"")
-        got = self.assets.get((m.params["name"], gz))
+        got = self.assets.get((m.params["name"], accepts_gzip(req)))
         return got if got is not None else self.not_found_page.answer(req)
